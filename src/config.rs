@@ -1,0 +1,213 @@
+//! The command line and the optional config file, turned into one validated
+//! runtime [`Config`]. Defaults live here and nowhere else.
+//!
+//! The file format is a separate serde type ([`ConfigFile`]) so that it can
+//! reject unknown keys and evolve without touching the runtime type.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::server::TcpLimits;
+
+/// Default listen address: Consul's well-known DNS port, which needs no root.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8600";
+/// Default zones directory, relative to the working directory.
+pub const DEFAULT_ZONES: &str = "zones";
+/// Default TCP idle timeout in seconds (RFC 7766 suggests seconds, not minutes).
+pub const DEFAULT_TCP_IDLE_TIMEOUT: u64 = 10;
+/// Default cap on concurrent TCP connections.
+pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 512;
+
+/// signpost: an authoritative DNS server for service discovery.
+///
+/// Serves A, AAAA and SRV records for the services described by TOML zone
+/// files, so that `dig`, resolvers and unmodified programs find them by name.
+#[derive(Debug, Parser)]
+#[command(name = "signpost", version, about, long_about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve DNS for every zone file in the zones directory (UDP and TCP).
+    Serve(ServeArgs),
+    /// Validate every zone file and print `file:line:column: message` for each problem.
+    ///
+    /// Exits 0 when every file is valid, 1 otherwise.
+    Check(CheckArgs),
+}
+
+/// Settings shared by every subcommand that reads zones.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Config file (TOML) with the same settings as the flags; flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of zone files, one zone per `*.toml` file [default: zones]
+    #[arg(long, value_name = "DIR")]
+    pub zones: Option<PathBuf>,
+}
+
+/// `signpost serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+    /// Address to serve DNS on, UDP and TCP; repeat for several (IPv4 or
+    /// IPv6, e.g. `[::1]:8600`). Port 0 picks a free port [default: 127.0.0.1:8600]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads, and UDP sockets per address [default: number of CPUs]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Close TCP connections idle for this many seconds [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub tcp_idle_timeout: Option<u64>,
+    /// Most concurrent TCP connections; more are closed on accept [default: 512]
+    #[arg(long, value_name = "N")]
+    pub max_tcp_connections: Option<usize>,
+}
+
+/// `signpost check`
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+}
+
+/// The config file's format. Relative paths in it are relative to the file's
+/// own directory, so a unit file can point at it from anywhere.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigFile {
+    /// See `--listen`.
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// See `--zones`.
+    pub zones: Option<PathBuf>,
+    /// See `--threads`.
+    pub threads: Option<usize>,
+    /// See `--tcp-idle-timeout`.
+    pub tcp_idle_timeout: Option<u64>,
+    /// See `--max-tcp-connections`.
+    pub max_tcp_connections: Option<usize>,
+}
+
+/// A config problem, reported in one line by `main`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, which includes the line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Addresses to serve DNS on.
+    pub listen: Vec<SocketAddr>,
+    /// The zones directory.
+    pub zones: PathBuf,
+    /// Worker threads and UDP sockets per address.
+    pub threads: usize,
+    /// TCP limits.
+    pub tcp: TcpLimits,
+}
+
+fn read_file(path: Option<&Path>) -> Result<(ConfigFile, PathBuf), ConfigError> {
+    let Some(path) = path else {
+        return Ok((ConfigFile::default(), PathBuf::new()));
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().replace('\n', " "),
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok((file, base))
+}
+
+/// The zones directory from the flags, else the file, else the default.
+fn zones_dir(args: &CommonArgs, file: &ConfigFile, base: &Path) -> PathBuf {
+    match (&args.zones, &file.zones) {
+        (Some(flag), _) => flag.clone(),
+        (None, Some(from_file)) => base.join(from_file),
+        (None, None) => PathBuf::from(DEFAULT_ZONES),
+    }
+}
+
+impl Config {
+    /// Merges the flags over the config file over the defaults.
+    pub fn for_serve(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let (file, base) = read_file(args.common.config.as_deref())?;
+        let listen = match (args.listen.is_empty(), file.listen.is_empty()) {
+            (false, _) => args.listen.clone(),
+            (true, false) => file.listen.clone(),
+            (true, true) => vec![DEFAULT_LISTEN.parse().expect("a valid default")],
+        };
+        let threads = args
+            .threads
+            .or(file.threads)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        if threads == 0 {
+            return Err(ConfigError::Invalid("threads must be at least 1".into()));
+        }
+        let max_connections = args
+            .max_tcp_connections
+            .or(file.max_tcp_connections)
+            .unwrap_or(DEFAULT_MAX_TCP_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "max-tcp-connections must be at least 1".into(),
+            ));
+        }
+        let idle = args
+            .tcp_idle_timeout
+            .or(file.tcp_idle_timeout)
+            .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT);
+        Ok(Config {
+            listen,
+            zones: zones_dir(&args.common, &file, &base),
+            threads,
+            tcp: TcpLimits {
+                idle_timeout: Duration::from_secs(idle.max(1)),
+                max_connections,
+            },
+        })
+    }
+
+    /// The zones directory for `check`.
+    pub fn zones_for_check(args: &CheckArgs) -> Result<PathBuf, ConfigError> {
+        let (file, base) = read_file(args.common.config.as_deref())?;
+        Ok(zones_dir(&args.common, &file, &base))
+    }
+}

@@ -1,0 +1,367 @@
+//! Answering one query from a snapshot: (snapshot, query bytes) → response
+//! bytes. Nothing here knows about sockets or files, so it is tested without a
+//! network.
+//!
+//! This is the hot path. It parses only what it needs (header, question, OPT),
+//! lowercases the name into a stack buffer, finds the zone and the name with
+//! hash lookups, and copies a pre-encoded answer behind the client's own
+//! question, so letter case is echoed and nothing is allocated once `out` has
+//! grown to its working size.
+
+use crate::snapshot::{Answer, Snapshot, ZoneSnapshot};
+use crate::wire::{CLASS_IN, HEADER_LEN, rtype};
+
+/// The largest UDP payload this server sends, whatever the client offers: the
+/// DNS Flag Day 2020 value, which avoids IP fragmentation on common paths.
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+
+/// How the query arrived; decides the size limit of the response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP: 512 bytes, or the EDNS payload size up to [`MAX_UDP_PAYLOAD`].
+    Udp,
+    /// TCP: up to 65535 bytes.
+    Tcp,
+}
+
+/// What to do with `out` after [`respond`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send `out`.
+    Reply,
+    /// The name is outside every zone; `out` holds a REFUSED response to send
+    /// unless the query is forwarded elsewhere.
+    NotAuthoritative,
+    /// Send nothing: not a query (too short to answer, or a response).
+    Drop,
+}
+
+mod rcode {
+    pub const NOERROR: u8 = 0;
+    pub const FORMERR: u8 = 1;
+    pub const NXDOMAIN: u8 = 3;
+    pub const NOTIMP: u8 = 4;
+    pub const REFUSED: u8 = 5;
+}
+
+/// Header flag bits (RFC 1035 4.1.1) in the second 16-bit word.
+const QR: u16 = 0x8000;
+const OPCODE_MASK: u16 = 0x7800;
+const AA: u16 = 0x0400;
+const TC: u16 = 0x0200;
+const RD: u16 = 0x0100;
+const CD: u16 = 0x0010;
+
+/// The EDNS DO bit in the OPT record's TTL field (RFC 3225).
+const DO_BIT: u16 = 0x8000;
+/// Encoded size of the OPT record we send.
+const OPT_LEN: usize = 11;
+
+/// What the query's OPT record said.
+#[derive(Clone, Copy)]
+struct Edns {
+    payload: u16,
+    version: u8,
+    dnssec_ok: bool,
+}
+
+/// A parsed question: the name lowercased into a stack buffer.
+struct Question {
+    lower: [u8; 255],
+    len: usize,
+    /// Offsets of each label in the name, for finding the zone by suffix.
+    labels: [u8; 128],
+    label_count: usize,
+    qtype: u16,
+    qclass: u16,
+    /// Where the question section ends in the query.
+    end: usize,
+}
+
+impl Question {
+    fn name(&self) -> &[u8] {
+        &self.lower[..self.len]
+    }
+}
+
+/// Writes the response to `query` into `out` and says what to do with it.
+pub fn respond(
+    snapshot: &Snapshot,
+    query: &[u8],
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    out.clear();
+    if query.len() < HEADER_LEN {
+        return Outcome::Drop;
+    }
+    let flags = u16::from_be_bytes([query[2], query[3]]);
+    if flags & QR != 0 {
+        // Never answer a response: that is how reflection loops start.
+        return Outcome::Drop;
+    }
+    let count = |i: usize| u16::from_be_bytes([query[4 + 2 * i], query[5 + 2 * i]]);
+    if count(0) != 1 {
+        header_only(query, flags, rcode::FORMERR, out);
+        return Outcome::Reply;
+    }
+    let Some(question) = parse_question(query) else {
+        header_only(query, flags, rcode::FORMERR, out);
+        return Outcome::Reply;
+    };
+    let Ok(edns) = parse_edns(query, question.end, [count(1), count(2), count(3)]) else {
+        header_only(query, flags, rcode::FORMERR, out);
+        return Outcome::Reply;
+    };
+    let response = Response {
+        query,
+        flags,
+        question: &question,
+        edns,
+        transport,
+        limit: match (transport, edns) {
+            (Transport::Tcp, _) => u16::MAX as usize,
+            (Transport::Udp, None) => 512,
+            (Transport::Udp, Some(e)) => e.payload.clamp(512, MAX_UDP_PAYLOAD) as usize,
+        },
+    };
+
+    if let Some(e) = edns
+        && e.version > 0
+    {
+        // RFC 6891 6.1.3: BADVERS is extended RCODE 16, whose high bits go in the OPT record.
+        response.write(out, 0, rcode::NOERROR, Body::Empty, 1);
+        return Outcome::Reply;
+    }
+    if flags & OPCODE_MASK != 0 {
+        response.write(out, 0, rcode::NOTIMP, Body::Empty, 0);
+        return Outcome::Reply;
+    }
+    if question.qclass != CLASS_IN {
+        response.write(out, 0, rcode::REFUSED, Body::Empty, 0);
+        return Outcome::Reply;
+    }
+    match question.qtype {
+        rtype::OPT => {
+            response.write(out, 0, rcode::FORMERR, Body::Empty, 0);
+            return Outcome::Reply;
+        }
+        rtype::MAILA | rtype::MAILB => {
+            response.write(out, 0, rcode::NOTIMP, Body::Empty, 0);
+            return Outcome::Reply;
+        }
+        _ => {}
+    }
+
+    let Some(zone) = find_zone(snapshot, &question) else {
+        response.write(out, 0, rcode::REFUSED, Body::Empty, 0);
+        return Outcome::NotAuthoritative;
+    };
+    if matches!(question.qtype, rtype::AXFR | rtype::IXFR) {
+        // Zone transfers are not offered: the registry changes too often for
+        // secondaries to be the way to replicate it.
+        response.write(out, 0, rcode::REFUSED, Body::Empty, 0);
+        return Outcome::Reply;
+    }
+    match zone.node(question.name()) {
+        None => response.write(out, AA, rcode::NXDOMAIN, Body::Negative(zone), 0),
+        Some(node) => {
+            let answer = match question.qtype {
+                rtype::ANY => node.any(),
+                qtype => node.answer(qtype),
+            };
+            match answer {
+                Some(answer) => response.write(out, AA, rcode::NOERROR, Body::Answer(answer), 0),
+                None => response.write(out, AA, rcode::NOERROR, Body::Negative(zone), 0),
+            }
+        }
+    }
+    Outcome::Reply
+}
+
+/// The longest zone apex that is a suffix of the question name.
+fn find_zone<'s>(snapshot: &'s Snapshot, question: &Question) -> Option<&'s ZoneSnapshot> {
+    question.labels[..question.label_count]
+        .iter()
+        .chain(std::iter::once(&(question.len as u8 - 1)))
+        .find_map(|&start| snapshot.zone(&question.lower[start as usize..question.len]))
+}
+
+/// Parses the question section; `None` if it is malformed.
+fn parse_question(query: &[u8]) -> Option<Question> {
+    let mut q = Question {
+        lower: [0; 255],
+        len: 0,
+        labels: [0; 128],
+        label_count: 0,
+        qtype: 0,
+        qclass: 0,
+        end: 0,
+    };
+    let mut pos = HEADER_LEN;
+    loop {
+        let len = *query.get(pos)? as usize;
+        if len == 0 {
+            break;
+        }
+        // A compression pointer (or a reserved label type) in the question
+        // cannot be copied back verbatim, and no real client sends one.
+        if len > 63 {
+            return None;
+        }
+        let label = query.get(pos + 1..pos + 1 + len)?;
+        if q.len + 1 + len + 1 > 255 {
+            return None;
+        }
+        q.labels[q.label_count] = q.len as u8;
+        q.label_count += 1;
+        q.lower[q.len] = len as u8;
+        for (dst, src) in q.lower[q.len + 1..q.len + 1 + len].iter_mut().zip(label) {
+            *dst = src.to_ascii_lowercase();
+        }
+        q.len += 1 + len;
+        pos += 1 + len;
+    }
+    q.lower[q.len] = 0;
+    q.len += 1;
+    let fixed = query.get(pos + 1..pos + 5)?;
+    q.qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    q.qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
+    q.end = pos + 5;
+    Some(q)
+}
+
+/// Walks the answer, authority and additional sections after the question and
+/// returns the OPT record's contents, if any. More than one OPT record, an OPT
+/// record with a non-root owner, or bytes that do not parse are errors.
+fn parse_edns(query: &[u8], mut pos: usize, counts: [u16; 3]) -> Result<Option<Edns>, ()> {
+    let mut edns = None;
+    for (section, &count) in counts.iter().enumerate() {
+        for _ in 0..count {
+            let owner_start = pos;
+            pos = skip_name(query, pos).ok_or(())?;
+            let fixed = query.get(pos..pos + 10).ok_or(())?;
+            let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+            let rdlen = u16::from_be_bytes([fixed[8], fixed[9]]) as usize;
+            if section == 2 && rtype == rtype::OPT {
+                if edns.is_some() || query[owner_start] != 0 {
+                    return Err(());
+                }
+                edns = Some(Edns {
+                    payload: u16::from_be_bytes([fixed[2], fixed[3]]),
+                    version: fixed[5],
+                    dnssec_ok: u16::from_be_bytes([fixed[6], fixed[7]]) & DO_BIT != 0,
+                });
+            }
+            pos += 10 + rdlen;
+            if pos > query.len() {
+                return Err(());
+            }
+        }
+    }
+    Ok(edns)
+}
+
+/// The position after a (possibly compressed) name.
+fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
+    loop {
+        let len = *msg.get(pos)?;
+        match len {
+            0 => return Some(pos + 1),
+            1..=63 => pos += 1 + len as usize,
+            0xC0..=0xFF => return msg.get(pos + 1).map(|_| pos + 2),
+            _ => return None,
+        }
+    }
+}
+
+/// A FORMERR (or other) response with no question: used when the question
+/// itself could not be read.
+fn header_only(query: &[u8], flags: u16, rcode: u8, out: &mut Vec<u8>) {
+    out.extend_from_slice(&query[..2]);
+    let flags = QR | (flags & (OPCODE_MASK | RD | CD)) | rcode as u16;
+    out.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&[0; 8]);
+}
+
+enum Body<'a> {
+    Empty,
+    Answer(&'a Answer),
+    /// NXDOMAIN or NODATA: the zone's SOA in the authority section.
+    Negative(&'a ZoneSnapshot),
+}
+
+struct Response<'q> {
+    query: &'q [u8],
+    flags: u16,
+    question: &'q Question,
+    edns: Option<Edns>,
+    transport: Transport,
+    limit: usize,
+}
+
+impl Response<'_> {
+    fn write(&self, out: &mut Vec<u8>, aa: u16, rcode: u8, body: Body, ext_rcode: u8) {
+        let question = &self.query[HEADER_LEN..self.question.end];
+        let opt_len = if self.edns.is_some() { OPT_LEN } else { 0 };
+        let room = self
+            .limit
+            .saturating_sub(HEADER_LEN + question.len() + opt_len);
+
+        // Choose what of the body goes out.
+        let (bytes, counts, truncated): (&[u8], [u16; 3], bool) = match body {
+            Body::Empty => (&[], [0; 3], false),
+            Body::Answer(answer) => {
+                let full = answer.full();
+                if full.len as usize <= room {
+                    (answer.body(), full.counts, false)
+                } else {
+                    let cut = answer.cut(room);
+                    let complete = cut.counts[..2] == full.counts[..2];
+                    // RFC 2181 9: dropping additional records needs no TC; an
+                    // incomplete answer over UDP is better sent empty with TC,
+                    // so the client retries over TCP at once.
+                    match (complete, self.transport == Transport::Tcp) {
+                        (true, _) | (false, true) => {
+                            (&answer.body()[..cut.len as usize], cut.counts, !complete)
+                        }
+                        (false, false) => (&[], [0; 3], true),
+                    }
+                }
+            }
+            Body::Negative(_) => (&[], [0, 1, 0], false),
+        };
+
+        let mut flags = QR | (self.flags & (OPCODE_MASK | RD | CD)) | aa | rcode as u16;
+        if truncated {
+            flags |= TC;
+        }
+        out.extend_from_slice(&self.query[..2]);
+        out.extend_from_slice(&flags.to_be_bytes());
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&counts[0].to_be_bytes());
+        out.extend_from_slice(&counts[1].to_be_bytes());
+        out.extend_from_slice(&(counts[2] + self.edns.is_some() as u16).to_be_bytes());
+        out.extend_from_slice(question);
+        match body {
+            Body::Negative(zone) => {
+                // The SOA's owner is the apex: a pointer to where the apex
+                // starts inside the question name.
+                let apex_at = HEADER_LEN + self.question.len - zone.apex_len();
+                out.extend_from_slice(&(0xC000 | apex_at as u16).to_be_bytes());
+                out.extend_from_slice(zone.negative_soa());
+            }
+            _ => out.extend_from_slice(bytes),
+        }
+        if let Some(edns) = self.edns {
+            out.push(0); // root owner
+            out.extend_from_slice(&rtype::OPT.to_be_bytes());
+            out.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
+            out.push(ext_rcode);
+            out.push(0); // version
+            let do_bit = if edns.dnssec_ok { DO_BIT } else { 0 };
+            out.extend_from_slice(&do_bit.to_be_bytes());
+            out.extend_from_slice(&0u16.to_be_bytes());
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The `signpost` command: parse the command line, run, map errors to exit codes.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use signpost::config::{Cli, Command, Config};
+use signpost::{app, zone};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            let config = match Config::for_serve(&args) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.threads)
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return fail(&e),
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Check(args) => {
+            let dir = match Config::zones_for_check(&args) {
+                Ok(d) => d,
+                Err(e) => return fail(&e),
+            };
+            check(&dir)
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), app::ServeError> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    app::serve(config, shutdown).await?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    info!("shutting down");
+    shutdown.cancel();
+}
+
+/// `signpost check`: every problem on its own line, like named-checkzone.
+fn check(dir: &std::path::Path) -> ExitCode {
+    let loaded = match zone::load_dir(dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "signpost: cannot read zones directory {}: {e}",
+                dir.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    for problem in &loaded.errors {
+        eprintln!("{problem}");
+    }
+    for (path, zone) in &loaded.zones {
+        println!("{}: zone {} OK", path.display(), zone.apex.to_ascii());
+    }
+    if loaded.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("signpost: {error}");
+    ExitCode::from(2)
+}

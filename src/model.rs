@@ -1,0 +1,113 @@
+//! The registry's model of a zone: what a zone file (or, later, a runtime
+//! registration) describes, already validated and with every name absolute.
+//!
+//! Nothing here knows about DNS wire format or files; `zone` produces these
+//! values and `answers` turns them into pre-encoded answers.
+
+use std::net::IpAddr;
+
+use hickory_proto::rr::Name;
+
+/// Default TTL of a zone's records, in seconds.
+pub const DEFAULT_TTL: u32 = 30;
+
+/// One authoritative zone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Zone {
+    /// The apex, absolute (ends in '.'), with the letter case the file used.
+    pub apex: Name,
+    /// TTL of every record in the zone.
+    pub ttl: u32,
+    /// Absolute names of the zone's name servers (NS records at the apex).
+    pub nameservers: Vec<Name>,
+    /// SOA fields other than the serial, which the registry manages.
+    pub soa: Soa,
+    /// Plain host names with their addresses.
+    pub hosts: Vec<Host>,
+    /// Services and their instances.
+    pub services: Vec<Service>,
+}
+
+/// The SOA fields a zone file may set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Soa {
+    /// Primary name server.
+    pub mname: Name,
+    /// Responsible mailbox, in domain-name form.
+    pub rname: Name,
+    /// Seconds between secondaries' refreshes.
+    pub refresh: u32,
+    /// Seconds before a failed refresh is retried.
+    pub retry: u32,
+    /// Seconds after which a secondary stops answering.
+    pub expire: u32,
+    /// Upper bound for negative caching (RFC 2308).
+    pub minimum: u32,
+}
+
+/// A host name with one or more addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// Absolute name, under the zone's apex.
+    pub name: Name,
+    /// IPv4 and IPv6 addresses, in the order given.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Transport protocol of a service, the `_tcp` / `_udp` label of its SRV name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// `_tcp`
+    Tcp,
+    /// `_udp`
+    Udp,
+}
+
+impl Protocol {
+    /// The label as it appears in an SRV owner name, without the underscore.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A service: a name under the zone, a protocol, and its instances.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// A single DNS label, e.g. `web`.
+    pub name: String,
+    /// `_tcp` or `_udp`.
+    pub protocol: Protocol,
+    /// Tags of the service; they apply to all its instances.
+    pub tags: Vec<String>,
+    /// The instances, in the order given.
+    pub instances: Vec<Instance>,
+}
+
+/// One instance of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// A single DNS label; with addresses it is also the host name `<name>.<zone>`.
+    pub name: String,
+    /// Where the instance is.
+    pub endpoint: Endpoint,
+    /// Port (the instance's own, or the service's default).
+    pub port: u16,
+    /// SRV weight.
+    pub weight: u16,
+    /// SRV priority.
+    pub priority: u16,
+    /// Tags of the instance itself (the service's tags are not repeated here).
+    pub tags: Vec<String>,
+}
+
+/// Where an instance lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The instance is its own host, `<instance>.<zone>`, with these addresses.
+    Addresses(Vec<IpAddr>),
+    /// The SRV record points at this absolute name; no addresses are served for it.
+    Target(Name),
+}

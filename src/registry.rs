@@ -1,0 +1,158 @@
+//! The mutable registry and the point where snapshots are published.
+//!
+//! One owner (the task that applies changes) holds the [`Registry`]; queries
+//! only ever see the immutable [`Snapshot`] it publishes through an
+//! [`arc_swap::ArcSwap`], so a reader never waits for a writer and a writer
+//! never waits for readers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use crate::model::Zone;
+use crate::snapshot::{Snapshot, ZoneSnapshot, build_zone};
+use crate::wire::lower_wire;
+
+/// Where the query path loads the current snapshot from.
+pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
+
+/// A change the registry refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Two files describe the same zone.
+    #[error("zone {zone} is already defined by {}", other.display())]
+    ZoneClaimed {
+        /// The zone's apex.
+        zone: String,
+        /// The file that has it.
+        other: PathBuf,
+    },
+}
+
+/// The registry: every zone, where it came from, and its serial.
+pub struct Registry {
+    published: SnapshotHandle,
+    zones: BTreeMap<Vec<u8>, ZoneEntry>,
+}
+
+struct ZoneEntry {
+    source: PathBuf,
+    zone: Zone,
+    serial: u32,
+    built: Arc<ZoneSnapshot>,
+}
+
+/// What `status` reports of one zone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneStatus {
+    /// The apex, as written in its file.
+    pub zone: String,
+    /// The file it comes from.
+    pub source: PathBuf,
+    /// The current SOA serial.
+    pub serial: u32,
+    /// Number of services.
+    pub services: usize,
+    /// Number of instances over all services.
+    pub instances: usize,
+}
+
+impl Registry {
+    /// An empty registry and the handle its snapshots are published to.
+    pub fn new() -> (Self, SnapshotHandle) {
+        let published: SnapshotHandle = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let registry = Registry {
+            published: published.clone(),
+            zones: BTreeMap::new(),
+        };
+        (registry, published)
+    }
+
+    /// Sets the zone a file describes, replacing what that file said before.
+    /// Call [`Registry::publish`] to make the change visible.
+    pub fn set_file_zone(&mut self, path: &Path, zone: Zone) -> Result<(), RegistryError> {
+        let key = lower_wire(&zone.apex);
+        if let Some(entry) = self.zones.get(&key)
+            && entry.source != path
+        {
+            return Err(RegistryError::ZoneClaimed {
+                zone: zone.apex.to_ascii(),
+                other: entry.source.clone(),
+            });
+        }
+        // A file whose `zone` line changed no longer serves its old zone.
+        self.zones
+            .retain(|k, entry| entry.source != path || *k == key);
+        let previous = self.zones.get(&key);
+        if previous.is_some_and(|p| p.zone == zone) {
+            return Ok(());
+        }
+        let serial = next_serial(previous.map(|p| p.serial));
+        let built = Arc::new(build_zone(&zone, serial));
+        self.zones.insert(
+            key,
+            ZoneEntry {
+                source: path.to_path_buf(),
+                zone,
+                serial,
+                built,
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops every zone a file described.
+    pub fn remove_file(&mut self, path: &Path) {
+        self.zones.retain(|_, entry| entry.source != path);
+    }
+
+    /// Publishes the current state to the query path: one pointer swap.
+    pub fn publish(&self) {
+        let snapshot = Snapshot::new(self.zones.values().map(|e| e.built.clone()));
+        self.published.store(Arc::new(snapshot));
+    }
+
+    /// Zones with their source and serial, sorted by apex.
+    pub fn status(&self) -> Vec<ZoneStatus> {
+        self.zones
+            .values()
+            .map(|e| ZoneStatus {
+                zone: e.zone.apex.to_ascii(),
+                source: e.source.clone(),
+                serial: e.serial,
+                services: e.zone.services.len(),
+                instances: e.zone.services.iter().map(|s| s.instances.len()).sum(),
+            })
+            .collect()
+    }
+}
+
+/// The serial after `previous`: the current Unix time, or one more than the
+/// previous serial when changes come faster than once a second, so it only
+/// ever grows, across restarts too (RFC 1982 arithmetic allows the wrap).
+fn next_serial(previous: Option<u32>) -> u32 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(1);
+    match previous {
+        Some(p) if p.wrapping_sub(now) as i32 >= 0 => p.wrapping_add(1),
+        _ => now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serials_grow_even_within_one_second() {
+        let a = next_serial(None);
+        let b = next_serial(Some(a));
+        let c = next_serial(Some(b));
+        assert!(b > a && c > b);
+    }
+}

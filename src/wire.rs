@@ -1,0 +1,171 @@
+//! Small pieces of the DNS wire format (RFC 1035 section 4) shared by the
+//! snapshot builder, which encodes answers once, and the query path, which
+//! only copies them.
+//!
+//! hickory-proto's encoder would do, but it compresses at most 120 names per
+//! message and searches its pointers linearly; a 1000-instance SRV answer needs
+//! every name compressed to fit in 64 KiB, so names are written here.
+
+use std::collections::HashMap;
+
+use hickory_proto::rr::Name;
+
+/// Record type codes used by the server (RFC 1035, 3596, 2782, 6891).
+pub mod rtype {
+    /// IPv4 address.
+    pub const A: u16 = 1;
+    /// Name server.
+    pub const NS: u16 = 2;
+    /// Start of authority.
+    pub const SOA: u16 = 6;
+    /// Domain name pointer.
+    pub const PTR: u16 = 12;
+    /// Text strings.
+    pub const TXT: u16 = 16;
+    /// IPv6 address.
+    pub const AAAA: u16 = 28;
+    /// Service locator.
+    pub const SRV: u16 = 33;
+    /// EDNS(0) pseudo-record.
+    pub const OPT: u16 = 41;
+    /// Incremental zone transfer.
+    pub const IXFR: u16 = 251;
+    /// Full zone transfer.
+    pub const AXFR: u16 = 252;
+    /// Obsolete mailbox queries.
+    pub const MAILB: u16 = 253;
+    /// Obsolete mail agent queries.
+    pub const MAILA: u16 = 254;
+    /// Any type (RFC 8482).
+    pub const ANY: u16 = 255;
+}
+
+/// Class IN.
+pub const CLASS_IN: u16 = 1;
+
+/// Size of the DNS message header.
+pub const HEADER_LEN: usize = 12;
+
+/// The uncompressed wire form of a name, lowercased: the key of every lookup.
+pub fn lower_wire(name: &Name) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    out.push(0);
+    out
+}
+
+/// The uncompressed wire form of a name, with its letter case kept.
+pub fn wire(name: &Name) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label);
+    }
+    out.push(0);
+    out
+}
+
+/// Appends DNS messages with name compression, remembering every name suffix
+/// it has written (letter case included, so case is never changed by a pointer).
+pub struct MessageWriter {
+    /// The message so far.
+    pub buf: Vec<u8>,
+    suffixes: HashMap<Vec<u8>, u16>,
+}
+
+impl MessageWriter {
+    /// Starts a message whose question section holds `qname` (uncompressed wire
+    /// form) at offset 12, as it will in every response built from this one.
+    pub fn with_question(qname_wire: &[u8], qtype: u16) -> Self {
+        let mut writer = MessageWriter {
+            buf: vec![0; HEADER_LEN],
+            suffixes: HashMap::new(),
+        };
+        writer.name_wire(qname_wire);
+        writer.u16(qtype);
+        writer.u16(CLASS_IN);
+        writer
+    }
+
+    /// Appends a big-endian u16.
+    pub fn u16(&mut self, v: u16) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+
+    /// Appends a big-endian u32.
+    pub fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+
+    /// Appends a name, compressed against every name already written.
+    pub fn name(&mut self, name: &Name) {
+        self.name_wire(&wire(name));
+    }
+
+    fn name_wire(&mut self, wire: &[u8]) {
+        self.name_wire_with(wire, true);
+    }
+
+    fn name_wire_with(&mut self, wire: &[u8], compress: bool) {
+        let mut pos = 0;
+        while wire[pos] != 0 {
+            let suffix = &wire[pos..];
+            if let Some(&offset) = self.suffixes.get(suffix).filter(|_| compress) {
+                self.u16(0xC000 | offset);
+                return;
+            }
+            // Pointers have 14 bits; later names just go uncompressed.
+            if self.buf.len() < 0x3FFF {
+                self.suffixes.insert(suffix.to_vec(), self.buf.len() as u16);
+            }
+            let len = wire[pos] as usize;
+            self.buf.extend_from_slice(&wire[pos..=pos + len]);
+            pos += len + 1;
+        }
+        self.buf.push(0);
+    }
+
+    /// Appends a name without compressing it (SRV targets, RFC 2782), though
+    /// later names may still point into it.
+    pub fn name_uncompressed(&mut self, name: &Name) {
+        self.name_wire_with(&wire(name), false);
+    }
+
+    /// Appends a record header, runs `rdata` to write its data, and fills in
+    /// the data length.
+    pub fn record(&mut self, owner: &Name, rtype: u16, ttl: u32, rdata: impl FnOnce(&mut Self)) {
+        self.name(owner);
+        self.u16(rtype);
+        self.u16(CLASS_IN);
+        self.u32(ttl);
+        let len_at = self.buf.len();
+        self.u16(0);
+        rdata(self);
+        let len = (self.buf.len() - len_at - 2) as u16;
+        self.buf[len_at..len_at + 2].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_compress_against_earlier_suffixes_with_their_case() {
+        let qname = Name::from_ascii("_web._tcp.svc.example.").unwrap();
+        let mut w = MessageWriter::with_question(&lower_wire(&qname), rtype::SRV);
+        let start = w.buf.len();
+        w.name(&Name::from_ascii("web-1.svc.example.").unwrap());
+        // "web-1" then a pointer to "svc.example" inside the question (offset 12 + 10).
+        assert_eq!(
+            &w.buf[start..],
+            &[5, b'w', b'e', b'b', b'-', b'1', 0xC0, 22]
+        );
+        let start = w.buf.len();
+        w.name(&Name::from_ascii("WEB-1.svc.example.").unwrap());
+        assert_eq!(&w.buf[start..start + 6], &[5, b'W', b'E', b'B', b'-', b'1']);
+    }
+}

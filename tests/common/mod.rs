@@ -1,0 +1,237 @@
+//! Test harness: starts the real `signpost` binary on 127.0.0.1 port 0, reads
+//! the bound port from its log, and talks DNS to it over real sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_net::client::{Client, ClientHandle};
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::tcp::TcpClientStream;
+use hickory_net::udp::UdpClientStream;
+use hickory_proto::op::{Edns, Message, Query};
+use hickory_proto::rr::{DNSClass, Name, RecordType};
+
+/// The example zones shipped in the repository.
+pub fn example_zones() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("zones")
+}
+
+/// A running server, killed on drop.
+pub struct Server {
+    child: Child,
+    /// Where it answers UDP and TCP.
+    pub addr: SocketAddr,
+    /// Everything it has logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `signpost serve` on the zones in `dir`, with extra arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_signpost"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "2",
+                "--zones",
+            ])
+            .arg(dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start signpost");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("listening on")
+                        && let Some(addr) = line.split("addr=").nth(1)
+                    {
+                        let _ = tx.send(addr.trim().to_string());
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr.parse().expect("a socket address in the log"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not start; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    /// Starts `signpost serve` on the zones in `dir`.
+    pub fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    /// The log so far, one string.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until the log has a line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Sends raw bytes over UDP and returns the raw reply, or None on timeout.
+    pub fn udp_raw(&self, query: &[u8]) -> Option<Vec<u8>> {
+        udp_raw(self.addr, query, Duration::from_secs(2))
+    }
+
+    /// Sends a message over UDP and decodes the reply.
+    pub fn udp(&self, query: &Message) -> Message {
+        let bytes = self.udp_raw(&query.to_vec().unwrap()).expect("a UDP reply");
+        Message::from_vec(&bytes).expect("a well-formed reply")
+    }
+
+    /// Sends a message over TCP and decodes the reply.
+    pub fn tcp(&self, query: &Message) -> Message {
+        let bytes = tcp_raw(self.addr, &query.to_vec().unwrap()).expect("a TCP reply");
+        Message::from_vec(&bytes).expect("a well-formed reply")
+    }
+
+    /// Process ID, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit, returning its status.
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One UDP exchange.
+pub fn udp_raw(addr: SocketAddr, query: &[u8], timeout: Duration) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(timeout)).unwrap();
+    socket.send_to(query, addr).unwrap();
+    let mut buf = vec![0u8; 65535];
+    let (len, _) = socket.recv_from(&mut buf).ok()?;
+    buf.truncate(len);
+    Some(buf)
+}
+
+/// One TCP exchange (length-prefixed).
+pub fn tcp_raw(addr: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(query);
+    stream.write_all(&framed)?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len)?;
+    let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut reply)?;
+    Ok(reply)
+}
+
+/// A query message for `name` and `rtype`, with RD set as stub resolvers do.
+pub fn query(name: &str, rtype: RecordType) -> Message {
+    let mut message = Message::query();
+    message.metadata.id = rand_id();
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    message
+}
+
+/// The same query with an EDNS(0) OPT record advertising `payload` bytes.
+pub fn query_edns(name: &str, rtype: RecordType, payload: u16) -> Message {
+    let mut message = query(name, rtype);
+    let mut edns = Edns::new();
+    edns.set_max_payload(payload);
+    message.set_edns(edns);
+    message
+}
+
+fn rand_id() -> u16 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        & 0xFFFF) as u16
+}
+
+/// A hickory UDP client connected to the server.
+pub async fn udp_client(addr: SocketAddr) -> Client<TokioRuntimeProvider> {
+    let stream = UdpClientStream::builder(addr, TokioRuntimeProvider::default()).build();
+    let (client, bg) = Client::<TokioRuntimeProvider>::from_sender(stream);
+    tokio::spawn(bg);
+    client
+}
+
+/// A hickory TCP client connected to the server.
+pub async fn tcp_client(addr: SocketAddr) -> Client<TokioRuntimeProvider> {
+    let (future, handle) = TcpClientStream::new(addr, None, None, TokioRuntimeProvider::default());
+    let stream = future.await.expect("TCP connect");
+    let (client, bg) = Client::<TokioRuntimeProvider>::new(stream, handle);
+    tokio::spawn(bg);
+    client
+}
+
+/// Asks with a hickory client and returns the response message.
+pub async fn ask(
+    client: &mut Client<TokioRuntimeProvider>,
+    name: &str,
+    rtype: RecordType,
+) -> Message {
+    let response = client
+        .query(Name::from_ascii(name).unwrap(), DNSClass::IN, rtype)
+        .await
+        .expect("a response");
+    response.into_message()
+}
+
+/// Runs `dig` with these arguments against the server and returns its stdout.
+pub fn dig(server: &Server, args: &[&str]) -> String {
+    let output = Command::new("dig")
+        .arg(format!("@{}", server.addr.ip()))
+        .args(["-p", &server.addr.port().to_string()])
+        .args(args)
+        .output()
+        .expect("dig is installed (apt-get install dnsutils)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
