@@ -19,6 +19,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8600";
 pub const DEFAULT_ZONES: &str = "zones";
 /// Default TCP idle timeout in seconds (RFC 7766 suggests seconds, not minutes).
 pub const DEFAULT_TCP_IDLE_TIMEOUT: u64 = 10;
+/// Default seconds between full rescans of the zones directory, which catch
+/// what file events miss (network filesystems).
+pub const DEFAULT_RESCAN_INTERVAL: u64 = 30;
 /// Default cap on concurrent TCP connections.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 512;
 
@@ -75,6 +78,10 @@ pub struct ServeArgs {
     /// Most concurrent TCP connections; more are closed on accept [default: 512]
     #[arg(long, value_name = "N")]
     pub max_tcp_connections: Option<usize>,
+    /// Rescan the zones directory every SECS seconds even without file
+    /// events, for filesystems that send none (NFS) [default: 30]
+    #[arg(long, value_name = "SECS")]
+    pub rescan_interval: Option<u64>,
 }
 
 /// `signpost check`
@@ -101,6 +108,8 @@ pub struct ConfigFile {
     pub tcp_idle_timeout: Option<u64>,
     /// See `--max-tcp-connections`.
     pub max_tcp_connections: Option<usize>,
+    /// See `--rescan-interval`.
+    pub rescan_interval: Option<u64>,
 }
 
 /// A config problem, reported in one line by `main`.
@@ -138,6 +147,8 @@ pub struct Config {
     pub threads: usize,
     /// TCP limits.
     pub tcp: TcpLimits,
+    /// Time between full rescans of the zones directory.
+    pub rescan_interval: Duration,
 }
 
 fn read_file(path: Option<&Path>) -> Result<(ConfigFile, PathBuf), ConfigError> {
@@ -194,7 +205,12 @@ impl Config {
             .tcp_idle_timeout
             .or(file.tcp_idle_timeout)
             .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT);
+        let rescan = args
+            .rescan_interval
+            .or(file.rescan_interval)
+            .unwrap_or(DEFAULT_RESCAN_INTERVAL);
         Ok(Config {
+            rescan_interval: Duration::from_secs(rescan.max(1)),
             listen,
             zones: zones_dir(&args.common, &file, &base),
             threads,

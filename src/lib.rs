@@ -12,5 +12,6 @@ pub mod model;
 pub mod registry;
 pub mod server;
 pub mod snapshot;
+pub mod watch;
 pub mod wire;
 pub mod zone;

@@ -12,9 +12,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
+use tracing::{error, info};
+
 use crate::model::Zone;
 use crate::snapshot::{Snapshot, ZoneSnapshot, build_zone};
 use crate::wire::lower_wire;
+use crate::zone::ZoneError;
 
 /// Where the query path loads the current snapshot from.
 pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
@@ -32,10 +35,40 @@ pub enum RegistryError {
     },
 }
 
+/// A change to the registry, from any source. Sources describe what they
+/// saw; the registry decides what it means for the zones.
+#[derive(Debug)]
+pub enum Change {
+    /// A zone file was read and is valid.
+    FileLoaded {
+        /// The file.
+        path: PathBuf,
+        /// What it describes (boxed: a zone is large, the other variants small).
+        zone: Box<Zone>,
+        /// Line and column of its `zone` value, for conflict errors.
+        zone_at: (usize, usize),
+    },
+    /// A zone file was read and is not valid: its last good version, if
+    /// any, keeps serving, marked stale.
+    FileInvalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        errors: Vec<ZoneError>,
+    },
+    /// A zone file is gone: its zone is no longer served.
+    FileRemoved {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
 /// The registry: every zone, where it came from, and its serial.
 pub struct Registry {
     published: SnapshotHandle,
     zones: BTreeMap<Vec<u8>, ZoneEntry>,
+    /// The first problem of each zone file whose current version is invalid.
+    file_errors: BTreeMap<PathBuf, String>,
 }
 
 struct ZoneEntry {
@@ -54,6 +87,9 @@ pub struct ZoneStatus {
     pub source: PathBuf,
     /// The current SOA serial.
     pub serial: u32,
+    /// Why the file's current version is not served, if it is not: the zone
+    /// is then stale, serving the file's last good version.
+    pub stale: Option<String>,
     /// Number of services.
     pub services: usize,
     /// Number of instances over all services.
@@ -67,13 +103,80 @@ impl Registry {
         let registry = Registry {
             published: published.clone(),
             zones: BTreeMap::new(),
+            file_errors: BTreeMap::new(),
         };
         (registry, published)
     }
 
+    /// Applies one change; [`Registry::publish`] makes it visible. Returns
+    /// whether anything that queries see changed.
+    pub fn apply(&mut self, change: Change) -> bool {
+        match change {
+            Change::FileLoaded {
+                path,
+                zone,
+                zone_at,
+            } => {
+                let name = zone.apex.to_ascii();
+                match self.set_file_zone(&path, *zone) {
+                    Ok(changed) => {
+                        if self.file_errors.remove(&path).is_some() || changed {
+                            info!(zone = %name, file = %path.display(), "zone loaded");
+                        }
+                        changed
+                    }
+                    Err(problem) => {
+                        let error = ZoneError {
+                            path: path.clone(),
+                            line: zone_at.0,
+                            column: zone_at.1,
+                            message: problem.to_string(),
+                        };
+                        self.reject(path, vec![error]);
+                        false
+                    }
+                }
+            }
+            Change::FileInvalid { path, errors } => {
+                self.reject(path, errors);
+                false
+            }
+            Change::FileRemoved { path } => {
+                self.file_errors.remove(&path);
+                let before = self.zones.len();
+                self.remove_file(&path);
+                let changed = self.zones.len() != before;
+                if changed {
+                    info!(file = %path.display(), "zone file removed; its zone is no longer served");
+                }
+                changed
+            }
+        }
+    }
+
+    fn reject(&mut self, path: PathBuf, errors: Vec<ZoneError>) {
+        let serving = self.zones.values().any(|e| e.source == path);
+        for problem in &errors {
+            if serving {
+                error!(%problem, "zone file rejected; still serving its last good version");
+            } else {
+                error!(%problem, "zone file rejected");
+            }
+        }
+        if let Some(first) = errors.first() {
+            self.file_errors.insert(path, first.to_string());
+        }
+    }
+
+    /// Files whose current version was rejected.
+    pub fn invalid_files(&self) -> impl Iterator<Item = &Path> {
+        self.file_errors.keys().map(PathBuf::as_path)
+    }
+
     /// Sets the zone a file describes, replacing what that file said before.
     /// Call [`Registry::publish`] to make the change visible.
-    pub fn set_file_zone(&mut self, path: &Path, zone: Zone) -> Result<(), RegistryError> {
+    /// Returns whether the zone changed.
+    pub fn set_file_zone(&mut self, path: &Path, zone: Zone) -> Result<bool, RegistryError> {
         let key = lower_wire(&zone.apex);
         if let Some(entry) = self.zones.get(&key)
             && entry.source != path
@@ -88,7 +191,7 @@ impl Registry {
             .retain(|k, entry| entry.source != path || *k == key);
         let previous = self.zones.get(&key);
         if previous.is_some_and(|p| p.zone == zone) {
-            return Ok(());
+            return Ok(false);
         }
         let serial = next_serial(previous.map(|p| p.serial));
         let built = Arc::new(build_zone(&zone, serial));
@@ -101,7 +204,7 @@ impl Registry {
                 built,
             },
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Drops every zone a file described.
@@ -123,6 +226,7 @@ impl Registry {
                 zone: e.zone.apex.to_ascii(),
                 source: e.source.clone(),
                 serial: e.serial,
+                stale: self.file_errors.get(&e.source).cloned(),
                 services: e.zone.services.len(),
                 instances: e.zone.services.iter().map(|s| s.instances.len()).sum(),
             })

@@ -78,7 +78,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Zone, Vec<ZoneError>> {
 /// Reads and parses one file (an I/O error becomes a [`ZoneError`] at 1:1
 /// with the I/O error's message).
 pub fn load_file(path: &Path) -> Result<Zone, Vec<ZoneError>> {
-    read_and_parse(path).map(|(zone, _)| zone)
+    load_file_located(path).map(|(zone, _)| zone)
 }
 
 /// Loads every `*.toml` file in `dir`, sorted by file name (not recursive;
@@ -90,35 +90,12 @@ pub fn load_file(path: &Path) -> Result<Zone, Vec<ZoneError>> {
 /// Returns `Err` only if the directory itself can't be read.
 pub fn load_dir(dir: &Path) -> std::io::Result<LoadedDir> {
     let mut loaded = LoadedDir::default();
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                loaded.errors.push(io_error(dir, &e));
-                continue;
-            }
-        };
-        let name = entry.file_name();
-        let Some(name_str) = name.to_str() else {
-            continue;
-        };
-        if name_str.starts_with('.') || !name_str.ends_with(".toml") {
-            continue;
-        }
-        let path = entry.path();
-        // Follows symlinks: a linked zone file is still a zone file.
-        if path.is_dir() {
-            continue;
-        }
-        files.push((name, path));
-    }
-    files.sort();
+    let files = zone_files(dir, &mut loaded.errors)?;
 
     // Apex -> the file that has it (Name compares case-insensitively).
     let mut apexes: HashMap<Name, PathBuf> = HashMap::new();
-    for (_, path) in files {
-        match read_and_parse(&path) {
+    for path in files {
+        match load_file_located(&path) {
             Ok((zone, zone_span)) => {
                 if let Some(first) = apexes.get(&zone.apex) {
                     loaded.errors.push(ZoneError {
@@ -140,6 +117,43 @@ pub fn load_dir(dir: &Path) -> std::io::Result<LoadedDir> {
         }
     }
     Ok(loaded)
+}
+
+/// The zone files in `dir`: every `*.toml` entry (symlinks followed, so a
+/// Kubernetes ConfigMap's links count) whose name does not start with '.',
+/// sorted by file name. Unreadable entries are reported in `errors`.
+pub fn zone_files(dir: &Path, errors: &mut Vec<ZoneError>) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                errors.push(io_error(dir, &e));
+                continue;
+            }
+        };
+        let name = entry.file_name();
+        let Some(name_str) = name.to_str() else {
+            continue;
+        };
+        if name_str.starts_with('.') || !name_str.ends_with(".toml") {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            continue;
+        }
+        files.push((name, path));
+    }
+    files.sort();
+    Ok(files.into_iter().map(|(_, path)| path).collect())
+}
+
+/// Like [`load_file`], also returning the line and column of the `zone`
+/// value, where a conflict with another file is reported.
+pub fn load_file_located(path: &Path) -> Result<(Zone, (usize, usize)), Vec<ZoneError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| vec![io_error(path, &e)])?;
+    parse_inner(path, &text)
 }
 
 /// Checks a single DNS label for service/instance/tag names: letters, digits
@@ -293,11 +307,6 @@ fn io_error(path: &Path, e: &std::io::Error) -> ZoneError {
         column: 1,
         message: e.to_string(),
     }
-}
-
-fn read_and_parse(path: &Path) -> Result<(Zone, (usize, usize)), Vec<ZoneError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| vec![io_error(path, &e)])?;
-    parse_inner(path, &text)
 }
 
 /// Parses a file; on success also returns the line:column of the `zone` value.
