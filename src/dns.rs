@@ -101,16 +101,23 @@ pub fn respond(
         return Outcome::Drop;
     }
     let count = |i: usize| u16::from_be_bytes([query[4 + 2 * i], query[5 + 2 * i]]);
+    // An unknown opcode is NOTIMP even when its sections are not shaped like a
+    // query's (a STATUS request with no question, say).
+    let malformed = if flags & OPCODE_MASK != 0 {
+        rcode::NOTIMP
+    } else {
+        rcode::FORMERR
+    };
     if count(0) != 1 {
-        header_only(query, flags, rcode::FORMERR, out);
+        header_only(query, flags, malformed, out);
         return Outcome::Reply;
     }
     let Some(question) = parse_question(query) else {
-        header_only(query, flags, rcode::FORMERR, out);
+        header_only(query, flags, malformed, out);
         return Outcome::Reply;
     };
     let Ok(edns) = parse_edns(query, question.end, [count(1), count(2), count(3)]) else {
-        header_only(query, flags, rcode::FORMERR, out);
+        header_only(query, flags, malformed, out);
         return Outcome::Reply;
     };
     let response = Response {

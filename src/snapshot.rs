@@ -6,7 +6,7 @@
 //! A snapshot is never changed after it is built; the registry publishes a new
 //! one and queries in flight keep the old one alive until they finish.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -138,7 +138,7 @@ impl Answer {
 }
 
 /// One record's data, before encoding.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum RData {
     Addr(IpAddr),
     Srv {
@@ -172,19 +172,21 @@ struct NodeRecords {
 /// Builds the answers of one zone.
 pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
     let mut names: HashMap<Vec<u8>, NodeRecords> = HashMap::new();
+    // Every (owner, record) added so far: a set, so that a service with
+    // thousands of instances is not quadratic to build.
+    let mut seen: HashSet<(Vec<u8>, RData)> = HashSet::new();
     let mut add = |name: &Name, rdata: RData| {
-        let node = names
-            .entry(lower_wire(name))
-            .or_insert_with(|| NodeRecords {
-                name: name.clone(),
-                rrsets: BTreeMap::new(),
-            });
-        let rrset = node.rrsets.entry(rdata.rtype()).or_default();
+        let key = lower_wire(name);
         // Two sources of the same record (an address shared by two instances
         // of a service) would be a duplicate RR, which RFC 2181 forbids.
-        if !rrset.contains(&rdata) {
-            rrset.push(rdata);
+        if !seen.insert((key.clone(), rdata.clone())) {
+            return;
         }
+        let node = names.entry(key).or_insert_with(|| NodeRecords {
+            name: name.clone(),
+            rrsets: BTreeMap::new(),
+        });
+        node.rrsets.entry(rdata.rtype()).or_default().push(rdata);
     };
 
     add(&zone.apex, RData::Soa);
@@ -311,9 +313,10 @@ impl Encoder<'_> {
 
         // Addresses of in-zone targets, so a client needs no second query.
         let mut glue_for: Vec<&Name> = Vec::new();
+        let mut glue_seen: HashSet<&Name> = HashSet::new();
         for rdata in rrset {
             if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata
-                && !glue_for.contains(&n)
+                && glue_seen.insert(n)
             {
                 glue_for.push(n);
             }
