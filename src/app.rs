@@ -2,12 +2,14 @@
 //! watcher, bind, and serve until told to stop.
 
 use std::io;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::forward::{self, ForwardError, Forwarder};
 use crate::registry::{Change, Registry};
 use crate::server;
 use crate::watch::{self, Scanner};
@@ -39,6 +41,9 @@ pub enum ServeError {
         /// Why.
         source: notify::Error,
     },
+    /// Forwarding would loop back to this server.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
     /// A socket failed while serving.
     #[error("serving failed: {0}")]
     Io(#[from] io::Error),
@@ -116,7 +121,17 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         })?;
         bound.push(b);
     }
-    server::run(bound, snapshots, config.tcp, shutdown).await?;
+    let forwarder = match &config.forward {
+        None => None,
+        Some(forward) => {
+            // Checked against the addresses actually bound, so port 0 is resolved.
+            let listen: Vec<_> = bound.iter().map(|b| b.addr).collect();
+            forward::check_loop(&forward.upstreams, &listen)?;
+            info!(upstreams = ?forward.upstreams, "forwarding names outside the zones");
+            Some(Arc::new(Forwarder::new(forward, &listen)))
+        }
+    };
+    server::run(bound, snapshots, config.tcp, forwarder, shutdown).await?;
     Ok(())
 }
 

@@ -2,12 +2,14 @@
 //!
 //! Data flows one way: sources (zone files) → [`registry::Registry`] → an
 //! immutable [`snapshot::Snapshot`] published atomically → [`dns::respond`],
-//! which the [`server`] loops call for every query.
+//! which the [`server`] loops call for every query. Names outside every zone
+//! go to [`forward`] when upstreams are configured.
 #![warn(missing_docs)]
 
 pub mod app;
 pub mod config;
 pub mod dns;
+pub mod forward;
 pub mod model;
 pub mod registry;
 pub mod server;
