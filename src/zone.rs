@@ -27,7 +27,10 @@
 //! keys stop parsing at the first one; all semantic errors of a file are
 //! reported together.
 
+use std::borrow::{Borrow, Cow};
+use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
@@ -314,6 +317,7 @@ fn parse_inner(path: &Path, text: &str) -> Result<(Zone, (usize, usize)), Vec<Zo
     let mut cx = Cx {
         path,
         text,
+        newlines: OnceCell::new(),
         errors: Vec::new(),
     };
     let raw: RawZone = match toml::from_str(text) {
@@ -335,7 +339,8 @@ fn parse_inner(path: &Path, text: &str) -> Result<(Zone, (usize, usize)), Vec<Zo
             None
         }
         Some(z) => {
-            zone_pos = cx.line_col(z.span().start);
+            // One position on the success path: scan rather than index the file.
+            zone_pos = cx.line_col_scan(z.span().start);
             match parse_apex(z.get_ref()) {
                 Ok(apex) => Some(apex),
                 Err(msg) => {
@@ -377,16 +382,44 @@ fn parse_apex(s: &str) -> Result<Name, String> {
 struct Cx<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Byte offsets of every '\n' in `text`, built at the first error so that
+    /// many errors in a large file don't each rescan it from the start.
+    newlines: OnceCell<Vec<usize>>,
     errors: Vec<ZoneError>,
 }
 
 impl Cx<'_> {
-    /// 1-based line and column (in characters) of a byte offset.
-    fn line_col(&self, offset: usize) -> (usize, usize) {
+    /// `offset` clamped to the text and moved back to a char boundary.
+    fn clamp(&self, offset: usize) -> usize {
         let mut offset = offset.min(self.text.len());
         while !self.text.is_char_boundary(offset) {
             offset -= 1;
         }
+        offset
+    }
+
+    /// 1-based line and column (in characters) of a byte offset, found in
+    /// the file's newline index (built on first use).
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = self.clamp(offset);
+        let newlines = self.newlines.get_or_init(|| {
+            self.text
+                .bytes()
+                .enumerate()
+                .filter_map(|(i, b)| (b == b'\n').then_some(i))
+                .collect()
+        });
+        // Newlines before `offset`.
+        let before = newlines.partition_point(|&i| i < offset);
+        let line_start = before.checked_sub(1).map_or(0, |k| newlines[k] + 1);
+        let column = self.text[line_start..offset].chars().count() + 1;
+        (before + 1, column)
+    }
+
+    /// Like [`Cx::line_col`], but scanning the text up to `offset` instead of
+    /// building the index: for the one position wanted when there are no errors.
+    fn line_col_scan(&self, offset: usize) -> (usize, usize) {
+        let offset = self.clamp(offset);
         let before = &self.text[..offset];
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let line = before.matches('\n').count() + 1;
@@ -549,7 +582,9 @@ impl Cx<'_> {
         // Every name the zone's records own, for conflict checks: the owner and
         // the line it was first given on.
         let mut hosts: Vec<Host> = Vec::new();
-        let mut host_lines: Vec<(Name, Range<usize>)> = Vec::new();
+        // Name compares and hashes case-insensitively.
+        let mut host_lines: Seen<Name, (Name, Range<usize>)> =
+            Seen::with_capacity(raw.hosts.as_ref().map_or(0, |h| h.0.len()));
         for (key, value) in raw.hosts.iter().flat_map(|e| e.0.iter()) {
             let k = key.get_ref();
             let addresses = self.addresses(&format!("host \"{k}\""), value);
@@ -576,7 +611,7 @@ impl Cx<'_> {
                 self.error(&key.span(), format!("host \"{k}\": {msg}"));
                 continue;
             }
-            if let Some((_, first)) = host_lines.iter().find(|(n, _)| *n == name) {
+            if let Some((_, first)) = host_lines.get(&name) {
                 let first_line = self.line(first);
                 self.error(
                     &key.span(),
@@ -584,16 +619,21 @@ impl Cx<'_> {
                 );
                 continue;
             }
-            host_lines.push((name.clone(), key.span()));
+            host_lines.insert(name.clone(), (name.clone(), key.span()));
             hosts.push(Host { name, addresses });
         }
 
-        let mut services: Vec<Service> = Vec::new();
-        // (service name, protocol, span of the name); names compare case-insensitively.
-        let mut service_keys: Vec<(String, Protocol, Range<usize>)> = Vec::new();
-        // (instance name, span of the name).
-        let mut instance_names: Vec<(String, Range<usize>)> = Vec::new();
-        for svc in raw.services.iter().flatten() {
+        let raw_services = raw.services.as_deref().unwrap_or_default();
+        let instance_count = raw_services
+            .iter()
+            .map(|s| s.get_ref().instances.as_ref().map_or(0, Vec::len))
+            .sum();
+        let mut services: Vec<Service> = Vec::with_capacity(raw_services.len());
+        // (service name, protocol, span of the name), by (lowercased name, protocol).
+        let mut service_keys: ServiceKeys = Seen::with_capacity(raw_services.len());
+        // (instance name, span of the name), by lowercased name.
+        let mut instance_names: InstanceNames = Seen::with_capacity(instance_count);
+        for svc in raw_services {
             if let Some(service) = self.service(svc, apex, &mut service_keys, &mut instance_names) {
                 services.push(service);
             }
@@ -683,12 +723,12 @@ impl Cx<'_> {
         }
     }
 
-    fn service(
+    fn service<'r>(
         &mut self,
-        svc: &Spanned<RawService>,
+        svc: &'r Spanned<RawService>,
         apex: Option<&Name>,
-        service_keys: &mut Vec<(String, Protocol, Range<usize>)>,
-        instance_names: &mut Vec<(String, Range<usize>)>,
+        service_keys: &mut ServiceKeys<'r>,
+        instance_names: &mut InstanceNames<'r>,
     ) -> Option<Service> {
         let raw = svc.get_ref();
         let name = match &raw.name {
@@ -732,10 +772,8 @@ impl Cx<'_> {
 
         if let (Some(n), Some(protocol)) = (name, protocol) {
             let key = n.get_ref();
-            if let Some((_, _, first)) = service_keys
-                .iter()
-                .find(|(k, p, _)| k.eq_ignore_ascii_case(key) && *p == protocol)
-            {
+            let folded = (fold(key), protocol);
+            if let Some((_, _, first)) = service_keys.get(&folded) {
                 let first_line = self.line(first);
                 self.error(
                     &n.span(),
@@ -745,7 +783,7 @@ impl Cx<'_> {
                     ),
                 );
             } else {
-                service_keys.push((key.clone(), protocol, n.span()));
+                service_keys.insert(folded, (key, protocol, n.span()));
             }
         }
 
@@ -764,14 +802,14 @@ impl Cx<'_> {
         })
     }
 
-    fn instance(
+    fn instance<'r>(
         &mut self,
-        inst: &Spanned<RawInstance>,
+        inst: &'r Spanned<RawInstance>,
         service: &str,
         // None: the service has no port; Some(None): it has an invalid one.
         service_port: Option<Option<u16>>,
         apex: Option<&Name>,
-        instance_names: &mut Vec<(String, Range<usize>)>,
+        instance_names: &mut InstanceNames<'r>,
     ) -> Option<Instance> {
         let raw = inst.get_ref();
         let name = match &raw.name {
@@ -785,10 +823,7 @@ impl Cx<'_> {
             Some(n) => match check_label("instance name", n.get_ref()) {
                 Ok(()) => {
                     let key = n.get_ref();
-                    if let Some((_, first)) = instance_names
-                        .iter()
-                        .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                    {
+                    if let Some((_, first)) = instance_names.get(fold(key).as_ref()) {
                         let first_line = self.line(first);
                         self.error(
                             &n.span(),
@@ -798,7 +833,7 @@ impl Cx<'_> {
                             ),
                         );
                     } else {
-                        instance_names.push((key.clone(), n.span()));
+                        instance_names.insert(fold(key), (key, n.span()));
                     }
                     Some(n.get_ref().clone())
                 }
@@ -861,12 +896,18 @@ impl Cx<'_> {
     /// Names owned twice: hosts vs services vs instances. Instance names are
     /// host names in the zone; a service owns `<service>.<zone>` and the names
     /// below it (its tags live there), so a host may not be at or under it.
+    ///
+    /// Every check is a hash lookup by a lowercased label (service and
+    /// instance names are single labels, and every host is under the apex).
+    /// The errors are pushed in another order than a scan per service would
+    /// push them, but never two at the same place, and the caller sorts them
+    /// by place.
     fn conflicts(
         &mut self,
         apex: Option<&Name>,
-        hosts: &[(Name, Range<usize>)],
-        services: &[(String, Protocol, Range<usize>)],
-        instances: &[(String, Range<usize>)],
+        hosts: &Seen<Name, (Name, Range<usize>)>,
+        services: &ServiceKeys<'_>,
+        instances: &InstanceNames<'_>,
     ) {
         let Some(apex) = apex else { return };
         let under = |label: &str| {
@@ -874,28 +915,58 @@ impl Cx<'_> {
                 .ok()
                 .and_then(|n| n.append_domain(apex).ok())
         };
-        let mut seen_service: Vec<&str> = Vec::new();
-        for (svc, _, svc_span) in services {
-            // A service defined for both tcp and udp owns its name once.
-            if seen_service.iter().any(|s| s.eq_ignore_ascii_case(svc)) {
+        // Each service name once, at its first definition (a service defined
+        // for both tcp and udp owns its name once), with `<service>.<zone>`;
+        // by lowercased name. `None`: that name is invalid (too long) and so
+        // owns nothing.
+        let mut service_names: Vec<(&str, &Range<usize>, Name)> = Vec::new();
+        let mut by_label: HashMap<Cow<'_, str>, Option<usize>> =
+            HashMap::with_capacity(services.items.len());
+        for (svc, _, svc_span) in &services.items {
+            let Entry::Vacant(entry) = by_label.entry(fold(svc)) else {
                 continue;
+            };
+            let svc_name = under(svc);
+            entry.insert(svc_name.as_ref().map(|_| service_names.len()));
+            if let Some(svc_name) = svc_name {
+                service_names.push((svc, svc_span, svc_name));
             }
-            seen_service.push(svc);
-            let Some(svc_name) = under(svc) else { continue };
-            for (host, host_span) in hosts {
-                if svc_name.zone_of(host) {
-                    let line = self.line(svc_span);
-                    self.error(
-                        host_span,
-                        format!(
-                            "host \"{host}\" is at or under the name of service \"{svc}\" (line {line}); rename one of them"
-                        ),
-                    );
-                }
+        }
+
+        // The label directly below the apex, lowercased, of a host under it.
+        let apex_labels = apex.iter().count();
+        let label_below_apex = |host: &Name| -> Option<(usize, String)> {
+            let below = host.iter().count().checked_sub(apex_labels)?;
+            let label = host.iter().nth(below.checked_sub(1)?)?;
+            Some((below, String::from_utf8_lossy(label).to_ascii_lowercase()))
+        };
+
+        // A host at or under `<service>.<zone>`: its label below the apex is
+        // the service's name. Hosts exactly one label below the apex, by that
+        // label, for the instance check below.
+        let mut host_by_label: HashMap<String, &Range<usize>> = HashMap::new();
+        for (host, host_span) in &hosts.items {
+            let Some((below, label)) = label_below_apex(host) else {
+                continue;
+            };
+            if let Some(&Some(k)) = by_label.get(label.as_str()) {
+                let (svc, svc_span, _) = &service_names[k];
+                let line = self.line(svc_span);
+                self.error(
+                    host_span,
+                    format!(
+                        "host \"{host}\" is at or under the name of service \"{svc}\" (line {line}); rename one of them"
+                    ),
+                );
             }
-            if let Some((inst, inst_span)) =
-                instances.iter().find(|(i, _)| i.eq_ignore_ascii_case(svc))
-            {
+            if below == 1 {
+                // Hosts are distinct names, so each label is here once.
+                host_by_label.insert(label, host_span);
+            }
+        }
+
+        for (svc, svc_span, svc_name) in &service_names {
+            if let Some((inst, inst_span)) = instances.get(fold(svc).as_ref()) {
                 let line = self.line(svc_span);
                 self.error(
                     inst_span,
@@ -905,22 +976,77 @@ impl Cx<'_> {
                 );
             }
         }
-        for (inst, inst_span) in instances {
+
+        // An instance named like a host: `<instance>.<zone>` is that host.
+        if host_by_label.is_empty() {
+            return;
+        }
+        for (inst, inst_span) in &instances.items {
+            let Some(&host_span) = host_by_label.get(fold(inst).as_ref()) else {
+                continue;
+            };
             let Some(inst_name) = under(inst) else {
                 continue;
             };
-            if let Some((_, host_span)) = hosts.iter().find(|(h, _)| *h == inst_name) {
-                let line = self.line(host_span);
-                self.error(
-                    inst_span,
-                    format!(
-                        "instance name \"{inst}\" is also a host (line {line}); both would own addresses at {inst_name}"
-                    ),
-                );
-            }
+            let line = self.line(host_span);
+            self.error(
+                inst_span,
+                format!(
+                    "instance name \"{inst}\" is also a host (line {line}); both would own addresses at {inst_name}"
+                ),
+            );
         }
     }
 }
+
+/// A name with its ASCII letters lowercased: the key that service and
+/// instance names are compared by. Borrowed when already lowercase.
+fn fold(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// Things named in a file, in file order, with an index from a
+/// case-insensitive key to the first one given under it.
+struct Seen<K, T> {
+    items: Vec<T>,
+    index: HashMap<K, usize>,
+}
+
+impl<K: std::hash::Hash + Eq, T> Seen<K, T> {
+    /// Room for `n` items without rehashing.
+    fn with_capacity(n: usize) -> Self {
+        Seen {
+            items: Vec::with_capacity(n),
+            index: HashMap::with_capacity(n),
+        }
+    }
+
+    /// The first item given under `key`.
+    fn get<Q>(&self, key: &Q) -> Option<&T>
+    where
+        K: Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.index.get(key).map(|&i| &self.items[i])
+    }
+
+    /// Adds an item under a key not given before (check with [`Seen::get`]).
+    fn insert(&mut self, key: K, item: T) {
+        debug_assert!(!self.index.contains_key(&key));
+        self.index.insert(key, self.items.len());
+        self.items.push(item);
+    }
+}
+
+/// (service name, protocol, span of the name) by (lowercased name, protocol).
+type ServiceKeys<'r> = Seen<(Cow<'r, str>, Protocol), (&'r str, Protocol, Range<usize>)>;
+
+/// (instance name, span of the name) by lowercased name.
+type InstanceNames<'r> = Seen<Cow<'r, str>, (&'r str, Range<usize>)>;
 
 #[cfg(test)]
 mod tests {
