@@ -6,7 +6,7 @@
 //! A snapshot is never changed after it is built; the registry publishes a new
 //! one and queries in flight keep the old one alive until they finish.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -138,7 +138,7 @@ impl Answer {
 }
 
 /// One record's data, before encoding.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum RData {
     Addr(IpAddr),
     Srv {
@@ -167,6 +167,9 @@ impl RData {
 struct NodeRecords {
     name: Name,
     rrsets: BTreeMap<u16, Vec<RData>>,
+    /// Every record in `rrsets`, so a duplicate is found without scanning
+    /// (a service with thousands of instances has RRsets that large).
+    seen: HashSet<RData>,
 }
 
 /// Builds the answers of one zone.
@@ -178,12 +181,12 @@ pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
             .or_insert_with(|| NodeRecords {
                 name: name.clone(),
                 rrsets: BTreeMap::new(),
+                seen: HashSet::new(),
             });
-        let rrset = node.rrsets.entry(rdata.rtype()).or_default();
         // Two sources of the same record (an address shared by two instances
         // of a service) would be a duplicate RR, which RFC 2181 forbids.
-        if !rrset.contains(&rdata) {
-            rrset.push(rdata);
+        if node.seen.insert(rdata.clone()) {
+            node.rrsets.entry(rdata.rtype()).or_default().push(rdata);
         }
     };
 
@@ -236,6 +239,7 @@ pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
                 .or_insert_with(|| NodeRecords {
                     name: name.clone(),
                     rrsets: BTreeMap::new(),
+                    seen: HashSet::new(),
                 });
             name = name.base_name();
         }
@@ -311,9 +315,10 @@ impl Encoder<'_> {
 
         // Addresses of in-zone targets, so a client needs no second query.
         let mut glue_for: Vec<&Name> = Vec::new();
+        let mut glued: HashSet<&Name> = HashSet::new();
         for rdata in rrset {
             if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata
-                && !glue_for.contains(&n)
+                && glued.insert(n)
             {
                 glue_for.push(n);
             }
