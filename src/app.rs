@@ -81,7 +81,8 @@ pub type WriterHandle = mpsc::UnboundedSender<WriterMsg>;
 
 /// What the owner task needs besides the registry.
 struct Writer {
-    state: PathBuf,
+    state: state::StateLog,
+    state_path: PathBuf,
     started: Instant,
 }
 
@@ -106,7 +107,7 @@ enum Pending {
 async fn run_writer(
     mut registry: Registry,
     mut inbox: mpsc::UnboundedReceiver<WriterMsg>,
-    writer: Writer,
+    mut writer: Writer,
 ) {
     loop {
         let next = registry.next_expiry();
@@ -127,21 +128,16 @@ async fn run_writer(
         }
         registry.expire(Instant::now());
 
+        // Durable before anyone hears "ok": one append and one fdatasync
+        // for the whole batch (group commit).
         let mut save_error = None;
-        if registry.take_unsaved() {
-            let stored = registry.stored();
-            let path = writer.state.clone();
-            let saved = tokio::task::spawn_blocking(move || state::save(&path, stored)).await;
-            let problem = match saved {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(e) => Some(format!("state file write failed: {e}")),
-            };
-            if let Some(problem) = problem {
+        let journal = registry.take_journal();
+        if !journal.is_empty() {
+            let saved =
+                tokio::task::block_in_place(|| writer.state.append(&journal, || registry.stored()));
+            if let Err(problem) = saved {
                 error!(%problem, "runtime registrations not saved; refusing the changes of this batch");
-                // Try again with the next change.
-                registry.mark_unsaved();
-                save_error = Some(problem);
+                save_error = Some(problem.to_string());
             }
         }
         if changed || registry.needs_publish() {
@@ -259,7 +255,7 @@ fn read(registry: &Registry, writer: &Writer, request: Request) -> Reply {
                     protocol: proto::VERSION,
                     version: env!("CARGO_PKG_VERSION").into(),
                     uptime_secs: writer.started.elapsed().as_secs(),
-                    state_file: writer.state.display().to_string(),
+                    state_file: writer.state_path.display().to_string(),
                     zones,
                     orphaned: registry.orphaned(),
                 }),
@@ -276,7 +272,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let (mut registry, snapshots) = Registry::new();
 
     // Runtime registrations first, so each zone is built once with them.
-    let stored = state::load(&config.state)?;
+    let (state_log, stored) = state::StateLog::open(&config.state)?;
     let restored = stored.len();
     registry
         .restore(stored, started)
@@ -284,7 +280,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
             path: config.state.clone(),
             message,
         })?;
-    state::check_writable(&config.state)?;
     info!(file = %config.state.display(), registrations = restored, "state file read");
 
     // The first scan happens before any socket is bound, so the first query
@@ -317,7 +312,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         registry,
         inbox,
         Writer {
-            state: config.state.clone(),
+            state: state_log,
+            state_path: config.state.clone(),
             started,
         },
     ));

@@ -18,6 +18,7 @@ use crate::admin::proto::{InstanceInfo, InstanceKey, Registration};
 use crate::model::{Endpoint, Zone};
 use crate::runtime::{self, RuntimeInstance};
 use crate::snapshot::{Snapshot, ZoneSnapshot, build_zone};
+use crate::state::{self, Record, Removed};
 use crate::wire::lower_wire;
 use crate::zone::ZoneError;
 
@@ -78,8 +79,9 @@ pub struct Registry {
     runtime: BTreeMap<Vec<u8>, BTreeMap<String, RuntimeEntry>>,
     /// Zones whose runtime instances changed since they were last built.
     dirty: BTreeSet<Vec<u8>>,
-    /// Whether the runtime registrations changed since [`Registry::take_unsaved`].
-    unsaved: bool,
+    /// Changes to the runtime registrations not yet handed out by
+    /// [`Registry::take_journal`] for the state file.
+    journal: Vec<Record>,
 }
 
 struct ZoneEntry {
@@ -149,7 +151,7 @@ impl Registry {
             file_errors: BTreeMap::new(),
             runtime: BTreeMap::new(),
             dirty: BTreeSet::new(),
-            unsaved: false,
+            journal: Vec::new(),
         };
         (registry, published)
     }
@@ -372,11 +374,11 @@ impl Registry {
         let unchanged = zone
             .get(&id)
             .is_some_and(|old| old.request == new.request && old.serving());
-        zone.insert(id, new);
         if !unchanged {
-            self.unsaved = true;
-            self.dirty.insert(key);
+            self.journal.push(Record::Set(new.stored()));
+            self.dirty.insert(key.clone());
         }
+        zone.insert(id, new);
         Ok(info)
     }
 
@@ -384,11 +386,14 @@ impl Registry {
     pub fn deregister(&mut self, k: &InstanceKey) -> Result<(), String> {
         let (key, id) = self.find(k)?;
         let zone = self.runtime.get_mut(&key).expect("found");
-        zone.remove(&id);
-        if zone.is_empty() {
+        if let Some(gone) = zone.remove(&id) {
+            let (zone, instance) = state::key(&gone.request.zone, &gone.request.instance)?;
+            self.journal
+                .push(Record::Remove(Removed { zone, instance }));
+        }
+        if self.runtime.get(&key).is_some_and(BTreeMap::is_empty) {
             self.runtime.remove(&key);
         }
-        self.unsaved = true;
         self.dirty.insert(key);
         Ok(())
     }
@@ -407,7 +412,7 @@ impl Registry {
             info!(zone = %r.valid.apex, instance = %r.valid.instance.name, "heartbeat: serving again");
             // The expired flag is saved, so saving again keeps a restart
             // from hiding an instance that is alive.
-            self.unsaved = true;
+            self.journal.push(Record::Set(r.stored()));
             self.dirty.insert(key);
         }
         Ok(r.info(now))
@@ -558,12 +563,12 @@ impl Registry {
                 if !r.expired && r.deadline.is_some_and(|d| d <= now) {
                     r.expired = true;
                     any = true;
+                    self.journal.push(Record::Set(r.stored()));
                     self.dirty.insert(key.clone());
                     info!(zone = %r.valid.apex, instance = %r.valid.instance.name, ttl = r.valid.ttl, "no heartbeat within the TTL; not serving it until the next one");
                 }
             }
         }
-        self.unsaved |= any;
         any
     }
 
@@ -582,15 +587,9 @@ impl Registry {
         !self.dirty.is_empty()
     }
 
-    /// Asks for the registrations to be saved again (a write failed).
-    pub fn mark_unsaved(&mut self) {
-        self.unsaved = true;
-    }
-
-    /// Whether the registrations changed since the last call; the caller
-    /// then saves [`Registry::stored`].
-    pub fn take_unsaved(&mut self) -> bool {
-        std::mem::take(&mut self.unsaved)
+    /// The changes to the registrations since the last call, for the state file.
+    pub fn take_journal(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.journal)
     }
 
     /// Every runtime registration, for the state file.
@@ -598,10 +597,7 @@ impl Registry {
         self.runtime
             .values()
             .flat_map(|z| z.values())
-            .map(|r| Stored {
-                registration: r.request.clone(),
-                expired: r.expired,
-            })
+            .map(RuntimeEntry::stored)
             .collect()
     }
 
@@ -644,6 +640,13 @@ impl Registry {
 }
 
 impl RuntimeEntry {
+    fn stored(&self) -> Stored {
+        Stored {
+            registration: self.request.clone(),
+            expired: self.expired,
+        }
+    }
+
     fn serving(&self) -> bool {
         !self.expired && self.shadowed.is_none()
     }

@@ -1,17 +1,28 @@
 //! The state file: every acknowledged runtime registration, so they survive
 //! a restart and a `kill -9`.
 //!
-//! The whole set is written as one JSON document to `<file>.tmp`, fsynced,
-//! renamed over the file, and the directory fsynced, before any request that
-//! changed it is acknowledged. A reader therefore sees either the previous
-//! complete file or the new complete file, never a mix. Requests that queue up
-//! while a write is in progress share the next write (group commit).
+//! The file is an append-only log of JSON lines. The first line names the
+//! format (`{"signpost-state":1}`); each later line sets one registration
+//! (`{"set":{...}}`, the whole registration) or removes one
+//! (`{"remove":{"zone":...,"instance":...}}`). The last line for a name wins.
 //!
-//! A file that exists but cannot be read back (truncated, edited into invalid
-//! JSON, an unknown version) stops the server with an error naming it: starting
-//! empty would silently drop every registration at the next write.
+//! A batch of changes is appended with one `write` and made durable with one
+//! `fdatasync` before any of its requests is acknowledged, so the cost of a
+//! registration does not grow with the number of registrations (rewriting a
+//! whole file per change did). When the log holds many more lines than live
+//! registrations, and at every start, it is compacted: the live set is
+//! written to `<file>.tmp`, fsynced, renamed over the file, and the directory
+//! fsynced, so a reader sees the old log or the new one, never a mix.
+//!
+//! A file that exists but cannot be read back completely (an incomplete or
+//! malformed line, an unknown version) stops the server with an error naming
+//! the file and the line: starting without those registrations would drop
+//! them silently. A line is acknowledged only after it is complete on disk,
+//! so an incomplete last line (a power loss during a write) was never
+//! acknowledged; the error says so and the operator may delete it.
 
-use std::fs::{self, File};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -20,7 +31,10 @@ use serde::{Deserialize, Serialize};
 use crate::registry::Stored;
 
 /// The state file format's version.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Compact when the log has this many more lines than live registrations.
+const COMPACT_SLACK: usize = 1024;
 
 /// Why the state file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +55,7 @@ pub enum StateError {
     Corrupt {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
+        /// What is wrong, and where.
         message: String,
     },
     /// It could not be written.
@@ -54,16 +68,127 @@ pub enum StateError {
     },
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File1 {
-    version: u32,
-    registrations: Vec<Stored>,
+/// One change to the registrations, as one line of the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Record {
+    /// Adds or replaces a registration.
+    Set(Stored),
+    /// Removes a registration.
+    Remove(Removed),
 }
 
-/// Reads the registrations in `path`; a missing file is an empty set (the
-/// first start).
-pub fn load(path: &Path) -> Result<Vec<Stored>, StateError> {
+/// The name of a removed registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Removed {
+    /// The zone, as [`key`] normalizes it.
+    pub zone: String,
+    /// The instance, as [`key`] normalizes it.
+    pub instance: String,
+}
+
+/// The name a registration is kept under: its zone's apex and its instance
+/// name, both lowercased, the apex with its final dot.
+pub fn key(zone: &str, instance: &str) -> Result<(String, String), String> {
+    let apex = crate::zone::parse_apex(zone)?;
+    Ok((
+        apex.to_ascii().to_ascii_lowercase(),
+        instance.to_ascii_lowercase(),
+    ))
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    #[serde(rename = "signpost-state")]
+    version: u64,
+}
+
+/// The open state file.
+pub struct StateLog {
+    path: PathBuf,
+    file: File,
+    /// Lines in the log after the header.
+    lines: usize,
+    /// An append failed part-way: the tail may hold a partial line, so the
+    /// next save rewrites the whole file instead of appending after it.
+    broken: bool,
+}
+
+impl StateLog {
+    /// Reads the registrations in `path` (none if it does not exist: the
+    /// first start) and rewrites it compacted, which also checks that it is
+    /// writable.
+    pub fn open(path: &Path) -> Result<(StateLog, Vec<Stored>), StateError> {
+        let stored = read(path)?;
+        let file = rewrite(path, &stored)?;
+        let log = StateLog {
+            path: path.to_path_buf(),
+            file,
+            lines: stored.len(),
+            broken: false,
+        };
+        Ok((log, stored))
+    }
+
+    /// Appends `records` durably: when this returns Ok they survive a crash
+    /// or a power loss. `live` gives every registration, for when the log is
+    /// compacted or rewritten after a failed append.
+    pub fn append(
+        &mut self,
+        records: &[Record],
+        live: impl FnOnce() -> Vec<Stored>,
+    ) -> Result<(), StateError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let result = if self.broken {
+            Err(None)
+        } else {
+            let mut bytes = Vec::new();
+            for r in records {
+                serde_json::to_writer(&mut bytes, r).expect("records serialize");
+                bytes.push(b'\n');
+            }
+            self.file
+                .write_all(&bytes)
+                .and_then(|()| self.file.sync_data())
+                .map_err(Some)
+        };
+        match result {
+            Ok(()) => {
+                self.lines += records.len();
+                let live = live();
+                if self.lines > live.len() * 2 + COMPACT_SLACK {
+                    self.compact(&live)?;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.broken = true;
+                if let Some(source) = error {
+                    // Keep the caller's error; the next save rewrites.
+                    return Err(StateError::Write {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+                self.compact(&live())
+            }
+        }
+    }
+
+    fn compact(&mut self, live: &[Stored]) -> Result<(), StateError> {
+        self.file = rewrite(&self.path, live)?;
+        self.lines = live.len();
+        self.broken = false;
+        Ok(())
+    }
+}
+
+/// Reads and replays the log.
+fn read(path: &Path) -> Result<Vec<Stored>, StateError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -81,68 +206,86 @@ pub fn load(path: &Path) -> Result<Vec<Stored>, StateError> {
     if bytes.is_empty() {
         return Err(corrupt("the file is empty".into()));
     }
-    // The version is checked first so that a newer file gets a clear message
-    // rather than an unknown-field error.
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    match value.get("version").and_then(serde_json::Value::as_u64) {
-        Some(v) if v == u64::from(FORMAT_VERSION) => {}
-        Some(v) => {
-            return Err(corrupt(format!(
-                "format version {v} is not supported (this build reads version {FORMAT_VERSION})"
-            )));
-        }
-        None => return Err(corrupt("no `version` field".into())),
+    let text = std::str::from_utf8(&bytes).map_err(|e| corrupt(format!("not UTF-8: {e}")))?;
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    let lines: Vec<&str> = complete.lines().collect();
+    if complete.len() < text.len() {
+        return Err(corrupt(format!(
+            "line {} is incomplete (the file was truncated, or the machine stopped during a write; an incomplete last line was never acknowledged and may be deleted)",
+            lines.len() + 1
+        )));
     }
-    let file: File1 = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
-    Ok(file.registrations)
+    let header: Header = serde_json::from_str(lines[0]).map_err(|_| {
+        corrupt(format!(
+            "line 1 is not a signpost state header ({{\"signpost-state\":{FORMAT_VERSION}}})"
+        ))
+    })?;
+    if header.version != FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "format version {} is not supported (this build reads version {FORMAT_VERSION})",
+            header.version
+        )));
+    }
+    // By name, in the order first set, so a restart keeps the order.
+    let mut live: BTreeMap<(String, String), (usize, Stored)> = BTreeMap::new();
+    for (i, line) in lines.iter().enumerate().skip(1) {
+        let at = |message: String| corrupt(format!("line {}: {message}", i + 1));
+        let record: Record = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
+        match record {
+            Record::Set(s) => {
+                let k = key(&s.registration.zone, &s.registration.instance).map_err(at)?;
+                let order = live.get(&k).map_or(i, |(o, _)| *o);
+                live.insert(k, (order, s));
+            }
+            Record::Remove(r) => {
+                live.remove(&(r.zone, r.instance));
+            }
+        }
+    }
+    let mut out: Vec<(usize, Stored)> = live.into_values().collect();
+    out.sort_by_key(|(order, _)| *order);
+    Ok(out.into_iter().map(|(_, s)| s).collect())
 }
 
-/// Writes `registrations` to `path` atomically and durably: when this
-/// returns Ok, the file holds them even if the machine loses power.
-pub fn save(path: &Path, registrations: Vec<Stored>) -> Result<(), StateError> {
-    let file = File1 {
-        version: FORMAT_VERSION,
-        registrations,
-    };
-    let mut bytes = serde_json::to_vec_pretty(&file).expect("state serializes");
-    bytes.push(b'\n');
-    write_atomic(path, &bytes).map_err(|source| StateError::Write {
+/// Writes `live` as a fresh log, atomically, and opens it for appending.
+fn rewrite(path: &Path, live: &[Stored]) -> Result<File, StateError> {
+    let write_error = |source| StateError::Write {
         path: path.to_path_buf(),
         source,
-    })
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    // The rename is durable only once the directory entry is.
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
     };
-    File::open(dir)?.sync_all()
-}
-
-/// Checks at startup that the state file's directory is writable, so a
-/// mistake shows at once rather than at the first registration.
-pub fn check_writable(path: &Path) -> Result<(), StateError> {
+    let mut bytes = serde_json::to_vec(&Header {
+        version: FORMAT_VERSION,
+    })
+    .expect("the header serializes");
+    bytes.push(b'\n');
+    for s in live {
+        serde_json::to_writer(&mut bytes, &Record::Set(s.clone())).expect("records serialize");
+        bytes.push(b'\n');
+    }
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    File::create(&tmp)
-        .and_then(|_| fs::remove_file(&tmp))
-        .map_err(|source| StateError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
+    (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        // The rename is durable only once the directory entry is.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()
+    })()
+    .map_err(write_error)?;
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(write_error)
 }
 
 #[cfg(test)]
@@ -150,7 +293,7 @@ mod tests {
     use super::*;
     use crate::admin::proto::Registration;
 
-    fn stored(instance: &str) -> Stored {
+    fn stored(instance: &str, expired: bool) -> Stored {
         Stored {
             registration: Registration {
                 zone: "svc.example".into(),
@@ -165,31 +308,71 @@ mod tests {
                 tags: vec![],
                 ttl: Some(5),
             },
-            expired: instance == "b",
+            expired,
         }
     }
 
-    #[test]
-    fn round_trip_and_missing_is_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        assert_eq!(load(&path).unwrap(), vec![]);
-        save(&path, vec![stored("a"), stored("b")]).unwrap();
-        assert_eq!(load(&path).unwrap(), vec![stored("a"), stored("b")]);
+    fn remove(instance: &str) -> Record {
+        let (zone, instance) = key("SVC.example", instance).unwrap();
+        Record::Remove(Removed { zone, instance })
     }
 
     #[test]
-    fn truncated_or_empty_is_an_error_naming_the_file() {
+    fn the_log_replays_to_the_live_set() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        save(&path, vec![stored("a")]).unwrap();
+        let (mut log, none) = StateLog::open(&path).unwrap();
+        assert!(none.is_empty());
+        let records = [
+            Record::Set(stored("a", false)),
+            Record::Set(stored("b", false)),
+            Record::Set(stored("c", false)),
+            remove("b"),
+            Record::Set(stored("a", true)),
+        ];
+        log.append(&records, Vec::new).unwrap();
+        drop(log);
+        let (_, live) = StateLog::open(&path).unwrap();
+        assert_eq!(live, vec![stored("a", true), stored("c", false)]);
+        // Opening compacted it.
+        assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 3);
+    }
+
+    #[test]
+    fn a_truncated_or_damaged_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (mut log, _) = StateLog::open(&path).unwrap();
+        log.append(&[Record::Set(stored("a", false))], Vec::new)
+            .unwrap();
         let full = fs::read(&path).unwrap();
-        fs::write(&path, &full[..full.len() / 2]).unwrap();
-        let e = load(&path).unwrap_err().to_string();
-        assert!(e.contains("state.json is corrupt"), "{e}");
+
+        fs::write(&path, &full[..full.len() - 5]).unwrap();
+        let e = StateLog::open(&path).err().unwrap().to_string();
+        assert!(
+            e.contains("state.json is corrupt: line 2 is incomplete"),
+            "{e}"
+        );
+        // Nothing was written over it.
+        assert_eq!(fs::read(&path).unwrap(), &full[..full.len() - 5]);
+
         fs::write(&path, "").unwrap();
-        assert!(load(&path).unwrap_err().to_string().contains("empty"));
-        fs::write(&path, r#"{"version":9,"registrations":[]}"#).unwrap();
-        assert!(load(&path).unwrap_err().to_string().contains("version 9"));
+        let e = StateLog::open(&path).err().unwrap().to_string();
+        assert!(e.contains("empty"), "{e}");
+
+        let mut damaged = full.clone();
+        let at = damaged.len() - 10;
+        damaged[at] = b'#';
+        fs::write(&path, &damaged).unwrap();
+        let e = StateLog::open(&path).err().unwrap().to_string();
+        assert!(e.contains("line 2:"), "{e}");
+
+        fs::write(&path, "{\"signpost-state\":9}\n").unwrap();
+        let e = StateLog::open(&path).err().unwrap().to_string();
+        assert!(e.contains("version 9"), "{e}");
+
+        fs::write(&path, "{\"version\":1}\n").unwrap();
+        let e = StateLog::open(&path).err().unwrap().to_string();
+        assert!(e.contains("line 1 is not a signpost state header"), "{e}");
     }
 }
