@@ -138,7 +138,7 @@ impl Answer {
 }
 
 /// One record's data, before encoding.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum RData {
     Addr(IpAddr),
     Srv {
@@ -151,7 +151,31 @@ enum RData {
     Soa,
 }
 
+/// What makes two records the same, cheap to hash: names as lowercased wire
+/// bytes (hashing a `Name` feeds the hasher one byte at a time).
+#[derive(PartialEq, Eq, Hash)]
+enum RecordKey {
+    Addr(IpAddr),
+    Srv(u16, u16, u16, Vec<u8>),
+    Ns(Vec<u8>),
+    Soa,
+}
+
 impl RData {
+    fn key(&self) -> RecordKey {
+        match self {
+            RData::Addr(a) => RecordKey::Addr(*a),
+            RData::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => RecordKey::Srv(*priority, *weight, *port, lower_wire(target)),
+            RData::Ns(n) => RecordKey::Ns(lower_wire(n)),
+            RData::Soa => RecordKey::Soa,
+        }
+    }
+
     fn rtype(&self) -> u16 {
         match self {
             RData::Addr(IpAddr::V4(_)) => rtype::A,
@@ -169,7 +193,7 @@ struct NodeRecords {
     rrsets: BTreeMap<u16, Vec<RData>>,
     /// Every record in `rrsets`, so a duplicate is found without scanning
     /// (a service with thousands of instances has RRsets that large).
-    seen: HashSet<RData>,
+    seen: HashSet<RecordKey>,
 }
 
 /// Builds the answers of one zone.
@@ -185,7 +209,7 @@ pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
             });
         // Two sources of the same record (an address shared by two instances
         // of a service) would be a duplicate RR, which RFC 2181 forbids.
-        if node.seen.insert(rdata.clone()) {
+        if node.seen.insert(rdata.key()) {
             node.rrsets.entry(rdata.rtype()).or_default().push(rdata);
         }
     };
@@ -314,19 +338,19 @@ impl Encoder<'_> {
         }
 
         // Addresses of in-zone targets, so a client needs no second query.
-        let mut glue_for: Vec<&Name> = Vec::new();
-        let mut glued: HashSet<&Name> = HashSet::new();
+        let mut glue_for: Vec<(&Name, &NodeRecords)> = Vec::new();
+        let mut glued: HashSet<Vec<u8>> = HashSet::new();
         for rdata in rrset {
-            if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata
-                && glued.insert(n)
-            {
-                glue_for.push(n);
+            if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata {
+                let key = lower_wire(n);
+                if let Some(target_node) = self.names.get(&key)
+                    && glued.insert(key)
+                {
+                    glue_for.push((n, target_node));
+                }
             }
         }
-        for target in glue_for {
-            let Some(target_node) = self.names.get(&lower_wire(target)) else {
-                continue;
-            };
+        for (target, target_node) in glue_for {
             for t in [rtype::A, rtype::AAAA] {
                 let Some(addrs) = target_node.rrsets.get(&t) else {
                     continue;
