@@ -354,11 +354,13 @@ impl Registry {
         let id = valid.instance.name.to_ascii_lowercase();
         let zone = self.runtime.entry(key.clone()).or_default();
         for (other_id, other) in zone.iter() {
-            if let Some(reason) = runtime::runtime_conflict(&valid, &other.valid)
-                && (*other_id != id
-                    || other.valid.service != valid.service
-                    || other.valid.protocol != valid.protocol)
-            {
+            let replaces = *other_id == id
+                && other.valid.service.eq_ignore_ascii_case(&valid.service)
+                && other.valid.protocol == valid.protocol;
+            if replaces {
+                continue;
+            }
+            if let Some(reason) = runtime::runtime_conflict(&valid, &other.valid) {
                 return Err(reason);
             }
         }
@@ -507,7 +509,7 @@ impl Registry {
         };
         let wanted = |k: &Vec<u8>| only.as_ref().is_none_or(|o| o == k);
         let mut out = Vec::new();
-        for (key, e) in self.zones.iter().filter(|(k, _)| wanted(k)) {
+        for (_, e) in self.zones.iter().filter(|(k, _)| wanted(k)) {
             for s in &e.zone.services {
                 for i in &s.instances {
                     let (address, target) = endpoint_strings(&i.endpoint);
@@ -528,7 +530,6 @@ impl Registry {
                     });
                 }
             }
-            let _ = key;
         }
         for (key, zone) in self.runtime.iter().filter(|(k, _)| wanted(k)) {
             for r in zone.values() {

@@ -43,6 +43,12 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
     let apex = parse_apex(&reg.zone)?;
     check_label("service name", &reg.service)?;
     check_label("instance name", &reg.instance)?;
+    if reg.instance.eq_ignore_ascii_case(&reg.service) {
+        return Err(format!(
+            "instance name \"{}\" is also its service's name; both would own {}.{}",
+            reg.instance, reg.instance, reg.zone
+        ));
+    }
     let endpoint = match (reg.address.is_empty(), &reg.target) {
         (false, Some(_)) => {
             return Err("give either `address` or `target`, not both".into());
@@ -308,6 +314,12 @@ address = "10.0.0.3"
         assert!(validate(&r).unwrap_err().contains("ttl 0"));
         let mut r = reg("w_1", "web");
         assert!(validate(&r).unwrap_err().contains("instance name"));
+        r.instance = "web".into();
+        assert!(
+            validate(&r)
+                .unwrap_err()
+                .contains("also its service's name")
+        );
         r.instance = "w".into();
         r.port = 0;
         assert!(validate(&r).unwrap_err().contains("port 0"));

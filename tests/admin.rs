@@ -225,6 +225,10 @@ fn every_bad_request_gets_a_clear_error_and_the_connection_stays_up() {
             r#"{"op":"register","zone":"svc.example","service":"db","instance":"db-1","address":"10.0.0.1","port":80}"#,
             "has host db.svc.example.",
         ),
+        (
+            r#"{"op":"register","zone":"svc.example","service":"stream","instance":"stream","address":"10.0.0.1","port":80}"#,
+            "also its service's name",
+        ),
         (r#"{"v":7,"op":"status"}"#, "unsupported protocol version 7"),
         (
             r#"{"op":"heartbeat","zone":"svc.example","service":"web","instance":"ghost"}"#,
@@ -767,4 +771,27 @@ fn the_server_and_the_cli_share_the_socket_from_the_environment() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(up, "the CLI reaches the server through SIGNPOST_SOCKET");
+}
+
+#[test]
+fn registrations_cannot_take_each_others_names() {
+    let server = Server::start(&example_zones());
+    let mut admin = server.admin();
+    admin.ok(register("web-9", "10.0.0.19"));
+    let e = admin.error(json!({"op":"register","zone":"svc.example","service":"api",
+        "instance":"web-9","address":"10.0.0.20","port":9000}));
+    assert!(
+        e.contains("already registered for service \"web\" (tcp)"),
+        "{e}"
+    );
+    let e = admin.error(
+        json!({"op":"register","zone":"svc.example","service":"web-9",
+        "instance":"w-1","address":"10.0.0.20","port":9000}),
+    );
+    assert!(e.contains("registered instance \"web-9\""), "{e}");
+    // The first registration is untouched.
+    assert_eq!(
+        answers(&server, "web-9.svc.example.", RecordType::A),
+        ["10.0.0.19"]
+    );
 }
