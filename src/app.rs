@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -12,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::admin::proto::{self, Reply, Request, StatusInfo, ZoneInfo};
 use crate::admin::server::{AdminSocket, SocketError};
 use crate::config::Config;
+use crate::forward::{self, ForwardError, Forwarder};
 use crate::registry::{Change, Registry};
 use crate::watch::{self, Scanner};
 use crate::{server, state};
@@ -57,6 +59,9 @@ pub enum ServeError {
     /// The admin socket could not be created.
     #[error(transparent)]
     Socket(#[from] SocketError),
+    /// Forwarding would loop back to this server.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
     /// A socket failed while serving.
     #[error("serving failed: {0}")]
     Io(#[from] io::Error),
@@ -340,7 +345,17 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         })?;
         bound.push(b);
     }
-    server::run(bound, snapshots, config.tcp, shutdown).await?;
+    let forwarder = match &config.forward {
+        None => None,
+        Some(forward) => {
+            // Checked against the addresses actually bound, so port 0 is resolved.
+            let listen: Vec<_> = bound.iter().map(|b| b.addr).collect();
+            forward::check_loop(&forward.upstreams, &listen)?;
+            info!(upstreams = ?forward.upstreams, "forwarding names outside the zones");
+            Some(Arc::new(Forwarder::new(forward, &listen)))
+        }
+    };
+    server::run(bound, snapshots, config.tcp, forwarder, shutdown).await?;
     // The admin server removes its socket once it sees the shutdown.
     if let Ok(Err(error)) = admin_task.await {
         warn!(%error, "admin socket failed");

@@ -4,13 +4,15 @@
 //! The file format is a separate serde type ([`ConfigFile`]) so that it can
 //! reject unknown keys and evolve without touching the runtime type.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::forward::ForwardConfig;
 use crate::server::TcpLimits;
 
 /// Default listen address: Consul's well-known DNS port, which needs no root.
@@ -45,6 +47,14 @@ pub fn default_socket() -> PathBuf {
     let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
     PathBuf::from(format!("/tmp/signpost-{uid}.sock"))
 }
+/// Default total time to get an answer from the upstreams, in seconds: below
+/// the 5 s a glibc stub resolver waits, so the client sees SERVFAIL rather
+/// than a timeout.
+pub const DEFAULT_FORWARD_TIMEOUT: f64 = 3.0;
+/// Default number of cached forwarded answers.
+pub const DEFAULT_FORWARD_CACHE_SIZE: usize = 10_000;
+/// Port of an upstream given without one.
+pub const DNS_PORT: u16 = 53;
 
 /// signpost: an authoritative DNS server for service discovery.
 ///
@@ -125,6 +135,40 @@ pub struct ServeArgs {
     /// [default: signpost-state.json]
     #[arg(long, value_name = "PATH")]
     pub state: Option<PathBuf>,
+    /// Upstream resolver for names outside the zones; repeat for several,
+    /// tried in order. Port 53 if omitted. Without any, names outside the
+    /// zones are refused.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_upstream)]
+    pub forward: Vec<SocketAddr>,
+    /// Client network allowed to use forwarding (CIDR or address); repeat for
+    /// several. Replaces the default: loopback and the listen addresses (any
+    /// local address for a wildcard listen address)
+    #[arg(long, value_name = "CIDR", value_parser = parse_net)]
+    pub forward_allow: Vec<IpNet>,
+    /// Seconds to wait for the upstreams before answering SERVFAIL [default: 3]
+    #[arg(long, value_name = "SECS")]
+    pub forward_timeout: Option<f64>,
+    /// Most forwarded answers kept in the cache; 0 disables it [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub forward_cache_size: Option<usize>,
+}
+
+/// `ADDR` or `ADDR:PORT` (`[v6]:PORT` for IPv6 with a port).
+pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, DNS_PORT))
+        .map_err(|_| format!("`{text}` is not an IP address with an optional port"))
+}
+
+/// `ADDR/PREFIX`, or a bare address meaning just that address.
+pub fn parse_net(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{text}` is not a CIDR network (e.g. 10.0.0.0/8) or an address"))
 }
 
 /// `signpost check`
@@ -157,6 +201,35 @@ pub struct ConfigFile {
     pub socket: Option<PathBuf>,
     /// See `--state`.
     pub state: Option<PathBuf>,
+    /// See `--forward`.
+    #[serde(default)]
+    pub forward: Vec<String>,
+    /// See `--forward-allow`.
+    #[serde(default)]
+    pub forward_allow: Vec<String>,
+    /// See `--forward-timeout`.
+    pub forward_timeout: Option<Seconds>,
+    /// See `--forward-cache-size`.
+    pub forward_cache_size: Option<usize>,
+}
+
+/// Seconds in the config file: `3` and `1.5` both read naturally.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Seconds {
+    /// Whole seconds.
+    Whole(u64),
+    /// Fractional seconds.
+    Fraction(f64),
+}
+
+impl Seconds {
+    fn get(self) -> f64 {
+        match self {
+            Seconds::Whole(n) => n as f64,
+            Seconds::Fraction(f) => f,
+        }
+    }
 }
 
 /// A config problem, reported in one line by `main`.
@@ -200,6 +273,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// The state file of runtime registrations.
     pub state: PathBuf,
+    /// Forwarding of names outside the zones; `None` when no upstream is set.
+    pub forward: Option<ForwardConfig>,
 }
 
 fn read_file(path: Option<&Path>) -> Result<(ConfigFile, PathBuf), ConfigError> {
@@ -281,6 +356,7 @@ impl Config {
                 idle_timeout: Duration::from_secs(idle.max(1)),
                 max_connections,
             },
+            forward: forward_config(args, &file)?,
         })
     }
 
@@ -289,4 +365,54 @@ impl Config {
         let (file, base) = read_file(args.common.config.as_deref())?;
         Ok(zones_dir(&args.common, &file, &base))
     }
+}
+
+/// The forwarding settings from the flags, else the file, else the defaults.
+fn forward_config(
+    args: &ServeArgs,
+    file: &ConfigFile,
+) -> Result<Option<ForwardConfig>, ConfigError> {
+    let in_file = |what: &str, e: String| ConfigError::Invalid(format!("config file {what}: {e}"));
+    let upstreams = if args.forward.is_empty() {
+        file.forward
+            .iter()
+            .map(|t| parse_upstream(t).map_err(|e| in_file("forward", e)))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        args.forward.clone()
+    };
+    let allow = if args.forward_allow.is_empty() {
+        file.forward_allow
+            .iter()
+            .map(|t| parse_net(t).map_err(|e| in_file("forward-allow", e)))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        args.forward_allow.clone()
+    };
+    let timeout = args
+        .forward_timeout
+        .or(file.forward_timeout.map(Seconds::get))
+        .unwrap_or(DEFAULT_FORWARD_TIMEOUT);
+    if !(timeout > 0.0 && timeout <= 60.0) {
+        return Err(ConfigError::Invalid(
+            "forward-timeout must be more than 0 and at most 60 seconds".into(),
+        ));
+    }
+    if upstreams.is_empty() {
+        if !allow.is_empty() {
+            return Err(ConfigError::Invalid(
+                "forward-allow is set but no upstream is (--forward ADDR)".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(ForwardConfig {
+        upstreams,
+        allow: (!allow.is_empty()).then_some(allow),
+        timeout: Duration::from_secs_f64(timeout),
+        cache_size: args
+            .forward_cache_size
+            .or(file.forward_cache_size)
+            .unwrap_or(DEFAULT_FORWARD_CACHE_SIZE),
+    }))
 }

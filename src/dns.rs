@@ -101,16 +101,23 @@ pub fn respond(
         return Outcome::Drop;
     }
     let count = |i: usize| u16::from_be_bytes([query[4 + 2 * i], query[5 + 2 * i]]);
+    // An unknown opcode is NOTIMP even when its sections are not shaped like a
+    // query's (a STATUS request with no question, say).
+    let malformed = if flags & OPCODE_MASK != 0 {
+        rcode::NOTIMP
+    } else {
+        rcode::FORMERR
+    };
     if count(0) != 1 {
-        header_only(query, flags, rcode::FORMERR, out);
+        header_only(query, flags, malformed, out);
         return Outcome::Reply;
     }
     let Some(question) = parse_question(query) else {
-        header_only(query, flags, rcode::FORMERR, out);
+        header_only(query, flags, malformed, out);
         return Outcome::Reply;
     };
     let Ok(edns) = parse_edns(query, question.end, [count(1), count(2), count(3)]) else {
-        header_only(query, flags, rcode::FORMERR, out);
+        header_only(query, flags, malformed, out);
         return Outcome::Reply;
     };
     let response = Response {
@@ -329,6 +336,9 @@ impl Response<'_> {
                     }
                 }
             }
+            // Only absurdly long names make a negative answer too big; then
+            // it goes empty with TC, like any other answer that does not fit.
+            Body::Negative(zone) if 2 + zone.negative_soa().len() > room => (&[], [0; 3], true),
             Body::Negative(_) => (&[], [0, 1, 0], false),
         };
 
@@ -344,7 +354,7 @@ impl Response<'_> {
         out.extend_from_slice(&(counts[2] + self.edns.is_some() as u16).to_be_bytes());
         out.extend_from_slice(question);
         match body {
-            Body::Negative(zone) => {
+            Body::Negative(zone) if !truncated => {
                 // The SOA's owner is the apex: a pointer to where the apex
                 // starts inside the question name.
                 let apex_at = HEADER_LEN + self.question.len - zone.apex_len();
@@ -363,5 +373,95 @@ impl Response<'_> {
             out.extend_from_slice(&do_bit.to_be_bytes());
             out.extend_from_slice(&0u16.to_be_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hickory_proto::op::{Message, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+    use crate::model::{Soa, Zone};
+    use crate::snapshot::build_zone;
+
+    fn snapshot(apex: &str, mname: &str) -> Snapshot {
+        let apex = Name::from_ascii(apex).unwrap();
+        let mname = Name::from_ascii(mname).unwrap();
+        let zone = Zone {
+            apex: apex.clone(),
+            ttl: 30,
+            nameservers: vec![],
+            soa: Soa {
+                mname: mname.clone(),
+                rname: mname,
+                refresh: 1,
+                retry: 1,
+                expire: 1,
+                minimum: 1,
+            },
+            hosts: vec![],
+            services: vec![],
+        };
+        Snapshot::new([Arc::new(build_zone(&zone, 1))])
+    }
+
+    fn ask(snapshot: &Snapshot, name: &str, transport: Transport) -> (Outcome, Vec<u8>) {
+        let mut query = Message::query();
+        query.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        let mut out = Vec::new();
+        let outcome = respond(snapshot, &query.to_vec().unwrap(), transport, &mut out);
+        (outcome, out)
+    }
+
+    #[test]
+    fn a_negative_answer_too_big_for_512_bytes_is_truncated() {
+        let long = |c: char| {
+            std::iter::repeat_n(c.to_string().repeat(60), 4)
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        let apex = format!("{}.", long('a'));
+        let snapshot = snapshot(&apex, &format!("{}.", long('m')));
+        let name = format!("x.{apex}");
+
+        let (outcome, udp) = ask(&snapshot, &name, Transport::Udp);
+        assert_eq!(outcome, Outcome::Reply);
+        assert!(udp.len() <= 512, "{} bytes", udp.len());
+        let reply = Message::from_vec(&udp).unwrap();
+        assert!(reply.metadata.truncation);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+
+        let (_, tcp) = ask(&snapshot, &name, Transport::Tcp);
+        let reply = Message::from_vec(&tcp).unwrap();
+        assert!(!reply.metadata.truncation);
+        assert_eq!(reply.authorities.len(), 1);
+    }
+
+    #[test]
+    fn names_outside_every_zone_are_left_to_the_caller() {
+        let snapshot = snapshot("svc.example.", "ns.svc.example.");
+        let (outcome, out) = ask(&snapshot, "example.com.", Transport::Udp);
+        assert_eq!(outcome, Outcome::NotAuthoritative);
+        let reply = Message::from_vec(&out).unwrap();
+        assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+    }
+
+    #[test]
+    fn too_short_or_response_packets_are_dropped() {
+        let snapshot = snapshot("svc.example.", "ns.svc.example.");
+        let mut out = Vec::new();
+        assert_eq!(
+            respond(&snapshot, &[0; 11], Transport::Udp, &mut out),
+            Outcome::Drop
+        );
+        let mut response = [0u8; 12];
+        response[2] = 0x80;
+        assert_eq!(
+            respond(&snapshot, &response, Transport::Udp, &mut out),
+            Outcome::Drop
+        );
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! Data flows one way: sources (zone files, the admin socket) → [`registry::Registry`] → an
 //! immutable [`snapshot::Snapshot`] published atomically → [`dns::respond`],
-//! which the [`server`] loops call for every query.
+//! which the [`server`] loops call for every query. Names outside every zone
+//! go to [`forward`] when upstreams are configured.
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod app;
 pub mod config;
 pub mod dns;
+pub mod forward;
 pub mod model;
 pub mod registry;
 pub mod runtime;

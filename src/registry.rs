@@ -82,6 +82,9 @@ pub struct Registry {
     /// Changes to the runtime registrations not yet handed out by
     /// [`Registry::take_journal`] for the state file.
     journal: Vec<Record>,
+    /// Valid files refused because another file has their zone: each gets
+    /// its turn when the zone is free again.
+    waiting: BTreeMap<PathBuf, (Box<Zone>, (usize, usize))>,
 }
 
 struct ZoneEntry {
@@ -152,6 +155,7 @@ impl Registry {
             runtime: BTreeMap::new(),
             dirty: BTreeSet::new(),
             journal: Vec::new(),
+            waiting: BTreeMap::new(),
         };
         (registry, published)
     }
@@ -159,38 +163,21 @@ impl Registry {
     /// Applies one change; [`Registry::publish`] makes it visible. Returns
     /// whether anything that queries see changed.
     pub fn apply(&mut self, change: Change) -> bool {
-        match change {
+        let zones_before = self.zones.len();
+        let changed = match change {
             Change::FileLoaded {
                 path,
                 zone,
                 zone_at,
-            } => {
-                let name = zone.apex.to_ascii();
-                match self.set_file_zone(&path, *zone) {
-                    Ok(changed) => {
-                        if self.file_errors.remove(&path).is_some() || changed {
-                            info!(zone = %name, file = %path.display(), "zone loaded");
-                        }
-                        changed
-                    }
-                    Err(problem) => {
-                        let error = ZoneError {
-                            path: path.clone(),
-                            line: zone_at.0,
-                            column: zone_at.1,
-                            message: problem.to_string(),
-                        };
-                        self.reject(path, vec![error]);
-                        false
-                    }
-                }
-            }
+            } => self.load(path, zone, zone_at),
             Change::FileInvalid { path, errors } => {
+                self.waiting.remove(&path);
                 self.reject(path, errors);
                 false
             }
             Change::FileRemoved { path } => {
                 self.file_errors.remove(&path);
+                self.waiting.remove(&path);
                 let before = self.zones.len();
                 self.remove_file(&path);
                 let changed = self.zones.len() != before;
@@ -198,6 +185,43 @@ impl Registry {
                     info!(file = %path.display(), "zone file removed; its zone is no longer served");
                 }
                 changed
+            }
+        };
+        // A zone was freed (its file deleted, or renamed to another zone):
+        // a file that was waiting for it takes it now.
+        if self.zones.len() <= zones_before && !self.waiting.is_empty() {
+            let waiting = std::mem::take(&mut self.waiting);
+            return waiting
+                .into_iter()
+                .fold(changed, |changed, (path, (zone, at))| {
+                    self.load(path, zone, at) | changed
+                });
+        }
+        changed
+    }
+
+    fn load(&mut self, path: PathBuf, zone: Box<Zone>, zone_at: (usize, usize)) -> bool {
+        let name = zone.apex.to_ascii();
+        match self.set_file_zone(&path, (*zone).clone()) {
+            Ok(changed) => {
+                self.waiting.remove(&path);
+                if self.file_errors.remove(&path).is_some() || changed {
+                    info!(zone = %name, file = %path.display(), "zone loaded");
+                }
+                changed
+            }
+            Err(problem) => {
+                let error = ZoneError {
+                    path: path.clone(),
+                    line: zone_at.0,
+                    column: zone_at.1,
+                    message: problem.to_string(),
+                };
+                if self.file_errors.get(&path) != Some(&error.to_string()) {
+                    self.reject(path.clone(), vec![error]);
+                }
+                self.waiting.insert(path, (zone, zone_at));
+                false
             }
         }
     }

@@ -3,6 +3,10 @@
 //! Each listen address gets one UDP socket per worker thread (SO_REUSEPORT, so
 //! the kernel spreads queries across them) and one TCP listener. A UDP loop
 //! answers in place: no task per query, and buffers reused for every query.
+//! Only a query for a name outside every zone, from a client allowed to use
+//! forwarding, leaves the loop: a cached answer is sent from the loop, a miss
+//! is handed to a task (bounded by [`forward::MAX_IN_FLIGHT`]) so that waiting
+//! for an upstream never stalls authoritative answers.
 //!
 //! hickory-server's `Server` is not used for serving: it spawns a task per UDP
 //! query and decodes every request into an allocated message, and it has no
@@ -23,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::dns::{self, Outcome, Transport};
+use crate::forward::{self, Forwarder};
 use crate::registry::SnapshotHandle;
 
 /// Limits of the TCP listener (RFC 7766 section 6.2).
@@ -113,6 +118,7 @@ pub async fn run(
     bound: Vec<Bound>,
     snapshots: SnapshotHandle,
     limits: TcpLimits,
+    forwarder: Option<Arc<Forwarder>>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let mut tasks = JoinSet::new();
@@ -120,8 +126,8 @@ pub async fn run(
     for b in bound {
         info!(addr = %b.addr, "listening on UDP and TCP");
         for socket in b.udp {
-            let socket = UdpSocket::from_std(socket)?;
-            tasks.spawn(udp_loop(socket, snapshots.clone()));
+            let socket = Arc::new(UdpSocket::from_std(socket)?);
+            tasks.spawn(udp_loop(socket, snapshots.clone(), forwarder.clone()));
         }
         let listener = TcpListener::from_std(b.tcp)?;
         tasks.spawn(tcp_accept_loop(
@@ -129,6 +135,7 @@ pub async fn run(
             snapshots.clone(),
             limits,
             tcp_slots.clone(),
+            forwarder.clone(),
             shutdown.clone(),
         ));
     }
@@ -139,7 +146,11 @@ pub async fn run(
     Ok(())
 }
 
-async fn udp_loop(socket: UdpSocket, snapshots: SnapshotHandle) {
+async fn udp_loop(
+    socket: Arc<UdpSocket>,
+    snapshots: SnapshotHandle,
+    forwarder: Option<Arc<Forwarder>>,
+) {
     let mut query = vec![0u8; 65535];
     let mut response = Vec::with_capacity(65535);
     loop {
@@ -157,8 +168,37 @@ async fn udp_loop(socket: UdpSocket, snapshots: SnapshotHandle) {
             Transport::Udp,
             &mut response,
         );
-        if outcome == Outcome::Drop {
-            continue;
+        match (outcome, &forwarder) {
+            (Outcome::Drop, _) => continue,
+            (Outcome::Reply, None) | (Outcome::NotAuthoritative, None) => {}
+            (Outcome::Reply, Some(f)) => {
+                if f.recursion_available(peer.ip()) {
+                    forward::set_recursion_available(&mut response);
+                }
+            }
+            (Outcome::NotAuthoritative, Some(f)) => {
+                if f.allows(peer.ip())
+                    && !f.answer_cached(&query[..len], Transport::Udp, &mut response)
+                {
+                    match f.in_flight.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            let (f, socket) = (f.clone(), socket.clone());
+                            let query = query[..len].to_vec();
+                            let mut out = response.clone();
+                            tokio::spawn(async move {
+                                f.resolve(&query, Transport::Udp, &mut out).await;
+                                drop(slot);
+                                if let Err(error) = socket.send_to(&out, peer).await {
+                                    debug!(%error, %peer, "UDP send failed");
+                                }
+                            });
+                            continue;
+                        }
+                        // Too many queries waiting for upstreams: fail fast.
+                        Err(_) => forward::servfail(&mut response),
+                    }
+                }
+            }
         }
         if let Err(error) = socket.send_to(&response, peer).await {
             debug!(%error, %peer, "UDP send failed");
@@ -171,6 +211,7 @@ async fn tcp_accept_loop(
     snapshots: SnapshotHandle,
     limits: TcpLimits,
     slots: Arc<Semaphore>,
+    forwarder: Option<Arc<Forwarder>>,
     shutdown: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
@@ -195,9 +236,17 @@ async fn tcp_accept_loop(
         };
         let snapshots = snapshots.clone();
         let shutdown = shutdown.clone();
+        let forwarder = forwarder.clone();
         connections.spawn(async move {
+            let connection = tcp_connection(
+                stream,
+                peer,
+                &snapshots,
+                forwarder.as_deref(),
+                limits.idle_timeout,
+            );
             tokio::select! {
-                result = tcp_connection(stream, &snapshots, limits.idle_timeout) => {
+                result = connection => {
                     if let Err(error) = result {
                         debug!(%error, %peer, "TCP connection closed");
                     }
@@ -212,10 +261,14 @@ async fn tcp_accept_loop(
 }
 
 /// Answers length-prefixed queries on one connection, in order, until the
-/// client closes it or is idle for `idle_timeout`.
+/// client closes it or is idle for `idle_timeout`. A forwarded query is
+/// resolved inline: the connection's later queries wait for it, as they would
+/// on a single-threaded resolver, and other connections are unaffected.
 async fn tcp_connection(
     mut stream: TcpStream,
+    peer: SocketAddr,
     snapshots: &SnapshotHandle,
+    forwarder: Option<&Forwarder>,
     idle_timeout: Duration,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
@@ -239,8 +292,19 @@ async fn tcp_connection(
             Transport::Tcp,
             &mut response,
         );
-        if outcome == Outcome::Drop {
-            return Ok(());
+        match (outcome, forwarder) {
+            (Outcome::Drop, _) => return Ok(()),
+            (Outcome::Reply, Some(f)) if f.recursion_available(peer.ip()) => {
+                forward::set_recursion_available(&mut response);
+            }
+            (Outcome::NotAuthoritative, Some(f))
+                if f.allows(peer.ip())
+                    && !f.answer_cached(&query[..len], Transport::Tcp, &mut response) =>
+            {
+                f.resolve(&query[..len], Transport::Tcp, &mut response)
+                    .await;
+            }
+            _ => {}
         }
         // One write, so the length and the message leave in one segment.
         framed.clear();

@@ -1,0 +1,299 @@
+//! Zone files change while the server runs: every kind of change reaches the
+//! answers without a restart, and a broken file never takes anything down.
+
+mod common;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn zone_text(apex: &str, db: &str) -> String {
+    format!(
+        r#"zone = "{apex}"
+nameservers = ["ns1"]
+
+[hosts]
+ns1 = "127.0.0.1"
+db = "{db}"
+"#
+    )
+}
+
+/// The A records of `name`, or the response code when there are none.
+fn addresses(server: &Server, name: &str) -> Result<Vec<IpAddr>, ResponseCode> {
+    let reply = server.udp(&query(name, RecordType::A));
+    let addrs: Vec<IpAddr> = reply
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            _ => None,
+        })
+        .collect();
+    if addrs.is_empty() {
+        Err(reply.metadata.response_code)
+    } else {
+        Ok(addrs)
+    }
+}
+
+fn serial(server: &Server, apex: &str) -> u32 {
+    let reply = server.udp(&query(apex, RecordType::SOA));
+    match &reply.answers[0].data {
+        RData::SOA(soa) => soa.serial,
+        other => panic!("not a SOA: {other:?}"),
+    }
+}
+
+/// Polls until `check` holds, failing the test with `what` at the deadline.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn answers_db(server: &Server, name: &str, addr: &str) -> bool {
+    addresses(server, name) == Ok(vec![addr.parse().unwrap()])
+}
+
+/// Writes a file the way editors and config management do: a temporary file
+/// in the same directory, renamed over the old one.
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn an_edit_in_place_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    std::fs::write(&file, zone_text("a.test", "10.1.0.1")).unwrap();
+    let server = Server::start(dir.path());
+    assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
+
+    // Truncate and rewrite the same inode.
+    std::fs::write(&file, zone_text("a.test", "10.1.0.2")).unwrap();
+    eventually("the edited address is served", || {
+        answers_db(&server, "db.a.test.", "10.1.0.2")
+    });
+}
+
+#[test]
+fn an_atomic_rename_is_served_and_bumps_the_serial() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    std::fs::write(&file, zone_text("a.test", "10.1.0.1")).unwrap();
+    let server = Server::start(dir.path());
+    let before = serial(&server, "a.test.");
+
+    write_atomically(&file, &zone_text("a.test", "10.1.0.3"));
+    eventually("the renamed file is served", || {
+        answers_db(&server, "db.a.test.", "10.1.0.3")
+    });
+    let after = serial(&server, "a.test.");
+    assert!(after > before, "serial {after} should exceed {before}");
+
+    write_atomically(&file, &zone_text("a.test", "10.1.0.4"));
+    eventually("the second edit is served", || {
+        answers_db(&server, "db.a.test.", "10.1.0.4")
+    });
+    assert!(serial(&server, "a.test.") > after);
+}
+
+#[test]
+fn a_new_file_adds_its_zone_and_a_deleted_file_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.toml"), zone_text("a.test", "10.1.0.1")).unwrap();
+    let server = Server::start(dir.path());
+    assert_eq!(addresses(&server, "db.b.test."), Err(ResponseCode::Refused));
+
+    let b = dir.path().join("b.toml");
+    write_atomically(&b, &zone_text("b.test", "10.2.0.1"));
+    eventually("the new zone is served", || {
+        answers_db(&server, "db.b.test.", "10.2.0.1")
+    });
+
+    std::fs::remove_file(&b).unwrap();
+    eventually("the deleted zone is no longer served", || {
+        addresses(&server, "db.b.test.") == Err(ResponseCode::Refused)
+    });
+    assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
+}
+
+#[test]
+fn a_configmap_symlink_swap_is_served() {
+    // Kubernetes mounts a ConfigMap as name -> ..data/name, ..data -> ..<timestamp>,
+    // and updates it by pointing ..data at a new directory with one rename.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("..v1")).unwrap();
+    std::fs::write(d.join("..v1/a.toml"), zone_text("a.test", "10.1.0.1")).unwrap();
+    std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/a.toml", d.join("a.toml")).unwrap();
+    let server = Server::start(d);
+    assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
+
+    std::fs::create_dir(d.join("..v2")).unwrap();
+    std::fs::write(d.join("..v2/a.toml"), zone_text("a.test", "10.1.0.9")).unwrap();
+    std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    std::fs::remove_dir_all(d.join("..v1")).unwrap();
+    eventually("the swapped ConfigMap is served", || {
+        answers_db(&server, "db.a.test.", "10.1.0.9")
+    });
+}
+
+#[test]
+fn an_invalid_edit_keeps_the_last_good_version_until_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    std::fs::write(&file, zone_text("a.test", "10.1.0.1")).unwrap();
+    let server = Server::start(dir.path());
+
+    write_atomically(&file, &zone_text("a.test", "10.1.0.300"));
+    assert!(
+        server.wait_for_log("a.toml:6:6: ", DEADLINE),
+        "the error names file:line:column; log:\n{}",
+        server.log_text()
+    );
+    assert!(
+        server
+            .log_text()
+            .contains("still serving its last good version")
+    );
+    assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
+
+    write_atomically(&file, &zone_text("a.test", "10.1.0.5"));
+    eventually("the fixed file is served", || {
+        answers_db(&server, "db.a.test.", "10.1.0.5")
+    });
+}
+
+#[test]
+fn a_broken_zone_does_not_stop_another_from_updating() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.toml");
+    let b = dir.path().join("b.toml");
+    std::fs::write(&a, zone_text("a.test", "10.1.0.1")).unwrap();
+    std::fs::write(&b, zone_text("b.test", "10.2.0.1")).unwrap();
+    let server = Server::start(dir.path());
+
+    write_atomically(&a, "zone = \"a.test\"\n[hosts\n");
+    assert!(server.wait_for_log("a.toml:2:", DEADLINE));
+    write_atomically(&b, &zone_text("b.test", "10.2.0.2"));
+    eventually("the valid zone updates", || {
+        answers_db(&server, "db.b.test.", "10.2.0.2")
+    });
+    assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
+}
+
+#[test]
+fn a_second_file_for_the_same_zone_is_refused_until_the_first_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.toml");
+    std::fs::write(&a, zone_text("a.test", "10.1.0.1")).unwrap();
+    let server = Server::start(dir.path());
+
+    let dup = dir.path().join("z-dup.toml");
+    write_atomically(&dup, &zone_text("a.test", "10.1.0.7"));
+    assert!(server.wait_for_log("z-dup.toml:1:8: ", DEADLINE));
+    assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
+
+    // With the first file gone, the second one's zone is the zone.
+    std::fs::remove_file(&a).unwrap();
+    eventually("the remaining file's zone is served", || {
+        answers_db(&server, "db.a.test.", "10.1.0.7")
+    });
+}
+
+#[test]
+fn the_periodic_rescan_catches_changes_without_events() {
+    // A file changed while the server cannot see events is still picked up:
+    // rewrite through a hard link made outside the watched directory, which
+    // produces no event in it.
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    std::fs::write(&file, zone_text("a.test", "10.1.0.1")).unwrap();
+    let alias = outside.path().join("alias.toml");
+    std::fs::hard_link(&file, &alias).unwrap();
+    let server = Server::start_with(dir.path(), &["--rescan-interval", "1"]);
+
+    std::fs::write(&alias, zone_text("a.test", "10.1.0.8")).unwrap();
+    eventually("the rescan serves the change", || {
+        answers_db(&server, "db.a.test.", "10.1.0.8")
+    });
+}
+
+#[test]
+fn sighup_reloads_and_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.toml"), zone_text("a.test", "10.1.0.1")).unwrap();
+    let mut server = Server::start(dir.path());
+    let pid = server.pid().to_string();
+
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(server.wait_for_log("reloading every zone file", DEADLINE));
+    assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let exit = server.wait(DEADLINE).expect("the server exits on SIGTERM");
+    assert!(exit.success(), "clean exit, got {exit:?}");
+}
+
+#[test]
+fn queries_never_fail_while_a_file_is_rewritten_100_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    std::fs::write(&file, zone_text("a.test", "10.1.0.0")).unwrap();
+    let server = Server::start(dir.path());
+    let addr = server.addr;
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let querier = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut answered = 0usize;
+            let q = query("db.a.test.", RecordType::A).to_vec().unwrap();
+            // Bounded: stops when the writer is done, or after 100 000 queries.
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && answered < 100_000 {
+                let reply = udp_raw(addr, &q, Duration::from_secs(1))
+                    .expect("every query is answered within a second");
+                let reply = Message::from_vec(&reply).unwrap();
+                assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+                assert_eq!(reply.answers.len(), 1, "always exactly one address");
+                answered += 1;
+            }
+            answered
+        })
+    };
+    for i in 1..=100 {
+        write_atomically(&file, &zone_text("a.test", &format!("10.1.0.{i}")));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    eventually("the last rewrite is served", || {
+        answers_db(&server, "db.a.test.", "10.1.0.100")
+    });
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = querier.join().expect("no query failed");
+    assert!(answered > 0);
+}
