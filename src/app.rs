@@ -2,17 +2,21 @@
 //! watcher, bind, and serve until told to stop.
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::admin::proto::{self, Reply, Request, StatusInfo, ZoneInfo};
+use crate::admin::server::{AdminSocket, SocketError};
 use crate::config::Config;
 use crate::forward::{self, ForwardError, Forwarder};
 use crate::registry::{Change, Registry};
-use crate::server;
 use crate::watch::{self, Scanner};
+use crate::{server, state};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,20 @@ pub enum ServeError {
         /// Why.
         source: notify::Error,
     },
+    /// The state file is unreadable or corrupt.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// The state file holds a registration that is not valid.
+    #[error("state file {}: {message}", path.display())]
+    StateContent {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The admin socket could not be created.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
     /// Forwarding would loop back to this server.
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -53,38 +71,221 @@ pub enum ServeError {
 pub enum WriterMsg {
     /// Apply changes from a source, in order.
     Changes(Vec<Change>),
+    /// An admin request. The reply is sent once the change is in the state
+    /// file and in the published snapshot, so "ok" means durable and answerable.
+    Admin {
+        /// The request.
+        request: Request,
+        /// Where the reply goes.
+        reply: oneshot::Sender<Reply>,
+    },
 }
 
 /// Sends work to the registry's owner task.
 pub type WriterHandle = mpsc::UnboundedSender<WriterMsg>;
 
+/// What the owner task needs besides the registry.
+struct Writer {
+    state: state::StateLog,
+    state_path: PathBuf,
+    started: Instant,
+}
+
+/// An admin reply waiting for the end of its batch.
+enum Pending {
+    /// A change: ok only if the state file write that follows succeeds.
+    Change(oneshot::Sender<Reply>, Reply),
+    /// Nothing to save; sent as is.
+    Done(oneshot::Sender<Reply>, Reply),
+    /// A read (list, status): answered after the batch, so it sees it.
+    Read(oneshot::Sender<Reply>, Request),
+}
+
 /// The one task that owns the registry: it applies changes in the order they
 /// arrive and publishes a snapshot after each batch, so there is a single
 /// writer and no lock for queries to wait on.
-async fn run_writer(mut registry: Registry, mut inbox: mpsc::UnboundedReceiver<WriterMsg>) {
-    while let Some(msg) = inbox.recv().await {
-        let mut changed = handle(&mut registry, msg);
-        // Whatever queued up meanwhile goes into the same snapshot.
-        while let Ok(msg) = inbox.try_recv() {
-            changed |= handle(&mut registry, msg);
+///
+/// Whatever queued up while a batch was saved goes into the next batch: one
+/// state file write (and one snapshot) covers many registrations when they
+/// come fast (group commit), and each waits for at most two writes.
+/// The task also expires TTL instances, waking at the earliest deadline.
+async fn run_writer(
+    mut registry: Registry,
+    mut inbox: mpsc::UnboundedReceiver<WriterMsg>,
+    mut writer: Writer,
+) {
+    loop {
+        let next = registry.next_expiry();
+        let first = tokio::select! {
+            msg = inbox.recv() => match msg {
+                Some(msg) => Some(msg),
+                None => return,
+            },
+            () = sleep_until(next), if next.is_some() => None,
+        };
+        let mut pending = Vec::new();
+        let mut changed = false;
+        if let Some(msg) = first {
+            changed |= handle(&mut registry, msg, &mut pending);
         }
-        if changed {
+        while let Ok(msg) = inbox.try_recv() {
+            changed |= handle(&mut registry, msg, &mut pending);
+        }
+        registry.expire(Instant::now());
+
+        // Durable before anyone hears "ok": one append and one fdatasync
+        // for the whole batch (group commit).
+        let mut save_error = None;
+        let journal = registry.take_journal();
+        if !journal.is_empty() {
+            let saved =
+                tokio::task::block_in_place(|| writer.state.append(&journal, || registry.stored()));
+            if let Err(problem) = saved {
+                error!(%problem, "runtime registrations not saved; refusing the changes of this batch");
+                save_error = Some(problem.to_string());
+            }
+        }
+        if changed || registry.needs_publish() {
             registry.publish();
+        }
+        for p in pending {
+            match p {
+                Pending::Change(tx, reply) => {
+                    let reply = match &save_error {
+                        None => reply,
+                        Some(problem) => Reply::error(format!(
+                            "not saved: {problem}; the change is in effect until the server restarts"
+                        )),
+                    };
+                    let _ = tx.send(reply);
+                }
+                Pending::Done(tx, reply) => {
+                    let _ = tx.send(reply);
+                }
+                Pending::Read(tx, request) => {
+                    let _ = tx.send(read(&registry, &writer, request));
+                }
+            }
         }
     }
 }
 
-fn handle(registry: &mut Registry, msg: WriterMsg) -> bool {
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
+    }
+}
+
+/// Applies one message; returns whether file zones changed.
+fn handle(registry: &mut Registry, msg: WriterMsg, pending: &mut Vec<Pending>) -> bool {
     match msg {
         WriterMsg::Changes(changes) => changes
             .into_iter()
             .fold(false, |changed, c| registry.apply(c) | changed),
+        WriterMsg::Admin { request, reply } => {
+            let now = Instant::now();
+            let p = match request {
+                Request::Register(r) => {
+                    let zone = r.zone.clone();
+                    let instance = r.instance.clone();
+                    match registry.register(r, now) {
+                        Ok(info) => {
+                            info!(%zone, %instance, "instance registered");
+                            Pending::Change(
+                                reply,
+                                Reply {
+                                    instance: Some(info),
+                                    ..Reply::ok()
+                                },
+                            )
+                        }
+                        Err(e) => Pending::Done(reply, Reply::error(e)),
+                    }
+                }
+                Request::Deregister(k) => match registry.deregister(&k) {
+                    Ok(()) => {
+                        info!(zone = %k.zone, instance = %k.instance, "instance deregistered");
+                        Pending::Change(reply, Reply::ok())
+                    }
+                    Err(e) => Pending::Done(reply, Reply::error(e)),
+                },
+                // A heartbeat that revives an instance is saved too, but its
+                // reply does not depend on that: health is not a registration.
+                Request::Heartbeat(k) => match registry.heartbeat(&k, now) {
+                    Ok(info) => Pending::Done(
+                        reply,
+                        Reply {
+                            instance: Some(info),
+                            ..Reply::ok()
+                        },
+                    ),
+                    Err(e) => Pending::Done(reply, Reply::error(e)),
+                },
+                read @ (Request::List { .. } | Request::Status {}) => Pending::Read(reply, read),
+            };
+            pending.push(p);
+            false
+        }
+    }
+}
+
+/// Answers list and status.
+fn read(registry: &Registry, writer: &Writer, request: Request) -> Reply {
+    match request {
+        Request::List { zone } => match registry.list(zone.as_deref(), Instant::now()) {
+            Ok(instances) => Reply {
+                instances: Some(instances),
+                ..Reply::ok()
+            },
+            Err(e) => Reply::error(e),
+        },
+        Request::Status {} => {
+            let zones = registry
+                .status()
+                .into_iter()
+                .map(|z| ZoneInfo {
+                    zone: z.zone,
+                    file: z.source.display().to_string(),
+                    serial: z.serial,
+                    state: if z.stale.is_some() { "stale" } else { "ok" }.into(),
+                    error: z.stale,
+                    services: z.services_served,
+                    file_instances: z.instances,
+                    runtime_instances: z.runtime_serving,
+                    runtime_not_serving: z.runtime_not_serving,
+                })
+                .collect();
+            Reply {
+                status: Some(StatusInfo {
+                    protocol: proto::VERSION,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    uptime_secs: writer.started.elapsed().as_secs(),
+                    state_file: writer.state_path.display().to_string(),
+                    zones,
+                    orphaned: registry.orphaned(),
+                }),
+                ..Reply::ok()
+            }
+        }
+        _ => Reply::error("internal error: not a read request"),
     }
 }
 
 /// Runs the server with `config` until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let started = Instant::now();
     let (mut registry, snapshots) = Registry::new();
+
+    // Runtime registrations first, so each zone is built once with them.
+    let (state_log, stored) = state::StateLog::open(&config.state)?;
+    let restored = stored.len();
+    registry
+        .restore(stored, started)
+        .map_err(|message| ServeError::StateContent {
+            path: config.state.clone(),
+            message,
+        })?;
+    info!(file = %config.state.display(), registrations = restored, "state file read");
 
     // The first scan happens before any socket is bound, so the first query
     // already sees every valid zone.
@@ -101,8 +302,31 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         warn!(dir = %config.zones.display(), "no zones loaded; every query will be refused");
     }
 
+    if registry.orphaned() > 0 {
+        warn!(
+            count = registry.orphaned(),
+            "runtime registrations for zones no zone file declares; kept, not served"
+        );
+    }
+
+    // Before any DNS socket: a second server started by mistake stops here.
+    let admin = AdminSocket::bind(&config.socket)?;
+
     let (writer, inbox) = mpsc::unbounded_channel();
-    tokio::spawn(run_writer(registry, inbox));
+    tokio::spawn(run_writer(
+        registry,
+        inbox,
+        Writer {
+            state: state_log,
+            state_path: config.state.clone(),
+            started,
+        },
+    ));
+    let admin_task = tokio::spawn(crate::admin::server::run(
+        admin,
+        writer.clone(),
+        shutdown.clone(),
+    ));
     let to_writer = writer.clone();
     let reload = watch::spawn(scanner, config.rescan_interval, move |changes| {
         to_writer.send(WriterMsg::Changes(changes)).is_ok()
@@ -132,6 +356,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         }
     };
     server::run(bound, snapshots, config.tcp, forwarder, shutdown).await?;
+    // The admin server removes its socket once it sees the shutdown.
+    if let Ok(Err(error)) = admin_task.await {
+        warn!(%error, "admin socket failed");
+    }
     Ok(())
 }
 

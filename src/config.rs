@@ -26,6 +26,27 @@ pub const DEFAULT_TCP_IDLE_TIMEOUT: u64 = 10;
 pub const DEFAULT_RESCAN_INTERVAL: u64 = 30;
 /// Default cap on concurrent TCP connections.
 pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 512;
+/// Default state file of runtime registrations, relative to the working
+/// directory like the zones directory: it must survive a reboot, so it does
+/// not go next to the socket in the runtime directory (a tmpfs).
+pub const DEFAULT_STATE: &str = "signpost-state.json";
+/// The environment variable that names the admin socket, for the server and
+/// the client commands alike.
+pub const SOCKET_ENV: &str = "SIGNPOST_SOCKET";
+
+/// The admin socket when neither `--socket` nor `SIGNPOST_SOCKET` says:
+/// `$XDG_RUNTIME_DIR/signpost.sock` (the per-user runtime directory, mode
+/// 0700, which systemd-logind creates), else `/tmp/signpost-<uid>.sock`. The
+/// server and the client commands compute the same path, so `serve` in one
+/// terminal and `register` in another find each other without flags.
+pub fn default_socket() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return Path::new(&dir).join("signpost.sock");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    PathBuf::from(format!("/tmp/signpost-{uid}.sock"))
+}
 /// Default total time to get an answer from the upstreams, in seconds: below
 /// the 5 s a glibc stub resolver waits, so the client sees SERVFAIL rather
 /// than a timeout.
@@ -56,6 +77,20 @@ pub enum Command {
     ///
     /// Exits 0 when every file is valid, 1 otherwise.
     Check(CheckArgs),
+    /// Register a service instance with the running server (or replace it).
+    ///
+    /// It is answered by DNS as soon as this command returns, and kept across
+    /// restarts. With --ttl it leaves answers when no heartbeat comes within
+    /// that many seconds, and comes back with the next one.
+    Register(crate::admin::client::RegisterArgs),
+    /// Remove an instance registered with `register`.
+    Deregister(crate::admin::client::KeyArgs),
+    /// Renew the TTL of a registered instance (and serve it again if it expired).
+    Heartbeat(crate::admin::client::KeyArgs),
+    /// List the instances of every zone, or of one, with their state.
+    List(crate::admin::client::ListArgs),
+    /// Show the zones, their sources, serials and counts, and the uptime.
+    Status(crate::admin::client::StatusArgs),
 }
 
 /// Settings shared by every subcommand that reads zones.
@@ -92,6 +127,14 @@ pub struct ServeArgs {
     /// events, for filesystems that send none (NFS) [default: 30]
     #[arg(long, value_name = "SECS")]
     pub rescan_interval: Option<u64>,
+    /// Admin socket for runtime registrations (mode 0660)
+    /// [default: $XDG_RUNTIME_DIR/signpost.sock, else /tmp/signpost-UID.sock]
+    #[arg(long, value_name = "PATH", env = SOCKET_ENV)]
+    pub socket: Option<PathBuf>,
+    /// State file keeping runtime registrations across restarts
+    /// [default: signpost-state.json]
+    #[arg(long, value_name = "PATH")]
+    pub state: Option<PathBuf>,
     /// Upstream resolver for names outside the zones; repeat for several,
     /// tried in order. Port 53 if omitted. Without any, names outside the
     /// zones are refused.
@@ -154,6 +197,10 @@ pub struct ConfigFile {
     pub max_tcp_connections: Option<usize>,
     /// See `--rescan-interval`.
     pub rescan_interval: Option<u64>,
+    /// See `--socket`.
+    pub socket: Option<PathBuf>,
+    /// See `--state`.
+    pub state: Option<PathBuf>,
     /// See `--forward`.
     #[serde(default)]
     pub forward: Vec<String>,
@@ -222,6 +269,10 @@ pub struct Config {
     pub tcp: TcpLimits,
     /// Time between full rescans of the zones directory.
     pub rescan_interval: Duration,
+    /// The admin socket.
+    pub socket: PathBuf,
+    /// The state file of runtime registrations.
+    pub state: PathBuf,
     /// Forwarding of names outside the zones; `None` when no upstream is set.
     pub forward: Option<ForwardConfig>,
 }
@@ -284,7 +335,19 @@ impl Config {
             .rescan_interval
             .or(file.rescan_interval)
             .unwrap_or(DEFAULT_RESCAN_INTERVAL);
+        let socket = match (&args.socket, &file.socket) {
+            (Some(flag), _) => flag.clone(),
+            (None, Some(from_file)) => base.join(from_file),
+            (None, None) => default_socket(),
+        };
+        let state = match (&args.state, &file.state) {
+            (Some(flag), _) => flag.clone(),
+            (None, Some(from_file)) => base.join(from_file),
+            (None, None) => PathBuf::from(DEFAULT_STATE),
+        };
         Ok(Config {
+            socket,
+            state,
             rescan_interval: Duration::from_secs(rescan.max(1)),
             listen,
             zones: zones_dir(&args.common, &file, &base),

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+use signpost::admin::client;
 use signpost::config::{Cli, Command, Config};
 use signpost::{app, zone};
 
@@ -40,6 +41,11 @@ fn main() -> ExitCode {
             };
             check(&dir)
         }
+        Command::Register(args) => client::register(args),
+        Command::Deregister(args) => client::deregister(args),
+        Command::Heartbeat(args) => client::heartbeat(args),
+        Command::List(args) => client::list(args),
+        Command::Status(args) => client::status(args),
     }
 }
 

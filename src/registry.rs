@@ -5,17 +5,20 @@
 //! [`arc_swap::ArcSwap`], so a reader never waits for a writer and a writer
 //! never waits for readers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::model::Zone;
+use crate::admin::proto::{InstanceInfo, InstanceKey, Registration};
+use crate::model::{Endpoint, Zone};
+use crate::runtime::{self, RuntimeInstance};
 use crate::snapshot::{Snapshot, ZoneSnapshot, build_zone};
+use crate::state::{self, Record, Removed};
 use crate::wire::lower_wire;
 use crate::zone::ZoneError;
 
@@ -63,12 +66,22 @@ pub enum Change {
     },
 }
 
-/// The registry: every zone, where it came from, and its serial.
+/// The registry: every zone, where it came from, and its serial, and the
+/// runtime registrations that are merged into the zones when they are built.
 pub struct Registry {
     published: SnapshotHandle,
     zones: BTreeMap<Vec<u8>, ZoneEntry>,
     /// The first problem of each zone file whose current version is invalid.
     file_errors: BTreeMap<PathBuf, String>,
+    /// Runtime registrations by zone key, then by lowercased instance name
+    /// (an instance name is a host name, unique in its zone). They outlive
+    /// their zone file: a zone whose file goes away and comes back gets them back.
+    runtime: BTreeMap<Vec<u8>, BTreeMap<String, RuntimeEntry>>,
+    /// Zones whose runtime instances changed since they were last built.
+    dirty: BTreeSet<Vec<u8>>,
+    /// Changes to the runtime registrations not yet handed out by
+    /// [`Registry::take_journal`] for the state file.
+    journal: Vec<Record>,
     /// Valid files refused because another file has their zone: each gets
     /// its turn when the zone is free again.
     waiting: BTreeMap<PathBuf, (Box<Zone>, (usize, usize))>,
@@ -76,9 +89,35 @@ pub struct Registry {
 
 struct ZoneEntry {
     source: PathBuf,
+    /// What the file says; the snapshot is built from this plus the runtime instances.
     zone: Zone,
     serial: u32,
     built: Arc<ZoneSnapshot>,
+}
+
+/// One runtime registration and its health.
+struct RuntimeEntry {
+    /// As the client sent it: what the state file keeps.
+    request: Registration,
+    valid: RuntimeInstance,
+    /// When it expires without a heartbeat (TTL instances only).
+    deadline: Option<Instant>,
+    /// No heartbeat came within its TTL: registered, not served.
+    expired: bool,
+    /// Why a zone file now keeps it from being served.
+    shadowed: Option<String>,
+}
+
+/// A runtime registration as the state file keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stored {
+    /// The registration, as acknowledged.
+    pub registration: Registration,
+    /// Whether it had expired when the file was written: an instance that
+    /// was dead before a restart stays out of answers until a heartbeat.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
 }
 
 /// What `status` reports of one zone.
@@ -95,8 +134,14 @@ pub struct ZoneStatus {
     pub stale: Option<String>,
     /// Number of services.
     pub services: usize,
-    /// Number of instances over all services.
+    /// Number of instances over all services in the file.
     pub instances: usize,
+    /// Runtime instances served.
+    pub runtime_serving: usize,
+    /// Runtime instances registered but not served (expired or shadowed).
+    pub runtime_not_serving: usize,
+    /// Services served, file and runtime.
+    pub services_served: usize,
 }
 
 impl Registry {
@@ -107,6 +152,9 @@ impl Registry {
             published: published.clone(),
             zones: BTreeMap::new(),
             file_errors: BTreeMap::new(),
+            runtime: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            journal: Vec::new(),
             waiting: BTreeMap::new(),
         };
         (registry, published)
@@ -217,8 +265,14 @@ impl Registry {
         if previous.is_some_and(|p| p.zone == zone) {
             return Ok(false);
         }
-        let serial = next_serial(previous.map(|p| p.serial));
-        let built = Arc::new(build_zone(&zone, serial));
+        // Its runtime instances are merged in, checked against the new file.
+        let (serial, built) = build_merged(
+            &zone,
+            path,
+            self.runtime.get_mut(&key),
+            previous.map(|p| p.serial),
+        );
+        self.dirty.remove(&key);
         self.zones.insert(
             key,
             ZoneEntry {
@@ -237,7 +291,11 @@ impl Registry {
     }
 
     /// Publishes the current state to the query path: one pointer swap.
-    pub fn publish(&self) {
+    /// Zones whose runtime instances changed are built again first.
+    pub fn publish(&mut self) {
+        for key in std::mem::take(&mut self.dirty) {
+            self.rebuild(&key);
+        }
         let snapshot = Snapshot::new(self.zones.values().map(|e| e.built.clone()));
         self.published.store(Arc::new(snapshot));
     }
@@ -245,16 +303,458 @@ impl Registry {
     /// Zones with their source and serial, sorted by apex.
     pub fn status(&self) -> Vec<ZoneStatus> {
         self.zones
-            .values()
-            .map(|e| ZoneStatus {
-                zone: e.zone.apex.to_ascii(),
-                source: e.source.clone(),
-                serial: e.serial,
-                stale: self.file_errors.get(&e.source).cloned(),
-                services: e.zone.services.len(),
-                instances: e.zone.services.iter().map(|s| s.instances.len()).sum(),
+            .iter()
+            .map(|(key, e)| {
+                let runtime = self.runtime.get(key);
+                let serving = runtime.map_or(0, |r| r.values().filter(|r| r.serving()).count());
+                let registered = runtime.map_or(0, BTreeMap::len);
+                let mut services: BTreeSet<(String, crate::model::Protocol)> = e
+                    .zone
+                    .services
+                    .iter()
+                    .map(|s| (s.name.to_ascii_lowercase(), s.protocol))
+                    .collect();
+                for r in runtime.into_iter().flat_map(|r| r.values()) {
+                    if r.serving() {
+                        services.insert((r.valid.service.to_ascii_lowercase(), r.valid.protocol));
+                    }
+                }
+                ZoneStatus {
+                    zone: e.zone.apex.to_ascii(),
+                    source: e.source.clone(),
+                    serial: e.serial,
+                    stale: self.file_errors.get(&e.source).cloned(),
+                    services: e.zone.services.len(),
+                    instances: e.zone.services.iter().map(|s| s.instances.len()).sum(),
+                    runtime_serving: serving,
+                    runtime_not_serving: registered - serving,
+                    services_served: services.len(),
+                }
             })
             .collect()
+    }
+
+    /// Runtime registrations whose zone no file declares now.
+    pub fn orphaned(&self) -> usize {
+        self.runtime
+            .iter()
+            .filter(|(k, _)| !self.zones.contains_key(*k))
+            .map(|(_, r)| r.len())
+            .sum()
+    }
+
+    /// Builds a zone again from its file and its runtime instances, with a
+    /// new serial. Runtime instances the file now conflicts with are
+    /// shadowed (kept, not served): the file wins.
+    fn rebuild(&mut self, key: &[u8]) {
+        let Some(entry) = self.zones.get_mut(key) else {
+            return;
+        };
+        let (serial, built) = build_merged(
+            &entry.zone,
+            &entry.source,
+            self.runtime.get_mut(key),
+            Some(entry.serial),
+        );
+        entry.serial = serial;
+        entry.built = built;
+    }
+
+    /// Adds or replaces a runtime instance. It is served after the next
+    /// [`Registry::publish`]; the caller saves the registrations first.
+    pub fn register(
+        &mut self,
+        request: Registration,
+        now: Instant,
+    ) -> Result<InstanceInfo, String> {
+        let valid = runtime::validate(&request)?;
+        let key = lower_wire(&valid.apex);
+        let Some(entry) = self.zones.get(&key) else {
+            return Err(self.unknown_zone(&request.zone));
+        };
+        if let Some(reason) = runtime::file_conflict(&entry.zone, &entry.source, &valid) {
+            return Err(reason);
+        }
+        let id = valid.instance.name.to_ascii_lowercase();
+        let zone = self.runtime.entry(key.clone()).or_default();
+        for (other_id, other) in zone.iter() {
+            let replaces = *other_id == id
+                && other.valid.service.eq_ignore_ascii_case(&valid.service)
+                && other.valid.protocol == valid.protocol;
+            if replaces {
+                continue;
+            }
+            if let Some(reason) = runtime::runtime_conflict(&valid, &other.valid) {
+                return Err(reason);
+            }
+        }
+        let deadline = valid.ttl.map(|t| now + Duration::from_secs(t.into()));
+        let new = RuntimeEntry {
+            request,
+            valid,
+            deadline,
+            expired: false,
+            shadowed: None,
+        };
+        let info = new.info(now);
+        let unchanged = zone
+            .get(&id)
+            .is_some_and(|old| old.request == new.request && old.serving());
+        if !unchanged {
+            self.journal.push(Record::Set(new.stored()));
+            self.dirty.insert(key.clone());
+        }
+        zone.insert(id, new);
+        Ok(info)
+    }
+
+    /// Removes a runtime instance.
+    pub fn deregister(&mut self, k: &InstanceKey) -> Result<(), String> {
+        let (key, id) = self.find(k)?;
+        let zone = self.runtime.get_mut(&key).expect("found");
+        if let Some(gone) = zone.remove(&id) {
+            let (zone, instance) = state::key(&gone.request.zone, &gone.request.instance)?;
+            self.journal
+                .push(Record::Remove(Removed { zone, instance }));
+        }
+        if self.runtime.get(&key).is_some_and(BTreeMap::is_empty) {
+            self.runtime.remove(&key);
+        }
+        self.dirty.insert(key);
+        Ok(())
+    }
+
+    /// Renews a runtime instance's TTL; an expired one is served again.
+    pub fn heartbeat(&mut self, k: &InstanceKey, now: Instant) -> Result<InstanceInfo, String> {
+        let (key, id) = self.find(k)?;
+        let r = self
+            .runtime
+            .get_mut(&key)
+            .and_then(|z| z.get_mut(&id))
+            .expect("found");
+        r.deadline = r.valid.ttl.map(|t| now + Duration::from_secs(t.into()));
+        if r.expired {
+            r.expired = false;
+            info!(zone = %r.valid.apex, instance = %r.valid.instance.name, "heartbeat: serving again");
+            // The expired flag is saved, so saving again keeps a restart
+            // from hiding an instance that is alive.
+            self.journal.push(Record::Set(r.stored()));
+            self.dirty.insert(key);
+        }
+        Ok(r.info(now))
+    }
+
+    /// The zone key and instance id of a registered runtime instance, or why not.
+    fn find(&self, k: &InstanceKey) -> Result<(Vec<u8>, String), String> {
+        let apex = crate::zone::parse_apex(&k.zone)?;
+        let key = lower_wire(&apex);
+        let id = k.instance.to_ascii_lowercase();
+        let Some(zone) = self.runtime.get(&key) else {
+            if let Some(e) = self.zones.get(&key) {
+                return Err(self.not_registered(k, e));
+            }
+            return Err(self.unknown_zone(&k.zone));
+        };
+        match zone.get(&id) {
+            Some(r) if !r.valid.service.eq_ignore_ascii_case(&k.service) => Err(format!(
+                "instance \"{}\" is registered for service \"{}\", not \"{}\"",
+                r.valid.instance.name, r.valid.service, k.service
+            )),
+            Some(r)
+                if k.protocol
+                    .is_some_and(|p| crate::model::Protocol::from(p) != r.valid.protocol) =>
+            {
+                Err(format!(
+                    "instance \"{}\" is registered for protocol {}",
+                    r.valid.instance.name,
+                    r.valid.protocol.as_str()
+                ))
+            }
+            Some(_) => Ok((key, id)),
+            None => match self.zones.get(&key) {
+                Some(e) => Err(self.not_registered(k, e)),
+                None => Err(format!(
+                    "instance \"{}\" is not registered in zone {}",
+                    k.instance, k.zone
+                )),
+            },
+        }
+    }
+
+    fn not_registered(&self, k: &InstanceKey, e: &ZoneEntry) -> String {
+        let in_file = e
+            .zone
+            .services
+            .iter()
+            .flat_map(|s| &s.instances)
+            .any(|i| i.name.eq_ignore_ascii_case(&k.instance));
+        if in_file {
+            format!(
+                "instance \"{}\" is defined by zone file {}; change it there",
+                k.instance,
+                e.source.display()
+            )
+        } else {
+            format!(
+                "instance \"{}\" is not registered in zone {}",
+                k.instance, k.zone
+            )
+        }
+    }
+
+    fn unknown_zone(&self, zone: &str) -> String {
+        let known: Vec<String> = self
+            .zones
+            .values()
+            .map(|e| e.zone.apex.to_ascii())
+            .collect();
+        format!(
+            "unknown zone \"{zone}\": zones are declared by zone files (served: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )
+    }
+
+    /// Every instance, file and runtime, of one zone or all, sorted by zone,
+    /// service and instance.
+    pub fn list(&self, zone: Option<&str>, now: Instant) -> Result<Vec<InstanceInfo>, String> {
+        let only = match zone {
+            None => None,
+            Some(z) => {
+                let key = lower_wire(&crate::zone::parse_apex(z)?);
+                if !self.zones.contains_key(&key) && !self.runtime.contains_key(&key) {
+                    return Err(self.unknown_zone(z));
+                }
+                Some(key)
+            }
+        };
+        let wanted = |k: &Vec<u8>| only.as_ref().is_none_or(|o| o == k);
+        let mut out = Vec::new();
+        for (_, e) in self.zones.iter().filter(|(k, _)| wanted(k)) {
+            for s in &e.zone.services {
+                for i in &s.instances {
+                    let (address, target) = endpoint_strings(&i.endpoint);
+                    out.push(InstanceInfo {
+                        zone: e.zone.apex.to_ascii(),
+                        service: s.name.clone(),
+                        protocol: s.protocol.into(),
+                        instance: i.name.clone(),
+                        address,
+                        target,
+                        port: i.port,
+                        weight: i.weight,
+                        priority: i.priority,
+                        tags: i.tags.clone(),
+                        source: "file".into(),
+                        state: "serving".into(),
+                        ..InstanceInfo::default()
+                    });
+                }
+            }
+        }
+        for (key, zone) in self.runtime.iter().filter(|(k, _)| wanted(k)) {
+            for r in zone.values() {
+                let mut info = r.info(now);
+                if !self.zones.contains_key(key) {
+                    info.state = "no-zone".into();
+                    info.reason = Some("no zone file declares this zone now".into());
+                    info.expires_in_ms = None;
+                }
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| {
+            let k = |i: &InstanceInfo| {
+                (
+                    i.zone.to_ascii_lowercase(),
+                    i.service.to_ascii_lowercase(),
+                    i.instance.to_ascii_lowercase(),
+                )
+            };
+            k(a).cmp(&k(b))
+        });
+        Ok(out)
+    }
+
+    /// Marks runtime instances whose TTL ran out as expired. Returns whether
+    /// any did; [`Registry::publish`] then takes them out of answers.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        for (key, zone) in &mut self.runtime {
+            for r in zone.values_mut() {
+                if !r.expired && r.deadline.is_some_and(|d| d <= now) {
+                    r.expired = true;
+                    any = true;
+                    self.journal.push(Record::Set(r.stored()));
+                    self.dirty.insert(key.clone());
+                    info!(zone = %r.valid.apex, instance = %r.valid.instance.name, ttl = r.valid.ttl, "no heartbeat within the TTL; not serving it until the next one");
+                }
+            }
+        }
+        any
+    }
+
+    /// The earliest moment a runtime instance expires, if any will.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.runtime
+            .values()
+            .flat_map(|z| z.values())
+            .filter(|r| !r.expired)
+            .filter_map(|r| r.deadline)
+            .min()
+    }
+
+    /// Whether a zone waits to be built again for [`Registry::publish`].
+    pub fn needs_publish(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The changes to the registrations since the last call, for the state file.
+    pub fn take_journal(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.journal)
+    }
+
+    /// Every runtime registration, for the state file.
+    pub fn stored(&self) -> Vec<Stored> {
+        self.runtime
+            .values()
+            .flat_map(|z| z.values())
+            .map(RuntimeEntry::stored)
+            .collect()
+    }
+
+    /// Restores registrations from the state file, before any zone file is
+    /// loaded. TTL instances that were alive get a fresh TTL from `now`: a
+    /// restart must not drop every healthy instance until its next heartbeat.
+    /// Those that had expired stay expired until a heartbeat.
+    pub fn restore(&mut self, stored: Vec<Stored>, now: Instant) -> Result<(), String> {
+        for s in stored {
+            let valid = runtime::validate(&s.registration).map_err(|e| {
+                format!(
+                    "registration of instance \"{}\" in zone {}: {e}",
+                    s.registration.instance, s.registration.zone
+                )
+            })?;
+            let key = lower_wire(&valid.apex);
+            let id = valid.instance.name.to_ascii_lowercase();
+            let deadline = valid.ttl.map(|t| now + Duration::from_secs(t.into()));
+            let zone = self.runtime.entry(key.clone()).or_default();
+            if zone.contains_key(&id) {
+                return Err(format!(
+                    "instance \"{}\" is registered twice in zone {}",
+                    valid.instance.name, s.registration.zone
+                ));
+            }
+            zone.insert(
+                id,
+                RuntimeEntry {
+                    request: s.registration,
+                    valid,
+                    deadline,
+                    expired: s.expired,
+                    shadowed: None,
+                },
+            );
+            self.dirty.insert(key);
+        }
+        Ok(())
+    }
+}
+
+impl RuntimeEntry {
+    fn stored(&self) -> Stored {
+        Stored {
+            registration: self.request.clone(),
+            expired: self.expired,
+        }
+    }
+
+    fn serving(&self) -> bool {
+        !self.expired && self.shadowed.is_none()
+    }
+
+    fn info(&self, now: Instant) -> InstanceInfo {
+        let i = &self.valid.instance;
+        let (address, target) = endpoint_strings(&i.endpoint);
+        let (state, reason) = if let Some(reason) = &self.shadowed {
+            ("shadowed", Some(reason.clone()))
+        } else if self.expired {
+            ("expired", Some("no heartbeat within its TTL".to_string()))
+        } else {
+            ("serving", None)
+        };
+        InstanceInfo {
+            zone: self.valid.apex.to_ascii(),
+            service: self.valid.service.clone(),
+            protocol: self.valid.protocol.into(),
+            instance: i.name.clone(),
+            address,
+            target,
+            port: i.port,
+            weight: i.weight,
+            priority: i.priority,
+            tags: i.tags.clone(),
+            source: "runtime".into(),
+            ttl: self.valid.ttl,
+            state: state.into(),
+            reason,
+            expires_in_ms: match self.deadline {
+                Some(d) if !self.expired => {
+                    Some(d.saturating_duration_since(now).as_millis() as u64)
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Builds a zone from its file and its runtime instances, with the serial
+/// after `previous`. Runtime instances the file conflicts with are shadowed
+/// (kept, not served): the file wins, and says so in the log.
+fn build_merged(
+    zone: &Zone,
+    source: &Path,
+    runtime: Option<&mut BTreeMap<String, RuntimeEntry>>,
+    previous: Option<u32>,
+) -> (u32, Arc<ZoneSnapshot>) {
+    let serial = next_serial(previous);
+    let Some(runtime) = runtime else {
+        return (serial, Arc::new(build_zone(zone, serial)));
+    };
+    for r in runtime.values_mut() {
+        let conflict = runtime::file_conflict(zone, source, &r.valid);
+        if conflict == r.shadowed {
+            continue;
+        }
+        match &conflict {
+            Some(reason) => warn!(
+                zone = %zone.apex,
+                instance = %r.valid.instance.name,
+                %reason,
+                "the zone file now owns this name; the registration is kept but not served"
+            ),
+            None => info!(
+                zone = %zone.apex,
+                instance = %r.valid.instance.name,
+                "the registration no longer conflicts with the zone file; serving it again"
+            ),
+        }
+        r.shadowed = conflict;
+    }
+    let merged = runtime::merge(
+        zone,
+        runtime.values().filter(|r| r.serving()).map(|r| &r.valid),
+    );
+    (serial, Arc::new(build_zone(&merged, serial)))
+}
+
+fn endpoint_strings(e: &Endpoint) -> (Vec<String>, Option<String>) {
+    match e {
+        Endpoint::Addresses(a) => (a.iter().map(ToString::to_string).collect(), None),
+        Endpoint::Target(t) => (Vec::new(), Some(t.to_ascii())),
     }
 }
 

@@ -138,7 +138,7 @@ impl Answer {
 }
 
 /// One record's data, before encoding.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum RData {
     Addr(IpAddr),
     Srv {
@@ -151,7 +151,31 @@ enum RData {
     Soa,
 }
 
+/// What makes two records the same, cheap to hash: names as lowercased wire
+/// bytes (hashing a `Name` feeds the hasher one byte at a time).
+#[derive(PartialEq, Eq, Hash)]
+enum RecordKey {
+    Addr(IpAddr),
+    Srv(u16, u16, u16, Vec<u8>),
+    Ns(Vec<u8>),
+    Soa,
+}
+
 impl RData {
+    fn key(&self) -> RecordKey {
+        match self {
+            RData::Addr(a) => RecordKey::Addr(*a),
+            RData::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => RecordKey::Srv(*priority, *weight, *port, lower_wire(target)),
+            RData::Ns(n) => RecordKey::Ns(lower_wire(n)),
+            RData::Soa => RecordKey::Soa,
+        }
+    }
+
     fn rtype(&self) -> u16 {
         match self {
             RData::Addr(IpAddr::V4(_)) => rtype::A,
@@ -167,26 +191,27 @@ impl RData {
 struct NodeRecords {
     name: Name,
     rrsets: BTreeMap<u16, Vec<RData>>,
+    /// Every record in `rrsets`, so a duplicate is found without scanning
+    /// (a service with thousands of instances has RRsets that large).
+    seen: HashSet<RecordKey>,
 }
 
 /// Builds the answers of one zone.
 pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
     let mut names: HashMap<Vec<u8>, NodeRecords> = HashMap::new();
-    // Every (owner, record) added so far: a set, so that a service with
-    // thousands of instances is not quadratic to build.
-    let mut seen: HashSet<(Vec<u8>, RData)> = HashSet::new();
     let mut add = |name: &Name, rdata: RData| {
-        let key = lower_wire(name);
+        let node = names
+            .entry(lower_wire(name))
+            .or_insert_with(|| NodeRecords {
+                name: name.clone(),
+                rrsets: BTreeMap::new(),
+                seen: HashSet::new(),
+            });
         // Two sources of the same record (an address shared by two instances
         // of a service) would be a duplicate RR, which RFC 2181 forbids.
-        if !seen.insert((key.clone(), rdata.clone())) {
-            return;
+        if node.seen.insert(rdata.key()) {
+            node.rrsets.entry(rdata.rtype()).or_default().push(rdata);
         }
-        let node = names.entry(key).or_insert_with(|| NodeRecords {
-            name: name.clone(),
-            rrsets: BTreeMap::new(),
-        });
-        node.rrsets.entry(rdata.rtype()).or_default().push(rdata);
     };
 
     add(&zone.apex, RData::Soa);
@@ -238,6 +263,7 @@ pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
                 .or_insert_with(|| NodeRecords {
                     name: name.clone(),
                     rrsets: BTreeMap::new(),
+                    seen: HashSet::new(),
                 });
             name = name.base_name();
         }
@@ -312,19 +338,19 @@ impl Encoder<'_> {
         }
 
         // Addresses of in-zone targets, so a client needs no second query.
-        let mut glue_for: Vec<&Name> = Vec::new();
-        let mut glue_seen: HashSet<&Name> = HashSet::new();
+        let mut glue_for: Vec<(&Name, &NodeRecords)> = Vec::new();
+        let mut glued: HashSet<Vec<u8>> = HashSet::new();
         for rdata in rrset {
-            if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata
-                && glue_seen.insert(n)
-            {
-                glue_for.push(n);
+            if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata {
+                let key = lower_wire(n);
+                if let Some(target_node) = self.names.get(&key)
+                    && glued.insert(key)
+                {
+                    glue_for.push((n, target_node));
+                }
             }
         }
-        for target in glue_for {
-            let Some(target_node) = self.names.get(&lower_wire(target)) else {
-                continue;
-            };
+        for (target, target_node) in glue_for {
             for t in [rtype::A, rtype::AAAA] {
                 let Some(addrs) = target_node.rrsets.get(&t) else {
                     continue;

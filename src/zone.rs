@@ -364,7 +364,7 @@ fn parse_inner(path: &Path, text: &str) -> Result<(Zone, (usize, usize)), Vec<Zo
     }
 }
 
-fn parse_apex(s: &str) -> Result<Name, String> {
+pub(crate) fn parse_apex(s: &str) -> Result<Name, String> {
     let trimmed = s.strip_suffix('.').unwrap_or(s);
     if trimmed.is_empty() {
         return Err(format!(

@@ -265,11 +265,16 @@ fn clients_outside_the_allow_list_are_refused() {
 fn forwarding_to_itself_is_refused_at_startup() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
     let run = |listen: &str, forward: &str| {
         Command::new(env!("CARGO_BIN_EXE_signpost"))
             .args(["serve", "--zones"])
             .arg(example_zones())
             .args(["--listen", listen, "--forward", forward])
+            .arg("--socket")
+            .arg(dir.path().join("admin.sock"))
+            .arg("--state")
+            .arg(dir.path().join("state.json"))
             .output()
             .unwrap()
     };

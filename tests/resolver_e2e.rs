@@ -258,6 +258,12 @@ fn unmodified_programs_resolve_through_resolv_conf() {
     let mut ns = Netns::create();
     let (zones, upstream_zones) = write_zones(ns.dir.path());
     let signpost = env!("CARGO_BIN_EXE_signpost");
+    // Each server gets its own admin socket and state file in the test's
+    // directory, away from the defaults a developer's own server may use.
+    let private = |name: &str| ns.dir.path().join(name).to_str().unwrap().to_string();
+    let (upstream_socket, upstream_state) =
+        (private("upstream.sock"), private("upstream-state.json"));
+    let (server_socket, server_state) = (private("signpost.sock"), private("signpost-state.json"));
 
     let upstream_log = ns.spawn(
         "upstream.log",
@@ -270,6 +276,10 @@ fn unmodified_programs_resolve_through_resolv_conf() {
             "1",
             "--zones",
             zones_str(&upstream_zones),
+            "--socket",
+            &upstream_socket,
+            "--state",
+            &upstream_state,
         ],
     );
     let server_log = ns.spawn(
@@ -287,6 +297,10 @@ fn unmodified_programs_resolve_through_resolv_conf() {
             zones_str(&zones),
             "--forward",
             UPSTREAM,
+            "--socket",
+            &server_socket,
+            "--state",
+            &server_state,
         ],
     );
     let site = ns.dir.path().join("site");

@@ -28,23 +28,93 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Everything it has logged so far.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Its admin socket.
+    pub socket: PathBuf,
+    /// Its state file.
+    pub state: PathBuf,
+    /// Holds the admin socket and state file of a server started without
+    /// an admin directory of its own.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+/// The admin socket and state file of a server using `admin_dir`.
+pub fn admin_paths(admin_dir: &Path) -> (PathBuf, PathBuf) {
+    (admin_dir.join("admin.sock"), admin_dir.join("state.json"))
+}
+
+/// `signpost serve` on the zones in `dir` with its admin socket and state
+/// file in `admin_dir`, not yet started.
+pub fn serve_command(dir: &Path, admin_dir: &Path, extra: &[&str]) -> Command {
+    let (socket, state) = admin_paths(admin_dir);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_signpost"));
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+            "--zones",
+        ])
+        .arg(dir)
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state")
+        .arg(state)
+        .args(extra)
+        .env_remove("SIGNPOST_SOCKET")
+        .env("RUST_LOG", "info");
+    command
+}
+
+/// Runs a server that is expected not to start; returns its exit status and stderr.
+pub fn serve_failure(
+    dir: &Path,
+    admin_dir: &Path,
+    extra: &[&str],
+) -> (std::process::ExitStatus, String) {
+    let mut child = serve_command(dir, admin_dir, extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start signpost");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            return (status, stderr);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server was expected to exit, and did not");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 impl Server {
-    /// Starts `signpost serve` on the zones in `dir`, with extra arguments.
+    /// Starts `signpost serve` on the zones in `dir`, with extra arguments,
+    /// and its admin socket and state file in a fresh temporary directory.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_signpost"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "2",
-                "--zones",
-            ])
-            .arg(dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
+        let scratch = tempfile::tempdir().expect("a temporary directory");
+        let mut server = Server::start_admin(dir, scratch.path(), extra);
+        server._scratch = Some(scratch);
+        server
+    }
+
+    /// Starts `signpost serve` on the zones in `dir` with its admin socket
+    /// and state file in `admin_dir`, so a restart finds the same state.
+    pub fn start_admin(dir: &Path, admin_dir: &Path, extra: &[&str]) -> Server {
+        let (socket, state) = admin_paths(admin_dir);
+        let mut child = serve_command(dir, admin_dir, extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -76,7 +146,42 @@ impl Server {
                 );
             }
         };
-        Server { child, addr, log }
+        // The admin socket is bound before the DNS sockets, so it is ready.
+        Server {
+            child,
+            addr,
+            log,
+            socket,
+            state,
+            _scratch: None,
+        }
+    }
+
+    /// A client connection to the admin socket.
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::connect(&self.socket)
+    }
+
+    /// Sends SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        self.wait(Duration::from_secs(10))
+            .expect("the server stops on SIGTERM")
+    }
+
+    /// Runs a client command (`register`, `list`, ...) against this server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        cli(&self.socket, args)
     }
 
     /// Starts `signpost serve` on the zones in `dir`.
@@ -234,4 +339,106 @@ pub fn dig(server: &Server, args: &[&str]) -> String {
         .output()
         .expect("dig is installed (apt-get install dnsutils)");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `signpost` with these arguments and `--socket`.
+pub fn cli(socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_signpost"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .env_remove("SIGNPOST_SOCKET")
+        .output()
+        .expect("run signpost")
+}
+
+/// A connection to an admin socket speaking newline-delimited JSON.
+pub struct AdminClient {
+    reader: BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl AdminClient {
+    /// Connects to the socket at `path`.
+    pub fn connect(path: &Path) -> AdminClient {
+        let writer =
+            std::os::unix::net::UnixStream::connect(path).expect("connect to the admin socket");
+        writer
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        AdminClient {
+            reader: BufReader::new(writer.try_clone().unwrap()),
+            writer,
+        }
+    }
+
+    /// Sends one raw line (a newline is added) and reads one reply line.
+    pub fn raw(&mut self, line: &str) -> serde_json::Value {
+        self.send_raw(line).expect("a reply line")
+    }
+
+    /// Sends one raw line and reads one reply line; None when the server
+    /// closed the connection.
+    pub fn send_raw(&mut self, line: &str) -> Option<serde_json::Value> {
+        use std::io::Write;
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.push(b'\n');
+        self.writer.write_all(&bytes).ok()?;
+        self.read_reply()
+    }
+
+    /// Reads one reply line; None at the end of the connection.
+    pub fn read_reply(&mut self) -> Option<serde_json::Value> {
+        let mut reply = String::new();
+        match self.reader.read_line(&mut reply) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&reply).expect("a JSON reply")),
+        }
+    }
+
+    /// Sends a request and returns the reply.
+    pub fn request(&mut self, request: serde_json::Value) -> serde_json::Value {
+        self.raw(&request.to_string())
+    }
+
+    /// Sends a request that must succeed.
+    pub fn ok(&mut self, request: serde_json::Value) -> serde_json::Value {
+        let reply = self.request(request.clone());
+        assert_eq!(reply["ok"], true, "{request} -> {reply}");
+        reply
+    }
+
+    /// Sends a request that must fail, returning its error message.
+    pub fn error(&mut self, request: serde_json::Value) -> String {
+        let reply = self.request(request.clone());
+        assert_eq!(reply["ok"], false, "{request} -> {reply}");
+        reply["error"]
+            .as_str()
+            .expect("an error message")
+            .to_string()
+    }
+}
+
+/// A copy of the example zones in a temporary directory, for tests that change them.
+pub fn zones_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(example_zones()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -1,0 +1,409 @@
+//! The client commands: `register`, `deregister`, `heartbeat`, `list` and
+//! `status`. Each sends one request over the admin socket and prints the
+//! reply: a readable table by default, the server's JSON with `--json`.
+//!
+//! Exit codes: 0 done, 1 the server refused the request (its message on
+//! stderr), 2 the server could not be reached.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::proto::{InstanceInfo, InstanceKey, Protocol, Registration, Reply, Request, StatusInfo};
+use crate::config::{SOCKET_ENV, default_socket};
+
+/// How long to wait for a reply. A registration waits for one state file
+/// write, normally milliseconds; this is for a server that is wedged.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the server is, and how to print.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The server's admin socket
+    /// [default: $XDG_RUNTIME_DIR/signpost.sock, else /tmp/signpost-UID.sock]
+    #[arg(long, value_name = "PATH", env = SOCKET_ENV)]
+    pub socket: Option<PathBuf>,
+    /// Print the server's JSON reply instead of a table (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `signpost register`
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The zone, which a zone file must declare (e.g. svc.example).
+    #[arg(long)]
+    pub zone: String,
+    /// Service name (e.g. web).
+    #[arg(long)]
+    pub service: String,
+    /// Instance name, also its host name in the zone (e.g. web-9).
+    #[arg(long)]
+    pub instance: String,
+    /// The instance's address, IPv4 or IPv6; repeat for several.
+    #[arg(long, value_name = "ADDR", required_unless_present = "target")]
+    pub address: Vec<String>,
+    /// A name elsewhere for the SRV record to point at, instead of --address.
+    #[arg(long, value_name = "NAME", conflicts_with = "address")]
+    pub target: Option<String>,
+    /// Port.
+    #[arg(long)]
+    pub port: u16,
+    /// Service protocol.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub protocol: ProtocolArg,
+    /// Leave answers when no heartbeat comes within SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub ttl: Option<u32>,
+    /// A tag; repeat for several.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// SRV weight [default: 1]
+    #[arg(long)]
+    pub weight: Option<u16>,
+    /// SRV priority [default: 0]
+    #[arg(long)]
+    pub priority: Option<u16>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+/// `signpost deregister` and `signpost heartbeat`
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The zone.
+    #[arg(long)]
+    pub zone: String,
+    /// Service name.
+    #[arg(long)]
+    pub service: String,
+    /// Instance name.
+    #[arg(long)]
+    pub instance: String,
+    /// Service protocol [default: whichever it was registered with]
+    #[arg(long, value_enum)]
+    pub protocol: Option<ProtocolArg>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+/// `signpost list`
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this zone.
+    #[arg(long)]
+    pub zone: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+/// `signpost status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+/// `--protocol`
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ProtocolArg {
+    /// TCP
+    Tcp,
+    /// UDP
+    Udp,
+}
+
+impl From<ProtocolArg> for Protocol {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Tcp => Protocol::Tcp,
+            ProtocolArg::Udp => Protocol::Udp,
+        }
+    }
+}
+
+/// `signpost register`
+pub fn register(args: RegisterArgs) -> ExitCode {
+    let request = Request::Register(Registration {
+        zone: args.zone,
+        service: args.service,
+        protocol: args.protocol.into(),
+        instance: args.instance,
+        address: args.address,
+        target: args.target,
+        port: args.port,
+        weight: args.weight,
+        priority: args.priority,
+        tags: args.tags,
+        ttl: args.ttl,
+    });
+    run(&args.client, &request, |reply| {
+        if let Some(i) = &reply.instance {
+            println!(
+                "registered {} in {} (_{}._{}), {}",
+                i.instance,
+                i.zone,
+                i.service,
+                protocol_str(i.protocol),
+                ttl_note(i)
+            );
+        }
+    })
+}
+
+/// `signpost deregister`
+pub fn deregister(args: KeyArgs) -> ExitCode {
+    let key = key(&args);
+    let (zone, instance) = (key.zone.clone(), key.instance.clone());
+    run(&args.client, &Request::Deregister(key), |_| {
+        println!("deregistered {instance} from {zone}");
+    })
+}
+
+/// `signpost heartbeat`
+pub fn heartbeat(args: KeyArgs) -> ExitCode {
+    run(&args.client, &Request::Heartbeat(key(&args)), |reply| {
+        if let Some(i) = &reply.instance {
+            println!("renewed {} in {}, {}", i.instance, i.zone, ttl_note(i));
+        }
+    })
+}
+
+/// `signpost list`
+pub fn list(args: ListArgs) -> ExitCode {
+    let request = Request::List {
+        zone: args.zone.clone(),
+    };
+    run(&args.client, &request, |reply| {
+        print!("{}", list_table(reply.instances.as_deref().unwrap_or(&[])));
+    })
+}
+
+/// `signpost status`
+pub fn status(args: StatusArgs) -> ExitCode {
+    run(&args.client, &Request::Status {}, |reply| {
+        if let Some(s) = &reply.status {
+            print!("{}", status_table(s));
+        }
+    })
+}
+
+fn key(args: &KeyArgs) -> InstanceKey {
+    InstanceKey {
+        zone: args.zone.clone(),
+        service: args.service.clone(),
+        protocol: args.protocol.map(Into::into),
+        instance: args.instance.clone(),
+    }
+}
+
+fn ttl_note(i: &InstanceInfo) -> String {
+    match (i.ttl, i.expires_in_ms) {
+        (Some(ttl), Some(_)) => format!("{}, ttl {ttl}s", i.state),
+        _ => i.state.clone(),
+    }
+}
+
+fn protocol_str(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// Sends `request`, prints the reply with `human` (or as JSON), and maps
+/// the outcome to an exit code.
+fn run(client: &ClientArgs, request: &Request, human: impl FnOnce(&Reply)) -> ExitCode {
+    let path = client.socket.clone().unwrap_or_else(default_socket);
+    match exchange(&path, request) {
+        Err(message) => {
+            eprintln!("signpost: {message}");
+            ExitCode::from(2)
+        }
+        Ok((reply, raw)) => {
+            if client.json {
+                println!("{}", raw.trim_end());
+            }
+            if !reply.ok {
+                eprintln!(
+                    "signpost: {}",
+                    reply
+                        .error
+                        .as_deref()
+                        .unwrap_or("the server refused the request")
+                );
+                return ExitCode::FAILURE;
+            }
+            if !client.json {
+                human(&reply);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// One request and its reply, parsed and raw.
+pub fn exchange(path: &Path, request: &Request) -> Result<(Reply, String), String> {
+    let mut stream = UnixStream::connect(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::ConnectionRefused => "connection refused (a stale socket)".into(),
+            std::io::ErrorKind::PermissionDenied => {
+                "permission denied (is your user in the socket's group?)".into()
+            }
+            _ => e.to_string(),
+        };
+        format!(
+            "cannot connect to {}: {why} (is 'signpost serve' running? set --socket or {SOCKET_ENV})",
+            path.display()
+        )
+    })?;
+    let io_error = |e: std::io::Error| format!("admin socket {}: {e}", path.display());
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .map_err(io_error)?;
+    let mut line = serde_json::to_vec(request).expect("requests serialize");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io_error)?;
+    let mut raw = String::new();
+    BufReader::new(stream)
+        .read_line(&mut raw)
+        .map_err(io_error)?;
+    if raw.is_empty() {
+        return Err(format!(
+            "admin socket {}: the server closed the connection without a reply",
+            path.display()
+        ));
+    }
+    let reply = serde_json::from_str(&raw)
+        .map_err(|e| format!("admin socket {}: unreadable reply: {e}", path.display()))?;
+    Ok((reply, raw))
+}
+
+/// Columns padded to their widest cell, two spaces apart.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn list_table(instances: &[InstanceInfo]) -> String {
+    let rows = instances
+        .iter()
+        .map(|i| {
+            let endpoint = match &i.target {
+                Some(t) => format!("-> {t}"),
+                None => i.address.join(","),
+            };
+            let state = match &i.reason {
+                Some(r) if i.state != "expired" => format!("{} ({r})", i.state),
+                _ => i.state.clone(),
+            };
+            vec![
+                i.zone.clone(),
+                i.service.clone(),
+                protocol_str(i.protocol).into(),
+                i.instance.clone(),
+                endpoint,
+                i.port.to_string(),
+                i.priority.to_string(),
+                i.weight.to_string(),
+                i.ttl.map_or("-".into(), |t| format!("{t}s")),
+                i.source.clone(),
+                state,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ZONE", "SERVICE", "PROTO", "INSTANCE", "ADDRESS", "PORT", "PRIO", "WEIGHT", "TTL",
+            "SOURCE", "STATE",
+        ],
+        rows,
+    )
+}
+
+fn status_table(s: &StatusInfo) -> String {
+    let mut out = format!(
+        "signpost {}, up {}, admin protocol {}, state file {}\n",
+        s.version,
+        uptime(s.uptime_secs),
+        s.protocol,
+        s.state_file
+    );
+    if s.orphaned > 0 {
+        out.push_str(&format!(
+            "{} runtime registrations for zones no zone file declares (kept, not served)\n",
+            s.orphaned
+        ));
+    }
+    let rows = s
+        .zones
+        .iter()
+        .map(|z| {
+            vec![
+                z.zone.clone(),
+                z.file.clone(),
+                z.serial.to_string(),
+                match &z.error {
+                    Some(e) => format!("stale ({e})"),
+                    None => z.state.clone(),
+                },
+                z.services.to_string(),
+                z.file_instances.to_string(),
+                z.runtime_instances.to_string(),
+                z.runtime_not_serving.to_string(),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &[
+            "ZONE",
+            "FILE",
+            "SERIAL",
+            "STATE",
+            "SERVICES",
+            "FILE-INST",
+            "RUNTIME-INST",
+            "NOT-SERVING",
+        ],
+        rows,
+    ));
+    out
+}
+
+fn uptime(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}

@@ -1,0 +1,254 @@
+//! The admin socket's server side: binding the Unix socket safely, reading
+//! request lines, and handing each request to the registry's owner task.
+//!
+//! Every request line gets exactly one reply line, in order; a bad request
+//! gets `{"ok":false,"error":...}` and the connection stays open. Only a line
+//! longer than [`MAX_REQUEST`] closes the connection (after its error reply),
+//! since the rest of that line cannot be told apart from the next request.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::proto::{MAX_REQUEST, Reply, parse_request};
+use crate::app::{WriterHandle, WriterMsg};
+
+/// Most admin connections served at once; more get an error reply and are
+/// closed. Clients send a request and wait, so a few are plenty.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Why the admin socket could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Something other than a socket is at the path: never remove it.
+    #[error(
+        "refusing to use admin socket path {}: it exists and is not a socket (remove it, or choose another path with --socket)",
+        path.display()
+    )]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A server is already listening there.
+    #[error(
+        "admin socket {} is in use by a running server (stop it, or choose another path with --socket)",
+        path.display()
+    )]
+    InUse {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Any other failure.
+    #[error("cannot create admin socket {}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// The bound admin socket. [`AdminSocket::remove`] deletes the path, if it
+/// is still this socket, on a clean shutdown.
+pub struct AdminSocket {
+    path: PathBuf,
+    listener: std::os::unix::net::UnixListener,
+    identity: (u64, u64),
+}
+
+impl AdminSocket {
+    /// Creates the socket at `path` with mode 0660 (owner and group).
+    ///
+    /// A stale socket (one nothing accepts connections on, left by a server
+    /// that was killed) is replaced; anything else at the path is an error.
+    /// The socket is bound inside a fresh private directory next to `path`,
+    /// given its mode there, and renamed into place, so it is never reachable
+    /// with looser permissions and the process umask is left alone.
+    pub fn bind(path: &Path) -> Result<AdminSocket, SocketError> {
+        let io_err = |source| SocketError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_socket() => {
+                return Err(SocketError::NotASocket {
+                    path: path.to_path_buf(),
+                });
+            }
+            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(SocketError::InUse {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    info!(path = %path.display(), "removing stale admin socket");
+                    std::fs::remove_file(path).map_err(io_err)?;
+                }
+                Err(e) => return Err(io_err(e)),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let private = dir.join(format!(".signpost-{}.tmp", std::process::id()));
+        let _ = std::fs::remove_dir_all(&private);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&private)
+            .map_err(io_err)?;
+        let result = (|| {
+            let inner = private.join("s");
+            let listener = std::os::unix::net::UnixListener::bind(&inner)?;
+            std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o660))?;
+            std::fs::rename(&inner, path)?;
+            let m = std::fs::symlink_metadata(path)?;
+            Ok((listener, (m.dev(), m.ino())))
+        })();
+        let _ = std::fs::remove_dir_all(&private);
+        let (listener, identity) = result.map_err(io_err)?;
+        listener.set_nonblocking(true).map_err(io_err)?;
+        Ok(AdminSocket {
+            path: path.to_path_buf(),
+            listener,
+            identity,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the socket file if it is still the one this server created.
+    pub fn remove(&self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path)
+            && (m.dev(), m.ino()) == self.identity
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Accepts admin connections until `shutdown`, then removes the socket.
+pub async fn run(
+    socket: AdminSocket,
+    writer: WriterHandle,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let listener = UnixListener::from_std(socket.listener.try_clone()?)?;
+    info!(path = %socket.path.display(), "admin socket ready");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => break,
+        };
+        let mut stream = match accepted {
+            Ok((s, _)) => s,
+            Err(error) => {
+                warn!(%error, "admin socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let reply = line(&Reply::error(format!(
+                "too many admin connections (limit {MAX_CONNECTIONS}); try again"
+            )));
+            connections.spawn(async move {
+                let _ = stream.write_all(&reply).await;
+            });
+            continue;
+        };
+        let writer = writer.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            tokio::select! {
+                result = connection(stream, &writer) => {
+                    if let Err(error) = result {
+                        debug!(%error, "admin connection closed");
+                    }
+                }
+                () = shutdown.cancelled() => {}
+            }
+            drop(slot);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    socket.remove();
+    Ok(())
+}
+
+/// Serves one connection: a reply line for every request line.
+async fn connection(stream: UnixStream, writer: &WriterHandle) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        buf.clear();
+        // At most one byte past the limit is read, so an endless line costs
+        // no more memory than a long one.
+        let n = (&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if buf.len() > MAX_REQUEST {
+            let reply = Reply::error(format!(
+                "request too large: a request line is at most {MAX_REQUEST} bytes; closing the connection"
+            ));
+            write.write_all(&line(&reply)).await?;
+            write.shutdown().await?;
+            return Ok(());
+        }
+        let request = buf.trim_ascii();
+        // Blank lines (an extra Enter in `nc`) are not requests.
+        if request.is_empty() {
+            continue;
+        }
+        let reply = match parse_request(request) {
+            Ok(request) => ask(writer, request).await,
+            Err(message) => Reply::error(message),
+        };
+        write.write_all(&line(&reply)).await?;
+    }
+}
+
+/// Sends a request to the registry's owner and waits for its reply, which
+/// comes only once the change is saved and published.
+async fn ask(writer: &WriterHandle, request: super::proto::Request) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    if writer
+        .send(WriterMsg::Admin { request, reply: tx })
+        .is_err()
+    {
+        return Reply::error("the server is shutting down");
+    }
+    rx.await
+        .unwrap_or_else(|_| Reply::error("the server is shutting down"))
+}
+
+/// A reply as one line of JSON.
+fn line(reply: &Reply) -> Vec<u8> {
+    let mut out = serde_json::to_vec(reply).expect("replies serialize");
+    out.push(b'\n');
+    out
+}

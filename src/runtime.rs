@@ -1,0 +1,327 @@
+//! Runtime registrations: validating what a client sent into the model, and
+//! deciding which names a registration may take.
+//!
+//! The rules mirror the zone file's: an instance name is a host name in the
+//! zone and is unique there; a service owns `<service>.<zone>` and the names
+//! below it. On top of that the zone file owns its names: a registration can
+//! add an instance to a service the file declares, or create a new service,
+//! but never take a name the file uses. When a file later takes a name that a
+//! registration holds, the file wins and the registration is kept but not
+//! served ("shadowed"), so reverting the file brings it back.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use hickory_proto::rr::Name;
+
+use crate::admin::proto::Registration;
+use crate::model::{Endpoint, Instance, Protocol, Zone};
+use crate::zone::{check_label, parse_apex};
+
+/// Longest TTL a registration may ask for: a day. Longer is almost certainly
+/// a unit mistake (milliseconds), and such an instance would in effect never expire.
+pub const MAX_INSTANCE_TTL: u32 = 86_400;
+
+/// A registration, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeInstance {
+    /// The zone's apex.
+    pub apex: Name,
+    /// Service name.
+    pub service: String,
+    /// Service protocol.
+    pub protocol: Protocol,
+    /// The instance as the snapshot serves it.
+    pub instance: Instance,
+    /// Seconds without a heartbeat before it leaves answers.
+    pub ttl: Option<u32>,
+}
+
+/// Checks a registration the way the zone parser checks a file's instance.
+/// The message says what is wrong in words a client can act on.
+pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
+    let apex = parse_apex(&reg.zone)?;
+    check_label("service name", &reg.service)?;
+    check_label("instance name", &reg.instance)?;
+    if reg.instance.eq_ignore_ascii_case(&reg.service) {
+        return Err(format!(
+            "instance name \"{}\" is also its service's name; both would own {}.{}",
+            reg.instance, reg.instance, reg.zone
+        ));
+    }
+    let endpoint = match (reg.address.is_empty(), &reg.target) {
+        (false, Some(_)) => {
+            return Err("give either `address` or `target`, not both".into());
+        }
+        (true, None) => {
+            return Err(
+                "missing `address` (the instance's own addresses) or `target` (a name elsewhere)"
+                    .into(),
+            );
+        }
+        (false, None) => {
+            let mut addrs: Vec<IpAddr> = Vec::new();
+            for a in &reg.address {
+                let ip: IpAddr = a
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("invalid IP address \"{a}\""))?;
+                if addrs.contains(&ip) {
+                    return Err(format!("address {ip} is listed twice"));
+                }
+                addrs.push(ip);
+            }
+            Endpoint::Addresses(addrs)
+        }
+        (true, Some(t)) => {
+            let name = if t.is_empty() {
+                Err("target must not be empty".to_string())
+            } else {
+                Name::from_ascii(t)
+                    .map_err(|e| format!("target \"{t}\" is not a valid domain name: {e}"))
+            }?;
+            let name = if name.is_fqdn() {
+                name
+            } else {
+                name.append_domain(&apex)
+                    .map_err(|e| format!("target \"{t}\" is too long under the zone: {e}"))?
+            };
+            Endpoint::Target(name)
+        }
+    };
+    if reg.port == 0 {
+        return Err("port 0 is out of range (1..=65535)".into());
+    }
+    let mut tags: Vec<String> = Vec::new();
+    for t in &reg.tags {
+        check_label("tag", t)?;
+        if tags.iter().any(|o| o.eq_ignore_ascii_case(t)) {
+            return Err(format!("tag \"{t}\" is listed twice"));
+        }
+        tags.push(t.clone());
+    }
+    if let Some(ttl) = reg.ttl
+        && !(1..=MAX_INSTANCE_TTL).contains(&ttl)
+    {
+        return Err(format!(
+            "ttl {ttl} is out of range (1..={MAX_INSTANCE_TTL} seconds)"
+        ));
+    }
+    Ok(RuntimeInstance {
+        apex,
+        service: reg.service.clone(),
+        protocol: reg.protocol.into(),
+        instance: Instance {
+            name: reg.instance.clone(),
+            endpoint,
+            port: reg.port,
+            weight: reg.weight.unwrap_or(1),
+            priority: reg.priority.unwrap_or(0),
+            tags,
+        },
+        ttl: reg.ttl,
+    })
+}
+
+/// Why the zone file `file` (read from `source`) does not let `r` be served,
+/// if it does not.
+pub fn file_conflict(file: &Zone, source: &Path, r: &RuntimeInstance) -> Option<String> {
+    let source = source.display();
+    let inst = r.instance.name.as_str();
+    let svc = r.service.as_str();
+    for s in &file.services {
+        if let Some(i) = s
+            .instances
+            .iter()
+            .find(|i| i.name.eq_ignore_ascii_case(inst))
+        {
+            return Some(format!(
+                "instance \"{}\" is defined by zone file {source}; change it there",
+                i.name
+            ));
+        }
+        if s.name.eq_ignore_ascii_case(inst) {
+            return Some(format!(
+                "instance name \"{inst}\" is the name of service \"{}\" in zone file {source}",
+                s.name
+            ));
+        }
+    }
+    let host_name = r.apex.prepend_label(inst).ok()?;
+    if file.hosts.iter().any(|h| h.name == host_name) {
+        return Some(format!(
+            "{host_name} is a host in zone file {source}; choose another instance name"
+        ));
+    }
+    // A service the file already declares (any protocol) owns its name with
+    // the file's blessing; a new one must not collide with the file's names.
+    if !file
+        .services
+        .iter()
+        .any(|s| s.name.eq_ignore_ascii_case(svc))
+    {
+        let svc_name = r.apex.prepend_label(svc).ok()?;
+        if let Some(h) = file.hosts.iter().find(|h| svc_name.zone_of(&h.name)) {
+            return Some(format!(
+                "service \"{svc}\" would own {svc_name}, but zone file {source} has host {}",
+                h.name
+            ));
+        }
+        if file
+            .services
+            .iter()
+            .flat_map(|s| &s.instances)
+            .any(|i| i.name.eq_ignore_ascii_case(svc))
+        {
+            return Some(format!(
+                "service name \"{svc}\" is an instance in zone file {source}"
+            ));
+        }
+    }
+    None
+}
+
+/// Why `r` may not be registered next to `other`, another runtime instance
+/// of the same zone, if it may not.
+pub fn runtime_conflict(r: &RuntimeInstance, other: &RuntimeInstance) -> Option<String> {
+    let inst = &r.instance.name;
+    let o = &other.instance.name;
+    if o.eq_ignore_ascii_case(inst)
+        && !(other.service.eq_ignore_ascii_case(&r.service) && other.protocol == r.protocol)
+    {
+        return Some(format!(
+            "instance \"{o}\" is already registered for service \"{}\" ({}); deregister it first",
+            other.service,
+            other.protocol.as_str()
+        ));
+    }
+    if other.service.eq_ignore_ascii_case(inst) {
+        return Some(format!(
+            "instance name \"{inst}\" is the name of registered service \"{}\"",
+            other.service
+        ));
+    }
+    if o.eq_ignore_ascii_case(&r.service) {
+        return Some(format!(
+            "service name \"{}\" is the name of registered instance \"{o}\"",
+            r.service
+        ));
+    }
+    None
+}
+
+/// The zone a file describes with the runtime instances added: to services
+/// the file declares, or to new services after the file's.
+pub fn merge<'a>(file: &Zone, runtime: impl IntoIterator<Item = &'a RuntimeInstance>) -> Zone {
+    let mut zone = file.clone();
+    for r in runtime {
+        let existing = zone
+            .services
+            .iter_mut()
+            .find(|s| s.name.eq_ignore_ascii_case(&r.service) && s.protocol == r.protocol);
+        match existing {
+            Some(s) => s.instances.push(r.instance.clone()),
+            None => zone.services.push(crate::model::Service {
+                name: r.service.clone(),
+                protocol: r.protocol,
+                tags: Vec::new(),
+                instances: vec![r.instance.clone()],
+            }),
+        }
+    }
+    zone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(instance: &str, service: &str) -> Registration {
+        Registration {
+            zone: "svc.example".into(),
+            service: service.into(),
+            protocol: Default::default(),
+            instance: instance.into(),
+            address: vec!["10.0.0.9".into()],
+            target: None,
+            port: 80,
+            weight: None,
+            priority: None,
+            tags: vec![],
+            ttl: None,
+        }
+    }
+
+    fn file() -> Zone {
+        crate::zone::parse(
+            Path::new("z.toml"),
+            r#"
+zone = "svc.example"
+[hosts]
+db = "10.0.0.1"
+"x.api" = "10.0.0.2"
+[[services]]
+name = "web"
+port = 80
+[[services.instances]]
+name = "web-1"
+address = "10.0.0.3"
+"#,
+        )
+        .unwrap()
+    }
+
+    fn conflict(instance: &str, service: &str) -> Option<String> {
+        file_conflict(
+            &file(),
+            Path::new("z.toml"),
+            &validate(&reg(instance, service)).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_file_owns_its_names() {
+        assert_eq!(conflict("web-9", "web"), None);
+        assert_eq!(conflict("api-1", "api2"), None);
+        assert!(
+            conflict("WEB-1", "web")
+                .unwrap()
+                .contains("defined by zone file z.toml")
+        );
+        assert!(conflict("db", "web").unwrap().contains("is a host"));
+        assert!(
+            conflict("web", "other")
+                .unwrap()
+                .contains("name of service")
+        );
+        assert!(conflict("api-1", "api").unwrap().contains("has host x.api"));
+        assert!(conflict("a-1", "web-1").unwrap().contains("is an instance"));
+    }
+
+    #[test]
+    fn bad_registrations_are_explained() {
+        let mut r = reg("w", "web");
+        r.address = vec!["10.0.0.256".into()];
+        assert_eq!(
+            validate(&r).unwrap_err(),
+            "invalid IP address \"10.0.0.256\""
+        );
+        r.address = vec![];
+        assert!(validate(&r).unwrap_err().contains("missing `address`"));
+        r.target = Some("elsewhere.example.".into());
+        assert!(validate(&r).is_ok());
+        r.ttl = Some(0);
+        assert!(validate(&r).unwrap_err().contains("ttl 0"));
+        let mut r = reg("w_1", "web");
+        assert!(validate(&r).unwrap_err().contains("instance name"));
+        r.instance = "web".into();
+        assert!(
+            validate(&r)
+                .unwrap_err()
+                .contains("also its service's name")
+        );
+        r.instance = "w".into();
+        r.port = 0;
+        assert!(validate(&r).unwrap_err().contains("port 0"));
+    }
+}
