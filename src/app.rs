@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -335,7 +336,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         path: config.zones.clone(),
         source,
     })?;
-    tokio::spawn(reload_on_sighup(reload));
+    // Installed before the sockets are bound (and the log says so), so a
+    // SIGHUP sent as soon as the server listens never meets the default
+    // action, which would end the process.
+    let hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(reload_on_sighup(hangups, reload));
 
     let mut bound = Vec::new();
     for addr in &config.listen {
@@ -364,11 +369,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
 }
 
 /// SIGHUP: read every zone file again, changed or not.
-async fn reload_on_sighup(reload: std::sync::mpsc::Sender<watch::Wake>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_sighup(mut hangups: Signal, reload: std::sync::mpsc::Sender<watch::Wake>) {
     while hangups.recv().await.is_some() {
         info!("SIGHUP: reloading every zone file");
         if reload.send(watch::Wake::Reload).is_err() {

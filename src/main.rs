@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -51,21 +52,18 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), app::ServeError> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    // Handlers are installed before anything is bound, so a signal sent as
+    // soon as the server listens is never met by the default action.
+    let term = signal(SignalKind::terminate()).map_err(app::ServeError::Io)?;
+    let int = signal(SignalKind::interrupt()).map_err(app::ServeError::Io)?;
+    tokio::spawn(stop_on_signal(term, int, shutdown.clone()));
     app::serve(config, shutdown).await?;
     info!("stopped");
     Ok(())
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
+async fn stop_on_signal(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
