@@ -6,7 +6,10 @@
 //! A snapshot is never changed after it is built; the registry publishes a new
 //! one and queries in flight keep the old one alive until they finish.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+// Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::IpAddr;
 use std::sync::Arc;
 

@@ -6,8 +6,6 @@
 //! message and searches its pointers linearly; a 1000-instance SRV answer needs
 //! every name compressed to fit in 64 KiB, so names are written here.
 
-use std::collections::HashMap;
-
 use hickory_proto::rr::Name;
 
 /// Record type codes used by the server (RFC 1035, 3596, 2782, 6891).
@@ -73,7 +71,13 @@ pub fn wire(name: &Name) -> Vec<u8> {
 pub struct MessageWriter {
     /// The message so far.
     pub buf: Vec<u8>,
-    suffixes: HashMap<Vec<u8>, u16>,
+    /// Hash of each name suffix written so far → its offset in `buf`. A hit
+    /// is checked against the bytes at that offset before it is used, so
+    /// nothing is allocated per name (building a large zone encodes
+    /// millions of names).
+    suffixes: foldhash::HashMap<u64, u16>,
+    hasher: foldhash::fast::FixedState,
+    scratch: Vec<u8>,
 }
 
 impl MessageWriter {
@@ -81,10 +85,13 @@ impl MessageWriter {
     /// form) at offset 12, as it will in every response built from this one.
     pub fn with_question(qname_wire: &[u8], qtype: u16) -> Self {
         let mut writer = MessageWriter {
-            buf: vec![0; HEADER_LEN],
-            suffixes: HashMap::new(),
+            buf: Vec::with_capacity(128),
+            suffixes: foldhash::HashMap::default(),
+            hasher: foldhash::fast::FixedState::default(),
+            scratch: Vec::new(),
         };
-        writer.name_wire(qname_wire);
+        writer.buf.resize(HEADER_LEN, 0);
+        writer.name_wire(qname_wire, true);
         writer.u16(qtype);
         writer.u16(CLASS_IN);
         writer
@@ -102,24 +109,43 @@ impl MessageWriter {
 
     /// Appends a name, compressed against every name already written.
     pub fn name(&mut self, name: &Name) {
-        self.name_wire(&wire(name));
+        self.name_of(name, true);
     }
 
-    fn name_wire(&mut self, wire: &[u8]) {
-        self.name_wire_with(wire, true);
+    /// Appends a name without compressing it (SRV targets, RFC 2782), though
+    /// later names may still point into it.
+    pub fn name_uncompressed(&mut self, name: &Name) {
+        self.name_of(name, false);
     }
 
-    fn name_wire_with(&mut self, wire: &[u8], compress: bool) {
+    fn name_of(&mut self, name: &Name, compress: bool) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        for label in name.iter() {
+            scratch.push(label.len() as u8);
+            scratch.extend_from_slice(label);
+        }
+        scratch.push(0);
+        self.name_wire(&scratch, compress);
+        self.scratch = scratch;
+    }
+
+    fn name_wire(&mut self, wire: &[u8], compress: bool) {
+        use std::hash::BuildHasher;
         let mut pos = 0;
         while wire[pos] != 0 {
             let suffix = &wire[pos..];
-            if let Some(&offset) = self.suffixes.get(suffix).filter(|_| compress) {
-                self.u16(0xC000 | offset);
-                return;
-            }
-            // Pointers have 14 bits; later names just go uncompressed.
-            if self.buf.len() < 0x3FFF {
-                self.suffixes.insert(suffix.to_vec(), self.buf.len() as u16);
+            let hash = self.hasher.hash_one(suffix);
+            match self.suffixes.get(&hash) {
+                Some(&offset) if compress && self.written_at(offset as usize, suffix) => {
+                    self.u16(0xC000 | offset);
+                    return;
+                }
+                // Pointers have 14 bits; later names just go uncompressed.
+                _ if self.buf.len() < 0x3FFF => {
+                    self.suffixes.insert(hash, self.buf.len() as u16);
+                }
+                _ => {}
             }
             let len = wire[pos] as usize;
             self.buf.extend_from_slice(&wire[pos..=pos + len]);
@@ -128,10 +154,33 @@ impl MessageWriter {
         self.buf.push(0);
     }
 
-    /// Appends a name without compressing it (SRV targets, RFC 2782), though
-    /// later names may still point into it.
-    pub fn name_uncompressed(&mut self, name: &Name) {
-        self.name_wire_with(&wire(name), false);
+    /// Whether the name written at `offset` (following pointers) is exactly
+    /// `suffix`, letter case included.
+    fn written_at(&self, mut offset: usize, suffix: &[u8]) -> bool {
+        let mut i = 0;
+        // Bounded by the buffer: a hash collision may point anywhere.
+        for _ in 0..self.buf.len() {
+            let Some(&len) = self.buf.get(offset) else {
+                return false;
+            };
+            if len & 0xC0 == 0xC0 {
+                let Some(&low) = self.buf.get(offset + 1) else {
+                    return false;
+                };
+                offset = (u16::from_be_bytes([len, low]) & 0x3FFF) as usize;
+                continue;
+            }
+            let len = len as usize;
+            if self.buf.get(offset..=offset + len) != suffix.get(i..=i + len) {
+                return false;
+            }
+            if len == 0 {
+                return true;
+            }
+            offset += len + 1;
+            i += len + 1;
+        }
+        false
     }
 
     /// Appends a record header, runs `rdata` to write its data, and fills in
