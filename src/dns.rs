@@ -187,8 +187,14 @@ pub fn respond(
 }
 
 /// The longest zone apex that is a suffix of the question name.
+///
+/// Only suffixes with at most as many labels as the longest apex are tried,
+/// so a name of 127 one-letter labels costs a few lookups, not 128.
 fn find_zone<'s>(snapshot: &'s Snapshot, question: &Question) -> Option<&'s ZoneSnapshot> {
-    question.labels[..question.label_count]
+    let skip = question
+        .label_count
+        .saturating_sub(snapshot.max_apex_labels());
+    question.labels[skip..question.label_count]
         .iter()
         .chain(std::iter::once(&(question.len as u8 - 1)))
         .find_map(|&start| snapshot.zone(&question.lower[start as usize..question.len]))

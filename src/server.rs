@@ -310,6 +310,11 @@ async fn tcp_connection(
         framed.clear();
         framed.extend_from_slice(&(response.len() as u16).to_be_bytes());
         framed.extend_from_slice(&response);
-        stream.write_all(&framed).await?;
+        // A client that stops reading must not hold its connection slot
+        // forever: a write that cannot finish within the idle timeout ends
+        // the connection.
+        tokio::time::timeout(idle_timeout, stream.write_all(&framed))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client not reading answers"))??;
     }
 }

@@ -22,14 +22,29 @@ use crate::wire::{MessageWriter, lower_wire, rtype};
 #[derive(Default)]
 pub struct Snapshot {
     zones: HashMap<Box<[u8]>, Arc<ZoneSnapshot>>,
+    /// Labels in the longest apex: no longer suffix of a name can be a zone.
+    max_apex_labels: usize,
 }
 
 impl Snapshot {
     /// A snapshot holding these zones.
     pub fn new(zones: impl IntoIterator<Item = Arc<ZoneSnapshot>>) -> Self {
+        let zones: HashMap<Box<[u8]>, Arc<ZoneSnapshot>> =
+            zones.into_iter().map(|z| (z.apex_key.clone(), z)).collect();
+        let max_apex_labels = zones
+            .keys()
+            .map(|k| crate::wire::label_count(k))
+            .max()
+            .unwrap_or(0);
         Snapshot {
-            zones: zones.into_iter().map(|z| (z.apex_key.clone(), z)).collect(),
+            zones,
+            max_apex_labels,
         }
+    }
+
+    /// Labels in the longest apex.
+    pub fn max_apex_labels(&self) -> usize {
+        self.max_apex_labels
     }
 
     /// The zone whose apex is exactly this lowercased wire name.

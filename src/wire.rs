@@ -55,6 +55,16 @@ pub fn lower_wire(name: &Name) -> Vec<u8> {
     out
 }
 
+/// Labels in an uncompressed wire-form name (the root counts none).
+pub fn label_count(wire: &[u8]) -> usize {
+    let (mut pos, mut count) = (0, 0);
+    while let Some(&len) = wire.get(pos).filter(|&&l| l != 0) {
+        pos += 1 + len as usize;
+        count += 1;
+    }
+    count
+}
+
 /// The uncompressed wire form of a name, with its letter case kept.
 pub fn wire(name: &Name) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 2);

@@ -1516,3 +1516,42 @@ async fn broken_zone_file_is_logged_with_its_position_and_the_valid_one_is_serve
         server.log_text()
     );
 }
+
+#[test]
+fn a_tcp_client_that_stops_reading_loses_its_connection_slot() {
+    let zones = zone_dir(&[("big.toml", &many_instances_zone(1000))]);
+    let server = Server::start_with(
+        zones.path(),
+        &["--max-tcp-connections", "1", "--tcp-idle-timeout", "1"],
+    );
+    // Pipeline many 50 KiB answers and never read them: the server's writes
+    // fill the socket buffers and stall.
+    let stalled = TcpStream::connect(server.addr).unwrap();
+    socket2::SockRef::from(&stalled)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let mut stalled = stalled;
+    let q = raw_query(1, RD, "_many._tcp.big.test.", T_SRV, &[]);
+    for _ in 0..200 {
+        tcp_send(&mut stalled, &q);
+    }
+
+    // The one slot frees up once the stalled write times out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let small = raw_query(2, RD, "big.test.", T_A, &[]);
+    loop {
+        let mut s = tcp_connect(server.addr);
+        tcp_send(&mut s, &small);
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        if tcp_recv(&mut s).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a client that does not read held the only TCP slot"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stalled);
+}
