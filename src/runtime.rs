@@ -16,7 +16,7 @@ use hickory_proto::rr::Name;
 
 use crate::admin::proto::Registration;
 use crate::model::{Endpoint, Instance, Protocol, Zone};
-use crate::zone::{check_label, parse_apex};
+use crate::zone::{check_fits, check_label, parse_apex};
 
 /// Longest TTL a registration may ask for: a day. Longer is almost certainly
 /// a unit mistake (milliseconds), and such an instance would in effect never expire.
@@ -43,6 +43,8 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
     let apex = parse_apex(&reg.zone)?;
     check_label("service name", &reg.service)?;
     check_label("instance name", &reg.instance)?;
+    check_fits("service name", &reg.service, &apex)?;
+    check_fits("instance name", &reg.instance, &apex)?;
     if reg.instance.eq_ignore_ascii_case(&reg.service) {
         return Err(format!(
             "instance name \"{}\" is also its service's name; both would own {}.{}",

@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 
+use tracing::warn;
+
 use crate::model::{Endpoint, Zone};
 use crate::wire::{MessageWriter, lower_wire, rtype};
 
@@ -242,15 +244,21 @@ pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
         }
     }
     for service in &zone.services {
-        let service_name = child(&zone.apex, &service.name);
-        let srv_name = child(
-            &child(&zone.apex, &format!("_{}", service.protocol.as_str())),
-            &format!("_{}", service.name),
+        let names = child(&zone.apex, &service.name).zip(
+            child(&zone.apex, &format!("_{}", service.protocol.as_str()))
+                .and_then(|p| child(&p, &format!("_{}", service.name))),
         );
+        let Some((service_name, srv_name)) = names else {
+            warn!(service = %service.name, zone = %zone.apex, "service name too long; left out");
+            continue;
+        };
         for instance in &service.instances {
             let target = match &instance.endpoint {
                 Endpoint::Addresses(addrs) => {
-                    let host = child(&zone.apex, &instance.name);
+                    let Some(host) = child(&zone.apex, &instance.name) else {
+                        warn!(instance = %instance.name, zone = %zone.apex, "instance name too long; left out");
+                        continue;
+                    };
                     for addr in addrs {
                         add(&host, RData::Addr(*addr));
                         add(&service_name, RData::Addr(*addr));
@@ -324,11 +332,11 @@ pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
     }
 }
 
-/// `label.parent`, for labels already validated by the zone parser.
-fn child(parent: &Name, label: &str) -> Name {
-    parent
-        .prepend_label(label)
-        .expect("labels are validated before they reach the snapshot")
+/// `label.parent`. The zone parser and the admin socket refuse names that
+/// would not fit; should one slip through, its records are left out rather
+/// than the server stopping.
+fn child(parent: &Name, label: &str) -> Option<Name> {
+    parent.prepend_label(label).ok()
 }
 
 struct Encoder<'a> {

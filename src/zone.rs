@@ -159,6 +159,22 @@ pub fn load_file_located(path: &Path) -> Result<(Zone, (usize, usize)), Vec<Zone
     parse_inner(path, &text)
 }
 
+/// Checks that the names the server derives from a service or instance name
+/// fit in 255 bytes under `apex`: `_<service>._tcp.<apex>` for a service,
+/// `<instance>.<apex>` for an instance. Err holds a human message.
+pub fn check_fits(kind: &str, label: &str, apex: &Name) -> Result<(), String> {
+    let (derived, extra) = match kind {
+        "service name" => (format!("_{label}._tcp.{apex}"), 1 + 1 + label.len() + 5),
+        _ => (format!("{label}.{apex}"), 1 + label.len()),
+    };
+    if crate::wire::wire(apex).len() + extra > 255 {
+        return Err(format!(
+            "{kind} \"{label}\" is too long for this zone: {derived} would exceed the 255-byte limit of a DNS name"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a single DNS label for service/instance/tag names: letters, digits
 /// and hyphens, not starting or ending with a hyphen, 1 to 63 characters.
 /// `kind` names the thing in the message (e.g. "service name"). `Err` holds a
@@ -664,7 +680,16 @@ impl Cx<'_> {
         };
         let rname = match raw.and_then(|r| r.rname.as_ref()) {
             Some(v) => self.rname(v, apex),
-            None => apex.and_then(|a| Name::from_ascii("hostmaster").ok()?.append_domain(a).ok()),
+            None => apex.and_then(|a| {
+                let rname = Name::from_ascii("hostmaster").ok()?.append_domain(a).ok();
+                if rname.is_none() {
+                    self.error(
+                        &(0..0),
+                        format!("the default SOA rname hostmaster.{a} is longer than 255 bytes; set rname in [soa]"),
+                    );
+                }
+                rname
+            }),
         };
         let get = |f: fn(&RawSoa) -> &Option<Spanned<i64>>| raw.and_then(|r| f(r).as_ref());
         let refresh = self.u32_or(
@@ -736,7 +761,9 @@ impl Cx<'_> {
                 self.error(&svc.span(), "service is missing required key `name`");
                 None
             }
-            Some(n) => match check_label("service name", n.get_ref()) {
+            Some(n) => match check_label("service name", n.get_ref())
+                .and_then(|()| apex.map_or(Ok(()), |a| check_fits("service name", n.get_ref(), a)))
+            {
                 Ok(()) => Some(n),
                 Err(msg) => {
                     self.error(&n.span(), msg);
@@ -820,7 +847,9 @@ impl Cx<'_> {
                 );
                 None
             }
-            Some(n) => match check_label("instance name", n.get_ref()) {
+            Some(n) => match check_label("instance name", n.get_ref())
+                .and_then(|()| apex.map_or(Ok(()), |a| check_fits("instance name", n.get_ref(), a)))
+            {
                 Ok(()) => {
                     let key = n.get_ref();
                     if let Some((_, first)) = instance_names.get(fold(key).as_ref()) {
@@ -1076,6 +1105,29 @@ mod tests {
                 .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn names_that_would_not_fit_in_255_bytes_are_errors() {
+        // A 245-byte apex leaves room for neither `_webx._tcp.` nor `instance-12.`.
+        let apex = vec!["a".repeat(60); 4].join(".");
+        let text = format!(
+            "zone = \"{apex}\"\n[[services]]\nname = \"webx\"\nport = 80\n\
+             [[services.instances]]\nname = \"instance-12\"\naddress = \"10.0.0.1\"\n"
+        );
+        let errors = errs(&text);
+        assert!(
+            errors
+                .iter()
+                .any(|m| m.starts_with("3:8: service name \"webx\" is too long")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|m| m.starts_with("6:8: instance name \"instance-12\" is too long")),
+            "{errors:?}"
+        );
     }
 
     fn one_err(text: &str) -> String {

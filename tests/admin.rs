@@ -795,3 +795,30 @@ fn registrations_cannot_take_each_others_names() {
         ["10.0.0.19"]
     );
 }
+
+#[test]
+fn a_registration_whose_names_would_not_fit_is_refused_and_the_server_stays_up() {
+    // A 237-byte apex: `_<63 letters>._tcp.<apex>` cannot be a DNS name.
+    let apex = vec!["a".repeat(58); 4].join(".");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("long.toml"),
+        format!("zone = \"{apex}\"\n[hosts]\nns = \"10.0.0.1\"\n"),
+    )
+    .unwrap();
+    let server = Server::start(dir.path());
+    let mut admin = server.admin();
+    let e = admin.error(json!({"op":"register","zone":apex,"service":"s".repeat(63),
+        "instance":"i","address":"10.0.0.9","port":80}));
+    assert!(e.contains("too long"), "{e}");
+    let e = admin.error(json!({"op":"register","zone":apex,"service":"s",
+        "instance":"i".repeat(20),"address":"10.0.0.9","port":80}));
+    assert!(e.contains("too long"), "{e}");
+    // Still serving, and still taking registrations.
+    admin.ok(
+        json!({"op":"register","zone":apex,"service":"s","instance":"i",
+        "address":"10.0.0.9","port":80}),
+    );
+    let reply = server.udp(&query(&format!("i.{apex}."), RecordType::A));
+    assert_eq!(reply.answers.len(), 1);
+}
