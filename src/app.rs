@@ -138,7 +138,8 @@ async fn run_writer(
         // for the whole batch (group commit).
         let mut save_error = None;
         let journal = registry.take_journal();
-        if !journal.is_empty() {
+        let acknowledges_change = pending.iter().any(|p| matches!(p, Pending::Change(..)));
+        if !journal.is_empty() || (writer.state.is_broken() && acknowledges_change) {
             let saved =
                 tokio::task::block_in_place(|| writer.state.append(&journal, || registry.stored()));
             if let Err(problem) = saved {

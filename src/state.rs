@@ -140,7 +140,10 @@ impl StateLog {
         records: &[Record],
         live: impl FnOnce() -> Vec<Stored>,
     ) -> Result<(), StateError> {
-        if records.is_empty() {
+        // After a failed save, memory is ahead of the disk: even a request
+        // that changes nothing must not be acknowledged until the whole
+        // state has been rewritten.
+        if records.is_empty() && !self.broken {
             return Ok(());
         }
         let result = if self.broken {
@@ -161,7 +164,11 @@ impl StateLog {
                 self.lines += records.len();
                 let live = live();
                 if self.lines > live.len() * 2 + COMPACT_SLACK {
-                    self.compact(&live)?;
+                    // The records are already durable: a failed compaction
+                    // leaves the old file, which is still correct, in use.
+                    if let Err(problem) = self.compact(&live) {
+                        tracing::warn!(%problem, "state file not compacted; will try again");
+                    }
                 }
                 Ok(())
             }
@@ -177,6 +184,11 @@ impl StateLog {
                 self.compact(&live())
             }
         }
+    }
+
+    /// Whether a save failed and the file may be behind memory.
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     fn compact(&mut self, live: &[Stored]) -> Result<(), StateError> {
@@ -336,6 +348,19 @@ mod tests {
         assert_eq!(live, vec![stored("a", true), stored("c", false)]);
         // Opening compacted it.
         assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 3);
+    }
+
+    #[test]
+    fn after_a_failed_save_even_an_empty_batch_rewrites_the_whole_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (mut log, _) = StateLog::open(&path).unwrap();
+        // As after an append that failed (disk full): "a" is in memory only.
+        log.broken = true;
+        log.append(&[], || vec![stored("a", false)]).unwrap();
+        assert!(!log.is_broken());
+        let (_, replayed) = StateLog::open(&path).unwrap();
+        assert_eq!(replayed.len(), 1, "the retried change reached the disk");
     }
 
     #[test]
