@@ -435,3 +435,22 @@ fn check_reports_bad_checks_with_their_place() {
         "{text}"
     );
 }
+
+#[test]
+fn a_registered_check_survives_a_restart() {
+    let dir = zone_dir("zone = \"h.test\"\n");
+    let admin_dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let mut server = Server::start_admin(dir.path(), admin_dir.path(), &[]);
+    server
+        .admin()
+        .ok(json!({"op":"register","zone":"h.test","service":"cache",
+        "instance":"cache-1","address":"127.0.0.1","port":port,
+        "check":{"tcp":true,"interval":0.1,"failures":1}}));
+    assert!(eventually(DEADLINE, || health_of(&server, "cache-1") == "unhealthy"));
+    server.stop();
+
+    let server = Server::start_admin(dir.path(), admin_dir.path(), &[]);
+    assert!(eventually(DEADLINE, || health_of(&server, "cache-1") == "unhealthy"));
+    assert_nodata(&server, "_cache._tcp.h.test.", RecordType::SRV);
+}
