@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::forward::{self, ForwardError, Forwarder};
 use crate::registry::{Change, Registry};
 use crate::watch::{self, Scanner};
-use crate::{server, state};
+use crate::{health, server, state};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +80,8 @@ pub enum WriterMsg {
         /// Where the reply goes.
         reply: oneshot::Sender<Reply>,
     },
+    /// Health checks changed state: the zones they are in are built again.
+    Health(Vec<health::Flip>),
 }
 
 /// Sends work to the registry's owner task.
@@ -90,6 +92,8 @@ struct Writer {
     state: state::StateLog,
     state_path: PathBuf,
     started: Instant,
+    /// Told the checked addresses of every zone that changed.
+    health: health::Checker,
 }
 
 /// An admin reply waiting for the end of its batch.
@@ -150,6 +154,8 @@ async fn run_writer(
         if changed || registry.needs_publish() {
             registry.publish();
         }
+        // The checks follow what is registered now.
+        writer.health.update(registry.take_health_updates());
         for p in pending {
             match p {
                 Pending::Change(tx, reply) => {
@@ -184,6 +190,10 @@ fn handle(registry: &mut Registry, msg: WriterMsg, pending: &mut Vec<Pending>) -
         WriterMsg::Changes(changes) => changes
             .into_iter()
             .fold(false, |changed, c| registry.apply(c) | changed),
+        WriterMsg::Health(flips) => {
+            registry.set_health(flips);
+            false
+        }
         WriterMsg::Admin { request, reply } => {
             let now = Instant::now();
             let p = match request {
@@ -255,6 +265,7 @@ fn read(registry: &Registry, writer: &Writer, request: Request) -> Reply {
                     file_instances: z.instances,
                     runtime_instances: z.runtime_serving,
                     runtime_not_serving: z.runtime_not_serving,
+                    unhealthy_instances: z.unhealthy,
                 })
                 .collect();
             Reply {
@@ -315,6 +326,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let admin = AdminSocket::bind(&config.socket)?;
 
     let (writer, inbox) = mpsc::unbounded_channel();
+    // The checker reports state flips to the registry's owner, which tells
+    // it the targets of each zone it builds, starting with the first ones.
+    let flips_to = writer.clone();
+    let checker = health::spawn(
+        health::MAX_IN_FLIGHT,
+        health::network_prober(),
+        move |flips| flips_to.send(WriterMsg::Health(flips)).is_ok(),
+        shutdown.clone(),
+    );
+    checker.update(registry.take_health_updates());
     tokio::spawn(run_writer(
         registry,
         inbox,
@@ -322,6 +343,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
             state: state_log,
             state_path: config.state.clone(),
             started,
+            health: checker,
         },
     ));
     let admin_task = tokio::spawn(crate::admin::server::run(

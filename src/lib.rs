@@ -11,6 +11,7 @@ pub mod app;
 pub mod config;
 pub mod dns;
 pub mod forward;
+pub mod health;
 pub mod model;
 pub mod registry;
 pub mod runtime;

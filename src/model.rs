@@ -5,6 +5,7 @@
 //! values and `answers` turns them into pre-encoded answers.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use hickory_proto::rr::Name;
 
@@ -82,6 +83,9 @@ pub struct Service {
     pub protocol: Protocol,
     /// Tags of the service; they apply to all its instances.
     pub tags: Vec<String>,
+    /// The active health check of its instances that have addresses, unless
+    /// an instance gives its own.
+    pub check: Option<Check>,
     /// The instances, in the order given.
     pub instances: Vec<Instance>,
 }
@@ -99,6 +103,9 @@ pub struct Instance {
     pub weight: u16,
     /// SRV priority.
     pub priority: u16,
+    /// The instance's own health check, overriding the service's (only
+    /// instances with addresses have one: a target has nothing to probe).
+    pub check: Option<Check>,
     /// Tags of the instance itself (the service's tags are not repeated here).
     pub tags: Vec<String>,
 }
@@ -110,4 +117,28 @@ pub enum Endpoint {
     Addresses(Vec<IpAddr>),
     /// The SRV record points at this absolute name; no addresses are served for it.
     Target(Name),
+}
+
+/// An active health check, validated (see `health` for how it runs).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Check {
+    /// What a probe does.
+    pub kind: CheckKind,
+    /// Time from the end of one probe to the start of the next.
+    pub interval: Duration,
+    /// Longest a probe may take, connection included; longer is a failure.
+    pub timeout: Duration,
+    /// Consecutive failures that make a healthy address unhealthy.
+    pub failures: u32,
+    /// Consecutive successes that make an unhealthy address healthy.
+    pub successes: u32,
+}
+
+/// What a health probe does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CheckKind {
+    /// Connect to the port over TCP; a completed handshake is healthy.
+    Tcp,
+    /// `GET` this path over HTTP/1.1; a 2xx status is healthy.
+    Http(String),
 }

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use tracing::{error, info, warn};
 
 use crate::admin::proto::{InstanceInfo, InstanceKey, Registration};
+use crate::health::{Book, Flip, InstanceHealth, Target};
 use crate::model::{Endpoint, Zone};
 use crate::runtime::{self, RuntimeInstance};
 use crate::snapshot::{Snapshot, ZoneSnapshot, build_zone};
@@ -85,6 +86,8 @@ pub struct Registry {
     /// Valid files refused because another file has their zone: each gets
     /// its turn when the zone is free again.
     waiting: BTreeMap<PathBuf, (Box<Zone>, (usize, usize))>,
+    /// Health check targets and their states: answers leave out what is unhealthy.
+    health: Book,
 }
 
 struct ZoneEntry {
@@ -142,6 +145,8 @@ pub struct ZoneStatus {
     pub runtime_not_serving: usize,
     /// Services served, file and runtime.
     pub services_served: usize,
+    /// Instances left out of answers because every address fails its check.
+    pub unhealthy: usize,
 }
 
 impl Registry {
@@ -156,6 +161,7 @@ impl Registry {
             dirty: BTreeSet::new(),
             journal: Vec::new(),
             waiting: BTreeMap::new(),
+            health: Book::default(),
         };
         (registry, published)
     }
@@ -271,6 +277,7 @@ impl Registry {
             path,
             self.runtime.get_mut(&key),
             previous.map(|p| p.serial),
+            (&key, &mut self.health),
         );
         self.dirty.remove(&key);
         self.zones.insert(
@@ -296,6 +303,16 @@ impl Registry {
         for key in std::mem::take(&mut self.dirty) {
             self.rebuild(&key);
         }
+        // Zones no longer served have nothing to check.
+        let gone: Vec<Vec<u8>> = self
+            .health
+            .zone_keys()
+            .filter(|k| !self.zones.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.health.zone_removed(&key);
+        }
         let snapshot = Snapshot::new(self.zones.values().map(|e| e.built.clone()));
         self.published.store(Arc::new(snapshot));
     }
@@ -320,6 +337,7 @@ impl Registry {
                     }
                 }
                 ZoneStatus {
+                    unhealthy: self.health.unhealthy_instances(key),
                     zone: e.zone.apex.to_ascii(),
                     source: e.source.clone(),
                     serial: e.serial,
@@ -355,6 +373,7 @@ impl Registry {
             &entry.source,
             self.runtime.get_mut(key),
             Some(entry.serial),
+            (key, &mut self.health),
         );
         entry.serial = serial;
         entry.built = built;
@@ -439,9 +458,12 @@ impl Registry {
             // The expired flag is saved, so saving again keeps a restart
             // from hiding an instance that is alive.
             self.journal.push(Record::Set(r.stored()));
-            self.dirty.insert(key);
+            self.dirty.insert(key.clone());
         }
-        Ok(r.info(now))
+        let r = &self.runtime[&key][&id];
+        let mut info = r.info(now);
+        self.runtime_health(&key, r, &mut info);
+        Ok(info)
     }
 
     /// The zone key and instance id of a registered runtime instance, or why not.
@@ -533,10 +555,14 @@ impl Registry {
         };
         let wanted = |k: &Vec<u8>| only.as_ref().is_none_or(|o| o == k);
         let mut out = Vec::new();
-        for (_, e) in self.zones.iter().filter(|(k, _)| wanted(k)) {
+        for (key, e) in self.zones.iter().filter(|(k, _)| wanted(k)) {
             for s in &e.zone.services {
                 for i in &s.instances {
                     let (address, target) = endpoint_strings(&i.endpoint);
+                    let check = i.check.as_ref().or(s.check.as_ref());
+                    let (health, unhealthy) = self
+                        .health
+                        .instance_health(key, &s.name, s.protocol, i, check);
                     out.push(InstanceInfo {
                         zone: e.zone.apex.to_ascii(),
                         service: s.name.clone(),
@@ -550,6 +576,8 @@ impl Registry {
                         tags: i.tags.clone(),
                         source: "file".into(),
                         state: "serving".into(),
+                        health: health.as_str().into(),
+                        unhealthy_address: unhealthy.iter().map(ToString::to_string).collect(),
                         ..InstanceInfo::default()
                     });
                 }
@@ -558,6 +586,7 @@ impl Registry {
         for (key, zone) in self.runtime.iter().filter(|(k, _)| wanted(k)) {
             for r in zone.values() {
                 let mut info = r.info(now);
+                self.runtime_health(key, r, &mut info);
                 if !self.zones.contains_key(key) {
                     info.state = "no-zone".into();
                     info.reason = Some("no zone file declares this zone now".into());
@@ -605,6 +634,66 @@ impl Registry {
             .filter(|r| !r.expired)
             .filter_map(|r| r.deadline)
             .min()
+    }
+
+    /// Fills in a runtime instance's health. One in a file's service has
+    /// the service's check unless it has its own.
+    fn runtime_health(&self, key: &[u8], r: &RuntimeEntry, info: &mut InstanceInfo) {
+        let service_check = self.zones.get(key).and_then(|e| {
+            e.zone
+                .services
+                .iter()
+                .find(|s| {
+                    s.name.eq_ignore_ascii_case(&r.valid.service) && s.protocol == r.valid.protocol
+                })
+                .and_then(|s| s.check.as_ref())
+        });
+        let i = &r.valid.instance;
+        let (health, unhealthy) = self.health.instance_health(
+            key,
+            &r.valid.service,
+            r.valid.protocol,
+            i,
+            i.check.as_ref().or(service_check),
+        );
+        info.health = health.as_str().into();
+        info.unhealthy_address = unhealthy.iter().map(ToString::to_string).collect();
+    }
+
+    /// Records health checks' state changes: the zones they are in are
+    /// built again at the next [`Registry::publish`]. Results for targets
+    /// that are gone (the instance or its check changed meanwhile) are
+    /// ignored.
+    pub fn set_health(&mut self, flips: Vec<Flip>) {
+        for flip in flips {
+            let Ok(before) = self.health.record(&flip) else {
+                continue;
+            };
+            self.dirty.insert(flip.target.zone.clone());
+            let t = &flip.target;
+            let zone = self
+                .zones
+                .get(&t.zone)
+                .map_or_else(String::new, |e| e.zone.apex.to_ascii());
+            let check = check_name(t);
+            match (before, flip.healthy) {
+                (None, true) => {
+                    tracing::debug!(%zone, service = %t.service, instance = %t.instance, address = %t.address, port = t.port, %check, "health check passing")
+                }
+                (Some(_), true) => {
+                    info!(%zone, service = %t.service, instance = %t.instance, address = %t.address, port = t.port, %check, "health check passing again; serving the address")
+                }
+                (_, false) => {
+                    warn!(%zone, service = %t.service, instance = %t.instance, address = %t.address, port = t.port, %check, error = %flip.detail, "health check failing; the address is left out of answers")
+                }
+            }
+        }
+    }
+
+    /// The zones whose health check targets changed since the last call,
+    /// with their targets now, for the checker.
+    pub fn take_health_updates(&mut self) -> Vec<(Vec<u8>, Vec<Target>)> {
+        self.health.take_updates()
     }
 
     /// Whether a zone waits to be built again for [`Registry::publish`].
@@ -707,6 +796,14 @@ impl RuntimeEntry {
                 }
                 _ => None,
             },
+            // Not probed yet; `list` and `heartbeat` say what the checks found.
+            health: match i.check {
+                Some(_) if self.serving() => InstanceHealth::Unknown,
+                _ => InstanceHealth::Unchecked,
+            }
+            .as_str()
+            .into(),
+            unhealthy_address: Vec::new(),
         }
     }
 }
@@ -719,10 +816,13 @@ fn build_merged(
     source: &Path,
     runtime: Option<&mut BTreeMap<String, RuntimeEntry>>,
     previous: Option<u32>,
+    (key, health): (&[u8], &mut Book),
 ) -> (u32, Arc<ZoneSnapshot>) {
     let serial = next_serial(previous);
     let Some(runtime) = runtime else {
-        return (serial, Arc::new(build_zone(zone, serial)));
+        let served = health.zone_built(key, zone);
+        let served = served.as_ref().unwrap_or(zone);
+        return (serial, Arc::new(build_zone(served, serial)));
     };
     for r in runtime.values_mut() {
         let conflict = runtime::file_conflict(zone, source, &r.valid);
@@ -748,7 +848,19 @@ fn build_merged(
         zone,
         runtime.values().filter(|r| r.serving()).map(|r| &r.valid),
     );
-    (serial, Arc::new(build_zone(&merged, serial)))
+    // Health checks follow the zone as built: its targets are recorded for
+    // the checker, and unhealthy addresses are left out.
+    let served = health.zone_built(key, &merged);
+    let served = served.as_ref().unwrap_or(&merged);
+    (serial, Arc::new(build_zone(served, serial)))
+}
+
+/// How a check is named in the log: `tcp` or `http /healthz`.
+fn check_name(t: &Target) -> String {
+    match &t.check.kind {
+        crate::model::CheckKind::Tcp => "tcp".into(),
+        crate::model::CheckKind::Http(path) => format!("http {path}"),
+    }
 }
 
 fn endpoint_strings(e: &Endpoint) -> (Vec<String>, Option<String>) {

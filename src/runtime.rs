@@ -15,6 +15,7 @@ use std::path::Path;
 use hickory_proto::rr::Name;
 
 use crate::admin::proto::Registration;
+use crate::health::{CheckInput, validate_check};
 use crate::model::{Endpoint, Instance, Protocol, Zone};
 use crate::zone::{check_fits, check_label, parse_apex};
 
@@ -109,6 +110,29 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
             "ttl {ttl} is out of range (1..={MAX_INSTANCE_TTL} seconds)"
         ));
     }
+    let check = match &reg.check {
+        None => None,
+        Some(_) if reg.target.is_some() => {
+            return Err(
+                "a `check` needs `address`: an instance with a `target` has nothing to probe"
+                    .into(),
+            );
+        }
+        Some(c) => Some(
+            validate_check(&CheckInput {
+                tcp: c.tcp,
+                http: c.http.as_deref(),
+                interval: c.interval,
+                timeout: c.timeout,
+                failures: c.failures.map(i64::from),
+                successes: c.successes.map(i64::from),
+            })
+            .map_err(|errors| {
+                let messages: Vec<String> = errors.into_iter().map(|(_, m)| m).collect();
+                format!("check: {}", messages.join("; "))
+            })?,
+        ),
+    };
     Ok(RuntimeInstance {
         apex,
         service: reg.service.clone(),
@@ -119,6 +143,7 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
             port: reg.port,
             weight: reg.weight.unwrap_or(1),
             priority: reg.priority.unwrap_or(0),
+            check,
             tags,
         },
         ttl: reg.ttl,
@@ -227,6 +252,7 @@ pub fn merge<'a>(file: &Zone, runtime: impl IntoIterator<Item = &'a RuntimeInsta
                 name: r.service.clone(),
                 protocol: r.protocol,
                 tags: Vec::new(),
+                check: None,
                 instances: vec![r.instance.clone()],
             }),
         }
@@ -251,6 +277,7 @@ mod tests {
             priority: None,
             tags: vec![],
             ttl: None,
+            check: None,
         }
     }
 

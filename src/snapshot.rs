@@ -278,6 +278,33 @@ pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
         }
     }
 
+    // A service whose instances are all unhealthy (or that has none) still
+    // exists, and so does the host name of an instance left out for its
+    // health (a host without addresses): their names answer NODATA, not
+    // NXDOMAIN, which resolvers would cache as "no such service".
+    let empty = |name: Name| NodeRecords {
+        name,
+        rrsets: BTreeMap::new(),
+        seen: HashSet::new(),
+    };
+    for service in &zone.services {
+        let service_name = child(&zone.apex, &service.name);
+        let srv_name = child(
+            &child(&zone.apex, &format!("_{}", service.protocol.as_str())),
+            &format!("_{}", service.name),
+        );
+        for name in [service_name, srv_name] {
+            names
+                .entry(lower_wire(&name))
+                .or_insert_with(|| empty(name));
+        }
+    }
+    for host in zone.hosts.iter().filter(|h| h.addresses.is_empty()) {
+        names
+            .entry(lower_wire(&host.name))
+            .or_insert_with(|| empty(host.name.clone()));
+    }
+
     // Every name between a record's owner and the apex exists (RFC 8020).
     let apex_labels = zone.apex.num_labels();
     let owners: Vec<Name> = names.values().map(|n| n.name.clone()).collect();

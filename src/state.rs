@@ -319,6 +319,7 @@ mod tests {
                 priority: None,
                 tags: vec![],
                 ttl: Some(5),
+                check: None,
             },
             expired,
         }

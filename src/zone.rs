@@ -41,7 +41,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
-use crate::model::{DEFAULT_TTL, Endpoint, Host, Instance, Protocol, Service, Soa, Zone};
+use crate::health::{CheckField, CheckInput, validate_check};
+use crate::model::{Check, DEFAULT_TTL, Endpoint, Host, Instance, Protocol, Service, Soa, Zone};
 
 /// A problem in a zone file, printed as `path:line:column: message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -247,6 +248,7 @@ struct RawService {
     port: Option<Spanned<i64>>,
     tags: Option<Vec<Spanned<String>>>,
     instances: Option<Vec<Spanned<RawInstance>>>,
+    check: Option<Spanned<RawCheck>>,
 }
 
 #[derive(Deserialize)]
@@ -259,6 +261,20 @@ struct RawInstance {
     weight: Option<Spanned<i64>>,
     priority: Option<Spanned<i64>>,
     tags: Option<Vec<Spanned<String>>>,
+    check: Option<Spanned<RawCheck>>,
+}
+
+/// `check = { tcp = true }` or `check = { http = "/healthz" }`, with
+/// `interval`, `timeout` (seconds, fractions allowed), `failures`, `successes`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    tcp: Option<Spanned<bool>>,
+    http: Option<Spanned<String>>,
+    interval: Option<Spanned<f64>>,
+    timeout: Option<Spanned<f64>>,
+    failures: Option<Spanned<i64>>,
+    successes: Option<Spanned<i64>>,
 }
 
 /// A string or a list of strings (addresses). Hand-written because an
@@ -570,6 +586,41 @@ impl Cx<'_> {
         out
     }
 
+    /// A health check, validated by the rules `health` shares with
+    /// registrations; each problem points at its key's value.
+    fn check(&mut self, owner: &str, v: &Spanned<RawCheck>) -> Option<Check> {
+        let raw = v.get_ref();
+        let input = CheckInput {
+            tcp: raw.tcp.as_ref().map(|t| *t.get_ref()),
+            http: raw.http.as_ref().map(|h| h.get_ref().as_str()),
+            interval: raw.interval.as_ref().map(|i| *i.get_ref()),
+            timeout: raw.timeout.as_ref().map(|t| *t.get_ref()),
+            failures: raw.failures.as_ref().map(|f| *f.get_ref()),
+            successes: raw.successes.as_ref().map(|s| *s.get_ref()),
+        };
+        match validate_check(&input) {
+            Ok(check) => Some(check),
+            Err(errors) => {
+                for (field, message) in errors {
+                    let span = match field {
+                        CheckField::Whole => None,
+                        CheckField::Tcp => raw.tcp.as_ref().map(Spanned::span),
+                        CheckField::Http => raw.http.as_ref().map(Spanned::span),
+                        CheckField::Interval => raw.interval.as_ref().map(Spanned::span),
+                        CheckField::Timeout => raw.timeout.as_ref().map(Spanned::span),
+                        CheckField::Failures => raw.failures.as_ref().map(Spanned::span),
+                        CheckField::Successes => raw.successes.as_ref().map(Spanned::span),
+                    };
+                    self.error(
+                        &span.unwrap_or_else(|| v.span()),
+                        format!("check of {owner}: {message}"),
+                    );
+                }
+                None
+            }
+        }
+    }
+
     /// Turns the raw file into a zone, recording every problem. Returns `None`
     /// when the zone can't be built at all (bad apex); other errors are only
     /// recorded, and the caller discards the zone if there are any.
@@ -796,6 +847,7 @@ impl Cx<'_> {
         let label = name.map_or("?", |n| n.get_ref().as_str()).to_owned();
         let owner = format!("service \"{label}\"");
         let tags = self.tags(&owner, raw.tags.as_ref());
+        let check = raw.check.as_ref().map(|c| self.check(&owner, c));
 
         if let (Some(n), Some(protocol)) = (name, protocol) {
             let key = n.get_ref();
@@ -825,6 +877,7 @@ impl Cx<'_> {
             name: name?.get_ref().clone(),
             protocol: protocol?,
             tags,
+            check: check.flatten(),
             instances,
         })
     }
@@ -912,12 +965,25 @@ impl Cx<'_> {
         let weight = self.u16_or("weight", raw.weight.as_ref(), 0, 1);
         let priority = self.u16_or("priority", raw.priority.as_ref(), 0, 0);
         let tags = self.tags(&owner, raw.tags.as_ref());
+        // A target is a name elsewhere: nothing here to probe.
+        let check = match (&raw.check, &raw.target) {
+            (Some(c), Some(_)) => {
+                self.error(
+                    &c.span(),
+                    format!("{owner} has a `target` and no address: there is nothing to check"),
+                );
+                None
+            }
+            (Some(c), None) => self.check(&owner, c),
+            (None, _) => None,
+        };
         Some(Instance {
             name: name?,
             endpoint: endpoint?,
             port: port?,
             weight,
             priority,
+            check,
             tags,
         })
     }
@@ -1147,6 +1213,7 @@ mod tests {
             port,
             weight,
             priority,
+            check: None,
             tags: vec![],
         }
     }
@@ -1189,6 +1256,7 @@ mod tests {
                     name: "web".into(),
                     protocol: Protocol::Tcp,
                     tags: vec!["http".into()],
+                    check: None,
                     instances: vec![
                         inst("web-1", addrs(&["10.0.0.11", "fd00::11"]), 8080, 1, 0),
                         inst("web-2", addrs(&["10.0.0.12", "fd00::12"]), 8080, 20, 0),
@@ -1199,6 +1267,7 @@ mod tests {
                     name: "api".into(),
                     protocol: Protocol::Tcp,
                     tags: vec![],
+                    check: None,
                     instances: vec![
                         inst("api-1", addrs(&["10.0.0.41"]), 9000, 1, 0),
                         inst("api-2", addrs(&["10.0.0.42"]), 9001, 1, 0),
@@ -1208,12 +1277,14 @@ mod tests {
                     name: "dns".into(),
                     protocol: Protocol::Udp,
                     tags: vec![],
+                    check: None,
                     instances: vec![inst("resolver-1", addrs(&["10.0.0.53"]), 53, 1, 0)],
                 },
                 Service {
                     name: "mail".into(),
                     protocol: Protocol::Tcp,
                     tags: vec![],
+                    check: None,
                     instances: vec![inst(
                         "mx-external",
                         Endpoint::Target(name("mx.example.net.")),
@@ -1568,6 +1639,78 @@ name = "w-2"
                 "8:10: instance \"w-1\" has both `address` and `target`; give only one",
                 "9:1: instance \"w-2\" needs an `address` (its own host) or a `target` (a name elsewhere)",
             ]
+        );
+    }
+
+    #[test]
+    fn health_checks_on_services_and_instances() {
+        let zone = ok(r#"zone = "a.test"
+[[services]]
+name = "w"
+port = 1
+check = { tcp = true, interval = 0.5, failures = 1 }
+[[services.instances]]
+name = "w-1"
+address = "10.0.0.1"
+[[services.instances]]
+name = "w-2"
+address = "10.0.0.2"
+check = { http = "/healthz", interval = 10, timeout = 1.5, successes = 4 }
+"#);
+        let s = &zone.services[0];
+        let c = s.check.as_ref().unwrap();
+        assert_eq!(c.kind, crate::model::CheckKind::Tcp);
+        assert_eq!(c.interval, std::time::Duration::from_millis(500));
+        assert_eq!(c.timeout, std::time::Duration::from_millis(500));
+        assert_eq!((c.failures, c.successes), (1, 2));
+        assert_eq!(s.instances[0].check, None);
+        let c = s.instances[1].check.as_ref().unwrap();
+        assert_eq!(c.kind, crate::model::CheckKind::Http("/healthz".into()));
+        assert_eq!(c.timeout, std::time::Duration::from_millis(1500));
+        assert_eq!((c.failures, c.successes), (3, 4));
+    }
+
+    #[test]
+    fn bad_health_checks_point_at_the_value() {
+        let text = r#"zone = "a.test"
+[[services]]
+name = "w"
+port = 1
+check = { tcp = true, http = "/" }
+[[services.instances]]
+name = "w-1"
+address = "10.0.0.1"
+check = { http = "healthz", interval = 0, failures = 0 }
+[[services.instances]]
+name = "w-2"
+target = "x.test."
+check = { tcp = true }
+[[services.instances]]
+name = "w-3"
+address = "10.0.0.3"
+check = { interval = 1, timeout = 2 }
+"#;
+        assert_eq!(
+            errs(text),
+            [
+                "5:30: check of service \"w\": a check has either `tcp = true` or `http = \"/path\"`, not both",
+                "9:18: check of instance \"w-1\": http path \"healthz\" must start with '/'",
+                "9:40: check of instance \"w-1\": interval 0 is out of range (0.01..=86400 seconds)",
+                "9:54: check of instance \"w-1\": failures 0 is out of range (1..=100)",
+                "13:9: instance \"w-2\" has a `target` and no address: there is nothing to check",
+                "17:9: check of instance \"w-3\": a check needs `tcp = true` (connect to the port) or `http = \"/path\"` (GET, 2xx is healthy)",
+                "17:35: check of instance \"w-3\": timeout 2 is longer than the interval 1 seconds",
+            ]
+        );
+        assert!(
+            one_err(
+                "zone = \"a.test\"\n[[services]]\nname = \"w\"\ncheck = { tcp = true, every = 3 }\n"
+            )
+            .starts_with("4:23: unknown field `every`")
+        );
+        assert!(
+            one_err("zone = \"a.test\"\n[[services]]\nname = \"w\"\ncheck = { tcp = false }\n")
+                .contains("`tcp = false` checks nothing")
         );
     }
 

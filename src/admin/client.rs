@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::proto::{InstanceInfo, InstanceKey, Protocol, Registration, Reply, Request, StatusInfo};
+use super::proto::{
+    CheckSpec, InstanceInfo, InstanceKey, Protocol, Registration, Reply, Request, StatusInfo,
+};
 use crate::config::{SOCKET_ENV, default_socket};
 
 /// How long to wait for a reply. A registration waits for one state file
@@ -68,6 +70,24 @@ pub struct RegisterArgs {
     /// SRV priority [default: 0]
     #[arg(long)]
     pub priority: Option<u16>,
+    /// Health check: connect to the port over TCP.
+    #[arg(long, conflicts_with_all = ["target", "check_http"])]
+    pub check_tcp: bool,
+    /// Health check: GET this path over HTTP; 2xx is healthy.
+    #[arg(long, value_name = "PATH", conflicts_with = "target")]
+    pub check_http: Option<String>,
+    /// Seconds between health probes [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub check_interval: Option<f64>,
+    /// Seconds a health probe may take [default: 2, at most the interval]
+    #[arg(long, value_name = "SECS")]
+    pub check_timeout: Option<f64>,
+    /// Consecutive failed probes that take it out of answers [default: 3]
+    #[arg(long, value_name = "N")]
+    pub check_failures: Option<u32>,
+    /// Consecutive passed probes that bring it back [default: 2]
+    #[arg(long, value_name = "N")]
+    pub check_successes: Option<u32>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub client: ClientArgs,
@@ -132,6 +152,22 @@ impl From<ProtocolArg> for Protocol {
 
 /// `signpost register`
 pub fn register(args: RegisterArgs) -> ExitCode {
+    // Tuning flags without --check-tcp or --check-http still send a check,
+    // so the server says what is missing instead of ignoring them.
+    let tuned = args.check_interval.is_some()
+        || args.check_timeout.is_some()
+        || args.check_failures.is_some()
+        || args.check_successes.is_some();
+    let check = (args.check_tcp || args.check_http.is_some() || tuned).then(|| {
+        Box::new(CheckSpec {
+            tcp: args.check_tcp.then_some(true),
+            http: args.check_http.clone(),
+            interval: args.check_interval,
+            timeout: args.check_timeout,
+            failures: args.check_failures,
+            successes: args.check_successes,
+        })
+    });
     let request = Request::Register(Registration {
         zone: args.zone,
         service: args.service,
@@ -144,6 +180,7 @@ pub fn register(args: RegisterArgs) -> ExitCode {
         priority: args.priority,
         tags: args.tags,
         ttl: args.ttl,
+        check,
     });
     run(&args.client, &request, |reply| {
         if let Some(i) = &reply.instance {
@@ -337,16 +374,26 @@ fn list_table(instances: &[InstanceInfo]) -> String {
                 i.ttl.map_or("-".into(), |t| format!("{t}s")),
                 i.source.clone(),
                 state,
+                health_cell(i),
             ]
         })
         .collect();
     table(
         &[
             "ZONE", "SERVICE", "PROTO", "INSTANCE", "ADDRESS", "PORT", "PRIO", "WEIGHT", "TTL",
-            "SOURCE", "STATE",
+            "SOURCE", "STATE", "HEALTH",
         ],
         rows,
     )
+}
+
+/// `healthy`, or `degraded (fd00::11 failing)`; `-` from a server without checks.
+fn health_cell(i: &InstanceInfo) -> String {
+    match i.health.as_str() {
+        "" => "-".into(),
+        "degraded" => format!("degraded ({} failing)", i.unhealthy_address.join(",")),
+        h => h.into(),
+    }
 }
 
 fn status_table(s: &StatusInfo) -> String {
@@ -379,6 +426,7 @@ fn status_table(s: &StatusInfo) -> String {
                 z.file_instances.to_string(),
                 z.runtime_instances.to_string(),
                 z.runtime_not_serving.to_string(),
+                z.unhealthy_instances.to_string(),
             ]
         })
         .collect();
@@ -393,6 +441,7 @@ fn status_table(s: &StatusInfo) -> String {
             "FILE-INST",
             "RUNTIME-INST",
             "NOT-SERVING",
+            "UNHEALTHY",
         ],
         rows,
     ));

@@ -81,7 +81,40 @@ pub struct Registration {
     /// Seconds without a heartbeat after which the instance leaves answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u32>,
+    /// An active health check, as in a zone file (only with `address`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Box<CheckSpec>>,
 }
+
+/// A health check as a client (or a zone file) writes it:
+/// `{"tcp":true}` or `{"http":"/healthz"}`, with optional `interval` and
+/// `timeout` in seconds (fractions allowed) and `failures` / `successes`,
+/// the consecutive results that flip its state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    /// Connect to the instance's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<bool>,
+    /// `GET` this path; 2xx is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Seconds between probes (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<f64>,
+    /// Seconds a probe may take (default 2, at most the interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    /// Consecutive failures that take a healthy address out (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// Consecutive successes that bring it back (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successes: Option<u32>,
+}
+
+// JSON has no NaN, so the floats always equal themselves.
+impl Eq for CheckSpec {}
 
 /// Names one runtime instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +240,16 @@ pub struct InstanceInfo {
     /// they expire without a heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_ms: Option<u64>,
+    /// `unchecked` (no health check, or not served for another reason),
+    /// `unknown` (not probed yet: served), `healthy`, `degraded` (some
+    /// addresses unhealthy: only the others are served) or `unhealthy` (not
+    /// served). An instance is answered when `state` is `serving` and
+    /// `health` is not `unhealthy`.
+    #[serde(default)]
+    pub health: String,
+    /// The addresses whose check fails, left out of answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unhealthy_address: Vec<String>,
 }
 
 /// What `status` reports.
@@ -250,6 +293,10 @@ pub struct ZoneInfo {
     pub runtime_instances: usize,
     /// Runtime instances registered but not served (expired or shadowed).
     pub runtime_not_serving: usize,
+    /// Instances, file and runtime, left out of answers because every
+    /// address fails its health check.
+    #[serde(default)]
+    pub unhealthy_instances: usize,
 }
 
 /// Parses one request line. Errors are the messages sent back to the client.
