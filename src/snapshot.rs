@@ -17,7 +17,7 @@ use hickory_proto::rr::Name;
 
 use tracing::warn;
 
-use crate::model::{Endpoint, Zone};
+use crate::model::{Endpoint, Service, Zone};
 use crate::wire::{MessageWriter, lower_wire, rtype};
 
 /// Everything the server answers from: zones by their lowercased wire apex.
@@ -244,11 +244,7 @@ pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
         }
     }
     for service in &zone.services {
-        let names = child(&zone.apex, &service.name).zip(
-            child(&zone.apex, &format!("_{}", service.protocol.as_str()))
-                .and_then(|p| child(&p, &format!("_{}", service.name))),
-        );
-        let Some((service_name, srv_name)) = names else {
+        let Some((service_name, srv_name)) = service_names(&zone.apex, service) else {
             warn!(service = %service.name, zone = %zone.apex, "service name too long; left out");
             continue;
         };
@@ -287,12 +283,11 @@ pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
         rrsets: BTreeMap::new(),
         seen: HashSet::new(),
     };
-    for service in &zone.services {
-        let service_name = child(&zone.apex, &service.name);
-        let srv_name = child(
-            &child(&zone.apex, &format!("_{}", service.protocol.as_str())),
-            &format!("_{}", service.name),
-        );
+    for (service_name, srv_name) in zone
+        .services
+        .iter()
+        .filter_map(|service| service_names(&zone.apex, service))
+    {
         for name in [service_name, srv_name] {
             names
                 .entry(lower_wire(&name))
@@ -357,6 +352,13 @@ pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
         nodes,
         negative_soa: negative.buf[start..].into(),
     }
+}
+
+/// `<service>.<zone>` and `_<service>._<protocol>.<zone>`.
+fn service_names(apex: &Name, service: &Service) -> Option<(Name, Name)> {
+    let srv = child(apex, &format!("_{}", service.protocol.as_str()))
+        .and_then(|p| child(&p, &format!("_{}", service.name)))?;
+    Some((child(apex, &service.name)?, srv))
 }
 
 /// `label.parent`. The zone parser and the admin socket refuse names that
