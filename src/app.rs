@@ -302,6 +302,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
 
     // The first scan happens before any socket is bound, so the first query
     // already sees every valid zone.
+    // A missing directory is reported as such, before the watcher would
+    // report it in its own words.
+    std::fs::read_dir(&config.zones).map_err(|source| ServeError::ZonesDir {
+        path: config.zones.clone(),
+        source,
+    })?;
+    let watching = watch::watch(&config.zones).map_err(|source| ServeError::Watch {
+        path: config.zones.clone(),
+        source,
+    })?;
     let mut scanner = Scanner::new(&config.zones);
     let initial = scanner.scan(false).map_err(|source| ServeError::ZonesDir {
         path: config.zones.clone(),
@@ -352,12 +362,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         shutdown.clone(),
     ));
     let to_writer = writer.clone();
-    let reload = watch::spawn(scanner, config.rescan_interval, move |changes| {
+    let reload = watch::spawn(watching, scanner, config.rescan_interval, move |changes| {
         to_writer.send(WriterMsg::Changes(changes)).is_ok()
-    })
-    .map_err(|source| ServeError::Watch {
-        path: config.zones.clone(),
-        source,
     })?;
     // Installed before the sockets are bound (and the log says so), so a
     // SIGHUP sent as soon as the server listens never meets the default

@@ -130,14 +130,17 @@ pub enum Wake {
     Reload,
 }
 
-/// Watches `scanner`'s directory on a thread of its own, sending changes to
-/// `apply` (which returns false once the registry is gone). Returns the
-/// sender that SIGHUP uses to ask for a full reload.
-pub fn spawn(
-    mut scanner: Scanner,
-    rescan: Duration,
-    apply: impl Fn(Vec<Change>) -> bool + Send + 'static,
-) -> notify::Result<mpsc::Sender<Wake>> {
+/// File events of the zones directory, collected from the moment it is
+/// created: make it before the first scan, so that no change made during
+/// that scan goes unseen until the periodic rescan.
+pub struct Watching {
+    watcher: notify::RecommendedWatcher,
+    tx: mpsc::Sender<Wake>,
+    rx: mpsc::Receiver<Wake>,
+}
+
+/// Starts watching `dir` for events.
+pub fn watch(dir: &Path) -> notify::Result<Watching> {
     let (tx, rx) = mpsc::channel();
     let events = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -146,8 +149,21 @@ pub fn spawn(
         }
         let _ = events.send(Wake::Event);
     })?;
-    watcher.watch(&scanner.dir, RecursiveMode::NonRecursive)?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(Watching { watcher, tx, rx })
+}
 
+/// Goes on with `scanner` (which has done the first scan) on a thread of
+/// its own, sending changes to `apply` (which returns false once the
+/// registry is gone). Returns the sender that SIGHUP uses to ask for a full
+/// reload.
+pub fn spawn(
+    watching: Watching,
+    mut scanner: Scanner,
+    rescan: Duration,
+    apply: impl Fn(Vec<Change>) -> bool + Send + 'static,
+) -> std::io::Result<mpsc::Sender<Wake>> {
+    let Watching { watcher, tx, rx } = watching;
     std::thread::Builder::new()
         .name("zone-watcher".into())
         .spawn(move || {
@@ -186,7 +202,6 @@ pub fn spawn(
                     }
                 }
             }
-        })
-        .map_err(notify::Error::io)?;
+        })?;
     Ok(tx)
 }

@@ -297,3 +297,15 @@ fn queries_never_fail_while_a_file_is_rewritten_100_times() {
     let answered = querier.join().expect("no query failed");
     assert!(answered > 0);
 }
+
+#[test]
+fn a_missing_zones_directory_is_a_clear_startup_error() {
+    let admin = tempfile::tempdir().unwrap();
+    let missing = admin.path().join("no-such-zones");
+    let (status, stderr) = serve_failure(&missing, admin.path(), &[]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot read zones directory") && stderr.contains("no-such-zones"),
+        "{stderr}"
+    );
+}
