@@ -122,7 +122,16 @@ pub struct AllowList {
     nets: Vec<IpNet>,
     /// Also any local address: the server listens on a wildcard address.
     local: bool,
+    /// Recent answers of [`is_local`], which costs a few system calls: a
+    /// flood of queries from remote addresses must not pay them per packet
+    /// in the UDP loop. Bounded, and entries age out as addresses change.
+    local_seen: std::sync::Mutex<std::collections::HashMap<IpAddr, (bool, std::time::Instant)>>,
 }
+
+/// How long a "local or not" answer is trusted.
+const LOCAL_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most addresses remembered; the memory is cleared when full.
+const LOCAL_ENTRIES: usize = 4096;
 
 impl AllowList {
     /// `configured`, or by default loopback and the listen addresses (a
@@ -132,6 +141,7 @@ impl AllowList {
             return AllowList {
                 nets: nets.to_vec(),
                 local: false,
+                local_seen: Default::default(),
             };
         }
         let mut nets: Vec<IpNet> = vec![
@@ -146,7 +156,11 @@ impl AllowList {
                 nets.push(IpNet::from(l.ip()));
             }
         }
-        AllowList { nets, local }
+        AllowList {
+            nets,
+            local,
+            local_seen: Default::default(),
+        }
     }
 
     /// The listed networks only: cheap enough for every query (no syscall).
@@ -156,7 +170,24 @@ impl AllowList {
 
     /// Whether `ip` may use forwarding.
     pub fn allows(&self, ip: IpAddr) -> bool {
-        self.listed(ip) || (self.local && is_local(ip))
+        self.listed(ip) || (self.local && self.is_local_cached(ip))
+    }
+
+    fn is_local_cached(&self, ip: IpAddr) -> bool {
+        let now = std::time::Instant::now();
+        // A short critical section with no await: a std Mutex is right here.
+        let mut seen = self.local_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&(local, at)) = seen.get(&ip)
+            && now.duration_since(at) < LOCAL_TTL
+        {
+            return local;
+        }
+        let local = is_local(ip);
+        if seen.len() >= LOCAL_ENTRIES {
+            seen.clear();
+        }
+        seen.insert(ip, (local, now));
+        local
     }
 }
 
@@ -578,6 +609,21 @@ mod tests {
         assert!(allow.allows("10.1.2.3".parse().unwrap()));
         assert!(!allow.allows("10.1.2.4".parse().unwrap()));
         assert!(!allow.allows("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn with_a_wildcard_listen_address_remote_clients_are_refused_and_remembered() {
+        let listen = ["0.0.0.0:53".parse().unwrap()];
+        let allow = AllowList::new(None, &listen);
+        let remote: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(!allow.allows(remote));
+        // The second look is answered from memory, not by system calls.
+        assert_eq!(
+            allow.local_seen.lock().unwrap().get(&remote).map(|e| e.0),
+            Some(false)
+        );
+        assert!(!allow.allows(remote));
+        assert!(allow.allows("127.0.0.1".parse().unwrap()));
     }
 
     #[test]
