@@ -191,14 +191,17 @@ impl AllowList {
     }
 }
 
-/// The cache key: the question, lowercased, and whether DNSSEC records were
-/// asked for (the upstream answers differ).
+/// The cache key: the question, lowercased, whether DNSSEC records were
+/// asked for, and whether validation was turned off (CD): a validating
+/// upstream's answers differ with both, and an unvalidated answer must not
+/// reach a client that wants validation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
     name: String,
     qtype: RecordType,
     qclass: DNSClass,
     dnssec_ok: bool,
+    checking_disabled: bool,
 }
 
 struct Entry {
@@ -410,6 +413,7 @@ impl ClientQuery {
             qtype: question.query_type(),
             qclass: question.query_class(),
             dnssec_ok,
+            checking_disabled: message.metadata.checking_disabled,
         };
         Some(ClientQuery {
             message,
@@ -660,6 +664,7 @@ mod tests {
             qtype: RecordType::A,
             qclass: DNSClass::IN,
             dnssec_ok: false,
+            checking_disabled: false,
         };
         let entry = || Entry {
             message: Message::response(0, OpCode::Query),
