@@ -84,6 +84,9 @@ pub struct Service {
     pub tags: Vec<String>,
     /// The instances, in the order given.
     pub instances: Vec<Instance>,
+    /// At most this many A/AAAA records per answer (`None`: all that fit),
+    /// taken from the weighted order.
+    pub max_answers: Option<u16>,
 }
 
 /// One instance of a service.
@@ -101,6 +104,8 @@ pub struct Instance {
     pub priority: u16,
     /// Tags of the instance itself (the service's tags are not repeated here).
     pub tags: Vec<String>,
+    /// DNS-SD metadata (RFC 6763 TXT `key=value` strings), in the order given.
+    pub metadata: Vec<(String, String)>,
 }
 
 /// Where an instance lives.

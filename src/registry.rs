@@ -548,6 +548,7 @@ impl Registry {
                         weight: i.weight,
                         priority: i.priority,
                         tags: i.tags.clone(),
+                        metadata: i.metadata.iter().cloned().collect(),
                         source: "file".into(),
                         state: "serving".into(),
                         ..InstanceInfo::default()
@@ -697,6 +698,7 @@ impl RuntimeEntry {
             weight: i.weight,
             priority: i.priority,
             tags: i.tags.clone(),
+            metadata: i.metadata.iter().cloned().collect(),
             source: "runtime".into(),
             ttl: self.valid.ttl,
             state: state.into(),

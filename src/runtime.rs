@@ -100,6 +100,16 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
         }
         tags.push(t.clone());
     }
+    let mut metadata: Vec<(String, String)> = Vec::new();
+    for (k, v) in &reg.metadata {
+        crate::zone::check_metadata(k, v)?;
+        if metadata.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)) {
+            return Err(format!(
+                "metadata key \"{k}\" is given twice (keys are case-insensitive)"
+            ));
+        }
+        metadata.push((k.clone(), v.clone()));
+    }
     if let Some(ttl) = reg.ttl
         && !(1..=MAX_INSTANCE_TTL).contains(&ttl)
     {
@@ -118,6 +128,7 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
             weight: reg.weight.unwrap_or(1),
             priority: reg.priority.unwrap_or(0),
             tags,
+            metadata,
         },
         ttl: reg.ttl,
     })
@@ -226,6 +237,7 @@ pub fn merge<'a>(file: &Zone, runtime: impl IntoIterator<Item = &'a RuntimeInsta
                 protocol: r.protocol,
                 tags: Vec::new(),
                 instances: vec![r.instance.clone()],
+                max_answers: None,
             }),
         }
     }
@@ -249,6 +261,7 @@ mod tests {
             priority: None,
             tags: vec![],
             ttl: None,
+            metadata: Default::default(),
         }
     }
 

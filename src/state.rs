@@ -307,6 +307,7 @@ mod tests {
                 priority: None,
                 tags: vec![],
                 ttl: Some(5),
+                metadata: Default::default(),
             },
             expired,
         }

@@ -68,6 +68,10 @@ pub struct RegisterArgs {
     /// SRV priority [default: 0]
     #[arg(long)]
     pub priority: Option<u16>,
+    /// DNS-SD metadata, a `key=value` string of the instance's TXT record;
+    /// repeat for several.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub metadata: Vec<(String, String)>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub client: ClientArgs,
@@ -130,6 +134,13 @@ impl From<ProtocolArg> for Protocol {
     }
 }
 
+/// `KEY=VALUE`, split at the first '='.
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
 /// `signpost register`
 pub fn register(args: RegisterArgs) -> ExitCode {
     let request = Request::Register(Registration {
@@ -144,6 +155,7 @@ pub fn register(args: RegisterArgs) -> ExitCode {
         priority: args.priority,
         tags: args.tags,
         ttl: args.ttl,
+        metadata: args.metadata.into_iter().collect(),
     });
     run(&args.client, &request, |reply| {
         if let Some(i) = &reply.instance {

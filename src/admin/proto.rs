@@ -11,6 +11,8 @@
 //! Compatible additions (new optional fields, new ops, new reply fields) keep
 //! the number; anything that changes the meaning of an existing request bumps it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
@@ -81,6 +83,9 @@ pub struct Registration {
     /// Seconds without a heartbeat after which the instance leaves answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u32>,
+    /// DNS-SD metadata: the `key=value` strings of the instance's TXT record.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Names one runtime instance.
@@ -192,6 +197,9 @@ pub struct InstanceInfo {
     /// Tags.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// DNS-SD metadata (its TXT record's `key=value` strings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
     /// `file` or `runtime`.
     pub source: String,
     /// The TTL in seconds, for runtime instances that have one.
