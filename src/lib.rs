@@ -13,6 +13,7 @@ pub mod dns;
 pub mod forward;
 pub mod model;
 pub mod registry;
+pub mod reverse;
 pub mod runtime;
 pub mod server;
 pub mod snapshot;
