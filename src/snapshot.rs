@@ -102,7 +102,7 @@ pub struct Answer {
     /// each answer record and after each additional RRset, in order.
     cuts: Box<[Cut]>,
     /// For the addresses of a service: the orders the records go out in.
-    shuffled: Option<Shuffled>,
+    shuffled: Option<Box<Shuffled>>,
 }
 
 /// An answer whose records are sent in one of several weighted orders, picked
@@ -231,7 +231,7 @@ pub struct Cut {
 impl Answer {
     /// The orders of a service's addresses, when the answer has them.
     pub fn shuffled(&self) -> Option<&Shuffled> {
-        self.shuffled.as_ref()
+        self.shuffled.as_deref()
     }
 
     /// The whole body.
@@ -319,12 +319,74 @@ impl RData {
 /// A name's records while the snapshot is assembled.
 struct NodeRecords {
     name: Name,
-    rrsets: BTreeMap<u16, Vec<RData>>,
+    rrsets: RRsets,
     /// Every record in `rrsets`, so a duplicate is found without scanning
     /// (a service with thousands of instances has RRsets that large).
-    seen: HashSet<RecordKey>,
+    /// Made only when an RRset grows past [`SCAN_LIMIT`]: most names have a
+    /// record or two, and a set for each would dominate the build's memory.
+    seen: Option<HashSet<RecordKey>>,
     /// For a service's names: the (priority, weight) of each address record.
     weighted: Option<Weighted>,
+}
+
+/// RRsets by type, in type order: a name has few types, so a sorted vector
+/// is smaller than a map.
+#[derive(Default)]
+struct RRsets(Vec<(u16, Vec<RData>)>);
+
+impl RRsets {
+    fn get(&self, rtype: &u16) -> Option<&Vec<RData>> {
+        self.0.iter().find(|(t, _)| t == rtype).map(|(_, v)| v)
+    }
+
+    fn contains_key(&self, rtype: &u16) -> bool {
+        self.get(rtype).is_some()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &u16> {
+        self.0.iter().map(|(t, _)| t)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Vec<RData>> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn push(&mut self, rdata: RData) {
+        let rtype = rdata.rtype();
+        match self.0.binary_search_by_key(&rtype, |(t, _)| *t) {
+            Ok(i) => self.0[i].1.push(rdata),
+            Err(i) => self.0.insert(i, (rtype, vec![rdata])),
+        }
+    }
+}
+
+impl std::ops::Index<&u16> for RRsets {
+    type Output = Vec<RData>;
+    fn index(&self, rtype: &u16) -> &Vec<RData> {
+        self.get(rtype).expect("an RRset of this type")
+    }
+}
+
+/// RRsets up to this size are searched for duplicates; larger ones get a set.
+const SCAN_LIMIT: usize = 8;
+
+impl NodeRecords {
+    /// Whether `rdata` is not in the node yet. Two sources of the same record
+    /// (an address shared by two instances of a service) would be a duplicate
+    /// RR, which RFC 2181 forbids.
+    fn is_new(&mut self, rdata: &RData) -> bool {
+        if let Some(seen) = &mut self.seen {
+            return seen.insert(rdata.key());
+        }
+        let same_type = self.rrsets.get(&rdata.rtype());
+        if same_type.is_none_or(|v| v.len() < SCAN_LIMIT) {
+            return !same_type.is_some_and(|v| v.contains(rdata));
+        }
+        let mut seen: HashSet<RecordKey> = self.rrsets.values().flatten().map(RData::key).collect();
+        let new = seen.insert(rdata.key());
+        self.seen = Some(seen);
+        new
+    }
 }
 
 /// The weights of a service name's address records, in RRset order.
@@ -368,18 +430,16 @@ impl<'z> Builder<'z> {
             .entry(lower_wire(name))
             .or_insert_with(|| NodeRecords {
                 name: name.clone(),
-                rrsets: BTreeMap::new(),
-                seen: HashSet::new(),
+                rrsets: RRsets::default(),
+                seen: None,
                 weighted: None,
             })
     }
 
     fn add(&mut self, name: &Name, rdata: RData) {
         let node = self.node(name);
-        // Two sources of the same record (an address shared by two instances
-        // of a service) would be a duplicate RR, which RFC 2181 forbids.
-        if node.seen.insert(rdata.key()) {
-            node.rrsets.entry(rdata.rtype()).or_default().push(rdata);
+        if node.is_new(&rdata) {
+            node.rrsets.push(rdata);
         }
     }
 
@@ -395,9 +455,9 @@ impl<'z> Builder<'z> {
     ) {
         let node = self.node(name);
         let rdata = RData::Addr(addr);
-        if node.seen.insert(rdata.key()) {
+        if node.is_new(&rdata) {
             let rtype = rdata.rtype();
-            node.rrsets.entry(rtype).or_default().push(rdata);
+            node.rrsets.push(rdata);
             let weighted = node.weighted.get_or_insert_with(|| Weighted {
                 max_answers,
                 by_type: BTreeMap::new(),
@@ -766,11 +826,11 @@ impl Encoder<'_> {
         Answer {
             body: body.into(),
             cuts: cuts.into(),
-            shuffled: Some(Shuffled {
+            shuffled: Some(Box::new(Shuffled {
                 record_len,
                 count,
                 orders,
-            }),
+            })),
         }
     }
 
