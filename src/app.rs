@@ -288,6 +288,9 @@ fn read(registry: &Registry, writer: &Writer, request: Request) -> Reply {
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let started = Instant::now();
     let (mut registry, snapshots) = Registry::new();
+    registry
+        .set_reverse(&config.reverse)
+        .map_err(|e| ServeError::Io(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
 
     // Runtime registrations first, so each zone is built once with them.
     let (state_log, stored) = state::StateLog::open(&config.state)?;

@@ -151,6 +151,11 @@ pub struct ServeArgs {
     /// Most forwarded answers kept in the cache; 0 disables it [default: 10000]
     #[arg(long, value_name = "N")]
     pub forward_cache_size: Option<usize>,
+    /// Network (CIDR) whose reverse zone (in-addr.arpa or ip6.arpa) to serve,
+    /// with PTR records for the instance and host addresses in it; repeat for
+    /// several. Replaces the config file's list
+    #[arg(long, value_name = "CIDR", value_parser = parse_net)]
+    pub reverse: Vec<IpNet>,
 }
 
 /// `ADDR` or `ADDR:PORT` (`[v6]:PORT` for IPv6 with a port).
@@ -211,6 +216,9 @@ pub struct ConfigFile {
     pub forward_timeout: Option<Seconds>,
     /// See `--forward-cache-size`.
     pub forward_cache_size: Option<usize>,
+    /// See `--reverse`.
+    #[serde(default)]
+    pub reverse: Vec<String>,
 }
 
 /// Seconds in the config file: `3` and `1.5` both read naturally.
@@ -275,6 +283,8 @@ pub struct Config {
     pub state: PathBuf,
     /// Forwarding of names outside the zones; `None` when no upstream is set.
     pub forward: Option<ForwardConfig>,
+    /// Networks whose reverse zones are served.
+    pub reverse: Vec<IpNet>,
 }
 
 fn read_file(path: Option<&Path>) -> Result<(ConfigFile, PathBuf), ConfigError> {
@@ -345,7 +355,20 @@ impl Config {
             (None, Some(from_file)) => base.join(from_file),
             (None, None) => PathBuf::from(DEFAULT_STATE),
         };
+        let reverse = if args.reverse.is_empty() {
+            file.reverse
+                .iter()
+                .map(|t| {
+                    parse_net(t)
+                        .map_err(|e| ConfigError::Invalid(format!("config file reverse: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            args.reverse.clone()
+        };
+        crate::reverse::ReverseZones::new(&reverse).map_err(ConfigError::Invalid)?;
         Ok(Config {
+            reverse,
             socket,
             state,
             rescan_interval: Duration::from_secs(rescan.max(1)),

@@ -297,6 +297,30 @@ fn header_only(query: &[u8], flags: u16, rcode: u8, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0; 8]);
 }
 
+thread_local! {
+    /// Per-thread xorshift state for choosing answer orders: no lock, no
+    /// shared cache line. Seeded from the thread's own stack address so that
+    /// threads do not walk in step.
+    static RANDOM: std::cell::Cell<u32> = {
+        let local = 0u8;
+        let seed = (&local as *const u8 as usize as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        std::cell::Cell::new((seed >> 32) as u32 | 1)
+    };
+}
+
+/// A pseudo-random number below `n` (xorshift32; `n` is small, so the modulo
+/// bias is negligible).
+fn next_variant(n: usize) -> usize {
+    RANDOM.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        state.set(x);
+        x as usize % n
+    })
+}
+
 enum Body<'a> {
     Empty,
     Answer(&'a Answer),
@@ -321,9 +345,23 @@ impl Response<'_> {
             .limit
             .saturating_sub(HEADER_LEN + question.len() + opt_len);
 
+        // A service's addresses: as many as allowed and fit, in one of the
+        // weighted orders.
+        let mut shuffled = None;
         // Choose what of the body goes out.
         let (bytes, counts, truncated): (&[u8], [u16; 3], bool) = match body {
             Body::Empty => (&[], [0; 3], false),
+            Body::Answer(answer) if answer.shuffled().is_some() => {
+                let s = answer.shuffled().expect("checked");
+                let fit = room / s.record_len();
+                let (n, truncated) = match (fit >= s.count(), self.transport) {
+                    (true, _) => (s.count(), false),
+                    (false, Transport::Tcp) => (fit, true),
+                    (false, Transport::Udp) => (0, true),
+                };
+                shuffled = Some((s, n, answer.body()));
+                (&[], [n as u16, 0, 0], truncated)
+            }
             Body::Answer(answer) => {
                 let full = answer.full();
                 if full.len as usize <= room {
@@ -368,6 +406,13 @@ impl Response<'_> {
                 out.extend_from_slice(zone.negative_soa());
             }
             _ => out.extend_from_slice(bytes),
+        }
+        if let Some((s, n, records)) = shuffled {
+            let len = s.record_len();
+            for &i in &s.order(next_variant(s.variants()))[..n] {
+                let at = i as usize * len;
+                out.extend_from_slice(&records[at..at + len]);
+            }
         }
         if let Some(edns) = self.edns {
             out.push(0); // root owner

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod health;
 pub mod model;
 pub mod registry;
+pub mod reverse;
 pub mod runtime;
 pub mod server;
 pub mod snapshot;

@@ -88,6 +88,9 @@ pub struct Service {
     pub check: Option<Check>,
     /// The instances, in the order given.
     pub instances: Vec<Instance>,
+    /// At most this many A/AAAA records per answer (`None`: all that fit),
+    /// taken from the weighted order.
+    pub max_answers: Option<u16>,
 }
 
 /// One instance of a service.
@@ -108,6 +111,8 @@ pub struct Instance {
     pub check: Option<Check>,
     /// Tags of the instance itself (the service's tags are not repeated here).
     pub tags: Vec<String>,
+    /// DNS-SD metadata (RFC 6763 TXT `key=value` strings), in the order given.
+    pub metadata: Vec<(String, String)>,
 }
 
 /// Where an instance lives.

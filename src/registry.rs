@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use crate::admin::proto::{InstanceInfo, InstanceKey, Registration};
 use crate::health::{Book, Flip, InstanceHealth, Target};
 use crate::model::{Endpoint, Zone};
+use crate::reverse::ReverseZones;
 use crate::runtime::{self, RuntimeInstance};
 use crate::snapshot::{Snapshot, ZoneSnapshot, build_zone};
 use crate::state::{self, Record, Removed};
@@ -88,6 +89,8 @@ pub struct Registry {
     waiting: BTreeMap<PathBuf, (Box<Zone>, (usize, usize))>,
     /// Health check targets and their states: answers leave out what is unhealthy.
     health: Book,
+    /// Reverse zones, built from the forward zones' addresses.
+    reverse: ReverseZones,
 }
 
 struct ZoneEntry {
@@ -162,6 +165,7 @@ impl Registry {
             journal: Vec::new(),
             waiting: BTreeMap::new(),
             health: Book::default(),
+            reverse: ReverseZones::default(),
         };
         (registry, published)
     }
@@ -313,8 +317,32 @@ impl Registry {
         for key in gone {
             self.health.zone_removed(&key);
         }
-        let snapshot = Snapshot::new(self.zones.values().map(|e| e.built.clone()));
+        if self.reverse.is_enabled() {
+            let current: Vec<(&[u8], u32)> = self
+                .zones
+                .iter()
+                .map(|(k, e)| (k.as_slice(), e.serial))
+                .collect();
+            let (zones, runtime) = (&self.zones, &self.runtime);
+            self.reverse.update(&current, |key| {
+                zone_addresses(&zones[key], runtime.get(key))
+            });
+        }
+        let zones = &self.zones;
+        let snapshot = Snapshot::new(
+            zones
+                .values()
+                .map(|e| e.built.clone())
+                .chain(self.reverse.snapshots(|k| zones.contains_key(k))),
+        );
         self.published.store(Arc::new(snapshot));
+    }
+
+    /// Serves the reverse zones of these networks (PTR records for every
+    /// instance and host address in them). Call before the first publish.
+    pub fn set_reverse(&mut self, nets: &[ipnet::IpNet]) -> Result<(), String> {
+        self.reverse = ReverseZones::new(nets)?;
+        Ok(())
     }
 
     /// Zones with their source and serial, sorted by apex.
@@ -574,6 +602,7 @@ impl Registry {
                         weight: i.weight,
                         priority: i.priority,
                         tags: i.tags.clone(),
+                        metadata: i.metadata.iter().cloned().collect(),
                         source: "file".into(),
                         state: "serving".into(),
                         health: health.as_str().into(),
@@ -786,6 +815,7 @@ impl RuntimeEntry {
             weight: i.weight,
             priority: i.priority,
             tags: i.tags.clone(),
+            metadata: i.metadata.iter().cloned().collect(),
             source: "runtime".into(),
             ttl: self.valid.ttl,
             state: state.into(),
@@ -861,6 +891,32 @@ fn check_name(t: &Target) -> String {
         crate::model::CheckKind::Tcp => "tcp".into(),
         crate::model::CheckKind::Http(path) => format!("http {path}"),
     }
+}
+
+/// Every (address, name) of a zone's hosts and served instances, for the
+/// reverse zones.
+fn zone_addresses(
+    e: &ZoneEntry,
+    runtime: Option<&BTreeMap<String, RuntimeEntry>>,
+) -> Vec<(std::net::IpAddr, hickory_proto::rr::Name)> {
+    let mut out = Vec::new();
+    for h in &e.zone.hosts {
+        out.extend(h.addresses.iter().map(|a| (*a, h.name.clone())));
+    }
+    let file = e.zone.services.iter().flat_map(|s| &s.instances);
+    let runtime = runtime
+        .into_iter()
+        .flat_map(|r| r.values())
+        .filter(|r| r.serving())
+        .map(|r| &r.valid.instance);
+    for i in file.chain(runtime) {
+        if let Endpoint::Addresses(addrs) = &i.endpoint
+            && let Ok(name) = e.zone.apex.prepend_label(i.name.as_str())
+        {
+            out.extend(addrs.iter().map(|a| (*a, name.clone())));
+        }
+    }
+    out
 }
 
 fn endpoint_strings(e: &Endpoint) -> (Vec<String>, Option<String>) {

@@ -103,6 +103,16 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
         }
         tags.push(t.clone());
     }
+    let mut metadata: Vec<(String, String)> = Vec::new();
+    for (k, v) in &reg.metadata {
+        crate::zone::check_metadata(k, v)?;
+        if metadata.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)) {
+            return Err(format!(
+                "metadata key \"{k}\" is given twice (keys are case-insensitive)"
+            ));
+        }
+        metadata.push((k.clone(), v.clone()));
+    }
     if let Some(ttl) = reg.ttl
         && !(1..=MAX_INSTANCE_TTL).contains(&ttl)
     {
@@ -145,6 +155,7 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
             priority: reg.priority.unwrap_or(0),
             check,
             tags,
+            metadata,
         },
         ttl: reg.ttl,
     })
@@ -254,6 +265,7 @@ pub fn merge<'a>(file: &Zone, runtime: impl IntoIterator<Item = &'a RuntimeInsta
                 tags: Vec::new(),
                 check: None,
                 instances: vec![r.instance.clone()],
+                max_answers: None,
             }),
         }
     }
@@ -278,6 +290,7 @@ mod tests {
             tags: vec![],
             ttl: None,
             check: None,
+            metadata: Default::default(),
         }
     }
 

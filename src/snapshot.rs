@@ -7,15 +7,14 @@
 //! one and queries in flight keep the old one alive until they finish.
 
 use std::collections::BTreeMap;
-
-// Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::rr::Name;
-
 use tracing::warn;
+
+// Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::model::{Endpoint, Service, Zone};
 use crate::wire::{MessageWriter, lower_wire, rtype};
@@ -121,6 +120,122 @@ pub struct Answer {
     /// Places where the body may be cut when the message is too large: after
     /// each answer record and after each additional RRset, in order.
     cuts: Box<[Cut]>,
+    /// For the addresses of a service: the orders the records go out in.
+    shuffled: Option<Box<Shuffled>>,
+}
+
+/// An answer whose records are sent in one of several weighted orders, picked
+/// per query. Its body is the records one after the other, each the same
+/// length (an A or AAAA record whose owner is a pointer to the question), so
+/// any order of them is a valid answer section and no order is stored twice.
+pub struct Shuffled {
+    record_len: usize,
+    /// Records per answer: all of them, or the service's `max_answers`.
+    count: usize,
+    orders: Arc<Orders>,
+}
+
+impl Shuffled {
+    /// Records per response.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Length of each record.
+    pub fn record_len(&self) -> usize {
+        self.record_len
+    }
+
+    /// Number of orders to choose from.
+    pub fn variants(&self) -> usize {
+        self.orders.variants()
+    }
+
+    /// The record indexes of order `variant`, first to last.
+    pub fn order(&self, variant: usize) -> &[u16] {
+        self.orders.get(variant)
+    }
+}
+
+/// [`ORDER_VARIANTS`] orders of `n` records, drawn once for a list of
+/// (priority, weight): by weighted random sampling without replacement within
+/// each priority level, lowest priority first. The first record of each
+/// level is drawn by stratified sampling (the i-th order uses the point
+/// (i + 1/2) / [`ORDER_VARIANTS`] of the cumulative weight), so a record comes
+/// first in a share of the orders that matches its weight; the rest are drawn
+/// with a fixed-seed generator, so a zone's answers are the same at every build.
+pub struct Orders {
+    n: usize,
+    indexes: Box<[u16]>,
+}
+
+impl Orders {
+    fn draw(weights: &[(u16, f64)]) -> Orders {
+        let n = weights.len();
+        let mut indexes = Vec::with_capacity(n * ORDER_VARIANTS);
+        let mut levels: BTreeMap<u16, Vec<(u16, f64)>> = BTreeMap::new();
+        for (i, &(p, w)) in weights.iter().enumerate() {
+            levels.entry(p).or_default().push((i as u16, w));
+        }
+        let by_level: Vec<Vec<(u16, f64)>> = levels.into_values().collect();
+        let mut rng = SplitMix(0x5167_6e70_6f73_7400 ^ n as u64);
+        let mut race: Vec<(f64, u16)> = Vec::with_capacity(n);
+        for v in 0..ORDER_VARIANTS {
+            let stratum = (v as f64 + 0.5) / ORDER_VARIANTS as f64;
+            for level in &by_level {
+                // The first record: where the stratum falls in the level's
+                // cumulative weight.
+                let total: f64 = level.iter().map(|&(_, w)| w).sum();
+                let mut point = stratum * total;
+                let mut first = level.len() - 1;
+                for (k, &(_, w)) in level.iter().enumerate() {
+                    if point < w {
+                        first = k;
+                        break;
+                    }
+                    point -= w;
+                }
+                indexes.push(level[first].0);
+                // The others: weighted sampling without replacement as a race
+                // of exponential clocks (Efraimidis and Spirakis), n log n.
+                race.clear();
+                for (k, &(i, w)) in level.iter().enumerate() {
+                    if k != first {
+                        let u = 1.0 - rng.next_f64(); // in (0, 1]
+                        race.push((-u.ln() / w, i));
+                    }
+                }
+                race.sort_by(|a, b| a.0.total_cmp(&b.0));
+                indexes.extend(race.iter().map(|&(_, i)| i));
+            }
+        }
+        Orders {
+            n,
+            indexes: indexes.into(),
+        }
+    }
+
+    fn variants(&self) -> usize {
+        ORDER_VARIANTS
+    }
+
+    fn get(&self, variant: usize) -> &[u16] {
+        &self.indexes[variant * self.n..(variant + 1) * self.n]
+    }
+}
+
+/// A small deterministic generator (SplitMix64) for drawing orders.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 /// A prefix of an answer's body and how many records of each section it holds.
@@ -133,6 +248,11 @@ pub struct Cut {
 }
 
 impl Answer {
+    /// The orders of a service's addresses, when the answer has them.
+    pub fn shuffled(&self) -> Option<&Shuffled> {
+        self.shuffled.as_deref()
+    }
+
     /// The whole body.
     pub fn body(&self) -> &[u8] {
         &self.body
@@ -169,6 +289,8 @@ enum RData {
     },
     Ns(Name),
     Soa,
+    Ptr(Name),
+    Txt(Vec<Vec<u8>>),
 }
 
 /// What makes two records the same, cheap to hash: names as lowercased wire
@@ -179,6 +301,8 @@ enum RecordKey {
     Srv(u16, u16, u16, Vec<u8>),
     Ns(Vec<u8>),
     Soa,
+    Ptr(Vec<u8>),
+    Txt(Vec<Vec<u8>>),
 }
 
 impl RData {
@@ -193,6 +317,8 @@ impl RData {
             } => RecordKey::Srv(*priority, *weight, *port, lower_wire(target)),
             RData::Ns(n) => RecordKey::Ns(lower_wire(n)),
             RData::Soa => RecordKey::Soa,
+            RData::Ptr(n) => RecordKey::Ptr(lower_wire(n)),
+            RData::Txt(t) => RecordKey::Txt(t.clone()),
         }
     }
 
@@ -203,6 +329,8 @@ impl RData {
             RData::Srv { .. } => rtype::SRV,
             RData::Ns(_) => rtype::NS,
             RData::Soa => rtype::SOA,
+            RData::Ptr(_) => rtype::PTR,
+            RData::Txt(_) => rtype::TXT,
         }
     }
 }
@@ -210,54 +338,251 @@ impl RData {
 /// A name's records while the snapshot is assembled.
 struct NodeRecords {
     name: Name,
-    rrsets: BTreeMap<u16, Vec<RData>>,
+    rrsets: RRsets,
     /// Every record in `rrsets`, so a duplicate is found without scanning
     /// (a service with thousands of instances has RRsets that large).
-    seen: HashSet<RecordKey>,
+    /// Made only when an RRset grows past [`SCAN_LIMIT`]: most names have a
+    /// record or two, and a set for each would dominate the build's memory.
+    seen: Option<HashSet<RecordKey>>,
+    /// For a service's names: the (priority, weight) of each address record.
+    weighted: Option<Weighted>,
 }
 
-/// Builds the answers of one zone.
-pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
-    let mut names: HashMap<Vec<u8>, NodeRecords> = HashMap::new();
-    let mut add = |name: &Name, rdata: RData| {
-        let node = names
+/// RRsets by type, in type order: a name has few types, so a sorted vector
+/// is smaller than a map.
+#[derive(Default)]
+struct RRsets(Vec<(u16, Vec<RData>)>);
+
+impl RRsets {
+    fn get(&self, rtype: &u16) -> Option<&Vec<RData>> {
+        self.0.iter().find(|(t, _)| t == rtype).map(|(_, v)| v)
+    }
+
+    fn contains_key(&self, rtype: &u16) -> bool {
+        self.get(rtype).is_some()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &u16> {
+        self.0.iter().map(|(t, _)| t)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Vec<RData>> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn push(&mut self, rdata: RData) {
+        let rtype = rdata.rtype();
+        match self.0.binary_search_by_key(&rtype, |(t, _)| *t) {
+            Ok(i) => self.0[i].1.push(rdata),
+            Err(i) => self.0.insert(i, (rtype, vec![rdata])),
+        }
+    }
+}
+
+impl std::ops::Index<&u16> for RRsets {
+    type Output = Vec<RData>;
+    fn index(&self, rtype: &u16) -> &Vec<RData> {
+        self.get(rtype).expect("an RRset of this type")
+    }
+}
+
+/// RRsets up to this size are searched for duplicates; larger ones get a set.
+const SCAN_LIMIT: usize = 8;
+
+impl NodeRecords {
+    /// Whether `rdata` is not in the node yet. Two sources of the same record
+    /// (an address shared by two instances of a service) would be a duplicate
+    /// RR, which RFC 2181 forbids.
+    fn is_new(&mut self, rdata: &RData) -> bool {
+        if let Some(seen) = &mut self.seen {
+            return seen.insert(rdata.key());
+        }
+        let same_type = self.rrsets.get(&rdata.rtype());
+        if same_type.is_none_or(|v| v.len() < SCAN_LIMIT) {
+            return !same_type.is_some_and(|v| v.contains(rdata));
+        }
+        let mut seen: HashSet<RecordKey> = self.rrsets.values().flatten().map(RData::key).collect();
+        let new = seen.insert(rdata.key());
+        self.seen = Some(seen);
+        new
+    }
+}
+
+/// The weights of a service name's address records, in RRset order.
+struct Weighted {
+    max_answers: Option<u16>,
+    by_type: BTreeMap<u16, Vec<(u16, f64)>>,
+}
+
+/// How many weighted orders each multi-address A/AAAA answer of a service
+/// has. The first position of the orders is drawn by stratified sampling, so
+/// an instance's share of first places is its share of the weight to within
+/// 1/32 (exactly, for weights such as 1:3 or 1:1:2); a query picks one of the
+/// orders at random. 32 keeps that error small while the orders stay cheap:
+/// they are shared by every answer with the same weights (see [`Orders`]).
+pub const ORDER_VARIANTS: usize = 32;
+
+/// The weight that a weight-0 instance counts for when orders are drawn:
+/// RFC 2782 gives such targets "a very small chance" of being chosen.
+const ZERO_WEIGHT: f64 = 0.01;
+
+/// Assembles a zone's records by owner name, then encodes every answer.
+struct Builder<'z> {
+    zone: &'z Zone,
+    names: HashMap<Vec<u8>, NodeRecords>,
+    /// Orders already drawn, by the (priority, weight) list they were drawn
+    /// for: most services share a handful of weight patterns.
+    orders: HashMap<Vec<(u16, u64)>, Arc<Orders>>,
+}
+
+impl<'z> Builder<'z> {
+    fn new(zone: &'z Zone) -> Self {
+        Builder {
+            zone,
+            names: HashMap::new(),
+            orders: HashMap::new(),
+        }
+    }
+
+    fn node(&mut self, name: &Name) -> &mut NodeRecords {
+        self.names
             .entry(lower_wire(name))
             .or_insert_with(|| NodeRecords {
                 name: name.clone(),
-                rrsets: BTreeMap::new(),
-                seen: HashSet::new(),
-            });
-        // Two sources of the same record (an address shared by two instances
-        // of a service) would be a duplicate RR, which RFC 2181 forbids.
-        if node.seen.insert(rdata.key()) {
-            node.rrsets.entry(rdata.rtype()).or_default().push(rdata);
-        }
-    };
+                rrsets: RRsets::default(),
+                seen: None,
+                weighted: None,
+            })
+    }
 
-    add(&zone.apex, RData::Soa);
-    for ns in &zone.nameservers {
-        add(&zone.apex, RData::Ns(ns.clone()));
-    }
-    for host in &zone.hosts {
-        for addr in &host.addresses {
-            add(&host.name, RData::Addr(*addr));
+    fn add(&mut self, name: &Name, rdata: RData) {
+        let node = self.node(name);
+        if node.is_new(&rdata) {
+            node.rrsets.push(rdata);
         }
     }
-    for service in &zone.services {
-        let Some((service_name, srv_name)) = service_names(&zone.apex, service) else {
-            warn!(service = %service.name, zone = %zone.apex, "service name too long; left out");
-            continue;
+
+    /// Adds an address of a service name, whose answer is ordered per query
+    /// by weighted random choice among the lowest priority.
+    fn add_weighted(
+        &mut self,
+        name: &Name,
+        addr: IpAddr,
+        priority: u16,
+        weight: f64,
+        max_answers: Option<u16>,
+    ) {
+        let node = self.node(name);
+        let rdata = RData::Addr(addr);
+        if node.is_new(&rdata) {
+            let rtype = rdata.rtype();
+            node.rrsets.push(rdata);
+            let weighted = node.weighted.get_or_insert_with(|| Weighted {
+                max_answers,
+                by_type: BTreeMap::new(),
+            });
+            weighted
+                .by_type
+                .entry(rtype)
+                .or_default()
+                .push((priority, weight));
+        }
+    }
+
+    /// The orders for records of these priorities and weights.
+    fn orders(&mut self, weights: &[(u16, f64)]) -> Arc<Orders> {
+        let key: Vec<(u16, u64)> = weights.iter().map(|&(p, w)| (p, w.to_bits())).collect();
+        self.orders
+            .entry(key)
+            .or_insert_with(|| Arc::new(Orders::draw(weights)))
+            .clone()
+    }
+
+    /// Adds every record of the zone's hosts and services.
+    fn add_zone(&mut self) {
+        let zone = self.zone;
+        self.add(&zone.apex, RData::Soa);
+        for ns in &zone.nameservers {
+            self.add(&zone.apex, RData::Ns(ns.clone()));
+        }
+        for host in &zone.hosts {
+            for addr in &host.addresses {
+                self.add(&host.name, RData::Addr(*addr));
+            }
+        }
+        // DNS-SD service type enumeration (RFC 6763 section 9).
+        let browse = ["_udp", "_dns-sd", "_services"]
+            .iter()
+            .try_fold(zone.apex.clone(), |n, l| try_child(&n, l));
+        for service in &zone.services {
+            self.add_service(service, browse.as_ref());
+        }
+        // A service whose instances are all unhealthy (or that has none)
+        // still exists, and so does the host name of an instance left out
+        // for its health (a host without addresses): their names answer
+        // NODATA, not NXDOMAIN, which resolvers would cache as "no such
+        // service".
+        for (service_name, srv_name) in zone
+            .services
+            .iter()
+            .filter_map(|service| service_names(&zone.apex, service))
+        {
+            self.node(&service_name);
+            self.node(&srv_name);
+        }
+        for host in zone.hosts.iter().filter(|h| h.addresses.is_empty()) {
+            self.node(&host.name);
+        }
+    }
+
+    fn add_service(&mut self, service: &Service, browse: Option<&Name>) {
+        let apex = &self.zone.apex;
+        let Some((service_name, srv_name)) = service_names(apex, service) else {
+            warn!(service = %service.name, zone = %apex, "service name too long; left out");
+            return;
         };
+        if let Some(browse) = browse {
+            self.add(browse, RData::Ptr(srv_name.clone()));
+        }
         for instance in &service.instances {
+            // The service's tags apply to all its instances.
+            let mut tags: Vec<&str> = Vec::new();
+            for t in service.tags.iter().chain(&instance.tags) {
+                if !tags.iter().any(|o| o.eq_ignore_ascii_case(t)) {
+                    tags.push(t);
+                }
+            }
+            let tag_names: Vec<Name> = tags
+                .iter()
+                .filter_map(|t| try_child(&service_name, t))
+                .collect();
             let target = match &instance.endpoint {
                 Endpoint::Addresses(addrs) => {
-                    let Some(host) = child(&zone.apex, &instance.name) else {
-                        warn!(instance = %instance.name, zone = %zone.apex, "instance name too long; left out");
+                    let Some(host) = try_child(apex, &instance.name) else {
+                        warn!(instance = %instance.name, zone = %apex, "instance name too long; left out");
                         continue;
                     };
+                    // An instance's weight is shared by its addresses of a
+                    // family, so one with two IPv4 addresses is not chosen
+                    // twice as often as one with a single address.
+                    let per_family = |v4: bool| addrs.iter().filter(|a| a.is_ipv4() == v4).count();
+                    let (v4, v6) = (per_family(true), per_family(false));
+                    let weight = match instance.weight {
+                        0 => ZERO_WEIGHT,
+                        w => f64::from(w),
+                    };
                     for addr in addrs {
-                        add(&host, RData::Addr(*addr));
-                        add(&service_name, RData::Addr(*addr));
+                        self.add(&host, RData::Addr(*addr));
+                        let share = weight / if addr.is_ipv4() { v4 } else { v6 } as f64;
+                        for name in std::iter::once(&service_name).chain(&tag_names) {
+                            self.add_weighted(
+                                name,
+                                *addr,
+                                instance.priority,
+                                share,
+                                service.max_answers,
+                            );
+                        }
                     }
                     host
                 }
@@ -269,102 +594,153 @@ pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
                 port: instance.port,
                 target,
             };
-            add(&srv_name, srv.clone());
-            add(&service_name, srv);
+            self.add(&srv_name, srv.clone());
+            self.add(&service_name, srv.clone());
+
+            // DNS-SD (RFC 6763): the service type lists its instances, and
+            // each instance name has its SRV and TXT records.
+            let Some(sd_name) = try_child(&srv_name, &instance.name) else {
+                continue;
+            };
+            self.add(&srv_name, RData::Ptr(sd_name.clone()));
+            self.add(&sd_name, srv.clone());
+            self.add(&sd_name, RData::Txt(txt_strings(&instance.metadata)));
+
+            for (tag, tag_name) in tags.iter().zip(&tag_names) {
+                self.add(tag_name, srv.clone());
+                // Consul's RFC 2782 form, `_<service>._<tag>`; a tag named
+                // like a protocol would be the service's own SRV name.
+                let is_protocol = ["tcp", "udp"].iter().any(|p| p.eq_ignore_ascii_case(tag));
+                if !is_protocol
+                    && let Some(rfc) = try_child(apex, &format!("_{tag}"))
+                        .and_then(|n| try_child(&n, &format!("_{}", service.name)))
+                {
+                    self.add(&rfc, srv.clone());
+                }
+                // DNS-SD subtype (RFC 6763 section 7.1).
+                if let Some(sub) =
+                    try_child(&srv_name, "_sub").and_then(|n| try_child(&n, &format!("_{tag}")))
+                {
+                    self.add(&sub, RData::Ptr(sd_name.clone()));
+                }
+            }
         }
     }
 
-    // A service whose instances are all unhealthy (or that has none) still
-    // exists, and so does the host name of an instance left out for its
-    // health (a host without addresses): their names answer NODATA, not
-    // NXDOMAIN, which resolvers would cache as "no such service".
-    let empty = |name: Name| NodeRecords {
-        name,
-        rrsets: BTreeMap::new(),
-        seen: HashSet::new(),
-    };
-    for (service_name, srv_name) in zone
-        .services
+    /// Adds the empty non-terminals and encodes every answer.
+    fn finish(mut self, serial: u32) -> ZoneSnapshot {
+        let zone = self.zone;
+        // Every name between a record's owner and the apex exists (RFC 8020).
+        let apex_labels = zone.apex.num_labels();
+        let owners: Vec<Name> = self.names.values().map(|n| n.name.clone()).collect();
+        for owner in owners {
+            let mut name = owner.base_name();
+            while name.num_labels() > apex_labels {
+                self.node(&name);
+                name = name.base_name();
+            }
+        }
+
+        // Orders for every answer that has them, drawn before encoding.
+        let mut wanted: Vec<Vec<(u16, f64)>> = Vec::new();
+        for node in self.names.values() {
+            for weights in node.weighted.iter().flat_map(|w| w.by_type.values()) {
+                if weights.len() >= 2 {
+                    wanted.push(weights.clone());
+                }
+            }
+        }
+        for weights in wanted {
+            self.orders(&weights);
+        }
+
+        let encoder = Encoder {
+            zone,
+            serial,
+            names: &self.names,
+            orders: &self.orders,
+        };
+        let nodes = self
+            .names
+            .iter()
+            .map(|(key, node)| {
+                let answers = node
+                    .rrsets
+                    .keys()
+                    .map(|&t| (t, encoder.answer(key, node, t)))
+                    .collect();
+                (key.clone().into_boxed_slice(), Node { answers })
+            })
+            .collect();
+
+        let mut negative = MessageWriter::with_question(&[0], 0);
+        let start = negative.buf.len();
+        negative.u16(rtype::SOA);
+        negative.u16(crate::wire::CLASS_IN);
+        // RFC 2308 section 5: negative answers live min(SOA TTL, SOA minimum).
+        negative.u32(zone.ttl.min(zone.soa.minimum));
+        let len_at = negative.buf.len();
+        negative.u16(0);
+        encoder.soa_rdata(&mut negative, false);
+        let rdlen = (negative.buf.len() - len_at - 2) as u16;
+        negative.buf[len_at..len_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+
+        ZoneSnapshot {
+            apex_key: lower_wire(&zone.apex).into_boxed_slice(),
+            serial,
+            nodes,
+            negative_soa: negative.buf[start..].into(),
+        }
+    }
+}
+
+/// Builds the answers of one zone.
+pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
+    let mut builder = Builder::new(zone);
+    builder.add_zone();
+    builder.finish(serial)
+}
+
+/// Builds a reverse zone (under in-addr.arpa or ip6.arpa) from its SOA
+/// settings (`zone`, which has no hosts or services) and (owner, target)
+/// PTR pairs.
+pub fn build_reverse_zone<'a>(
+    zone: &Zone,
+    ptrs: impl IntoIterator<Item = (&'a Name, &'a Name)>,
+    serial: u32,
+) -> ZoneSnapshot {
+    let mut builder = Builder::new(zone);
+    builder.add_zone();
+    for (owner, target) in ptrs {
+        builder.add(owner, RData::Ptr(target.clone()));
+    }
+    builder.finish(serial)
+}
+
+/// The TXT strings of an instance (RFC 6763 section 6): `key=value` each, or
+/// one empty string when there is no metadata, since a DNS-SD instance must
+/// have a TXT record (section 6.1).
+fn txt_strings(metadata: &[(String, String)]) -> Vec<Vec<u8>> {
+    if metadata.is_empty() {
+        return vec![Vec::new()];
+    }
+    metadata
         .iter()
-        .filter_map(|service| service_names(&zone.apex, service))
-    {
-        for name in [service_name, srv_name] {
-            names
-                .entry(lower_wire(&name))
-                .or_insert_with(|| empty(name));
-        }
-    }
-    for host in zone.hosts.iter().filter(|h| h.addresses.is_empty()) {
-        names
-            .entry(lower_wire(&host.name))
-            .or_insert_with(|| empty(host.name.clone()));
-    }
-
-    // Every name between a record's owner and the apex exists (RFC 8020).
-    let apex_labels = zone.apex.num_labels();
-    let owners: Vec<Name> = names.values().map(|n| n.name.clone()).collect();
-    for owner in owners {
-        let mut name = owner.base_name();
-        while name.num_labels() > apex_labels {
-            names
-                .entry(lower_wire(&name))
-                .or_insert_with(|| NodeRecords {
-                    name: name.clone(),
-                    rrsets: BTreeMap::new(),
-                    seen: HashSet::new(),
-                });
-            name = name.base_name();
-        }
-    }
-
-    let encoder = Encoder {
-        zone,
-        serial,
-        names: &names,
-    };
-    let nodes = names
-        .iter()
-        .map(|(key, node)| {
-            let answers = node
-                .rrsets
-                .keys()
-                .map(|&t| (t, encoder.answer(key, node, t)))
-                .collect();
-            (key.clone().into_boxed_slice(), Node { answers })
-        })
-        .collect();
-
-    let mut negative = MessageWriter::with_question(&[0], 0);
-    let start = negative.buf.len();
-    negative.u16(rtype::SOA);
-    negative.u16(crate::wire::CLASS_IN);
-    // RFC 2308 section 5: negative answers live min(SOA TTL, SOA minimum).
-    negative.u32(zone.ttl.min(zone.soa.minimum));
-    let len_at = negative.buf.len();
-    negative.u16(0);
-    encoder.soa_rdata(&mut negative, false);
-    let rdlen = (negative.buf.len() - len_at - 2) as u16;
-    negative.buf[len_at..len_at + 2].copy_from_slice(&rdlen.to_be_bytes());
-
-    ZoneSnapshot {
-        apex_key: lower_wire(&zone.apex).into_boxed_slice(),
-        serial,
-        nodes,
-        negative_soa: negative.buf[start..].into(),
-    }
+        .map(|(k, v)| format!("{k}={v}").into_bytes())
+        .collect()
 }
 
 /// `<service>.<zone>` and `_<service>._<protocol>.<zone>`.
 fn service_names(apex: &Name, service: &Service) -> Option<(Name, Name)> {
-    let srv = child(apex, &format!("_{}", service.protocol.as_str()))
-        .and_then(|p| child(&p, &format!("_{}", service.name)))?;
-    Some((child(apex, &service.name)?, srv))
+    let srv = try_child(apex, &format!("_{}", service.protocol.as_str()))
+        .and_then(|p| try_child(&p, &format!("_{}", service.name)))?;
+    Some((try_child(apex, &service.name)?, srv))
 }
 
-/// `label.parent`. The zone parser and the admin socket refuse names that
-/// would not fit; should one slip through, its records are left out rather
-/// than the server stopping.
-fn child(parent: &Name, label: &str) -> Option<Name> {
+/// `label.parent`, or `None` when the name would be too long (an underscore
+/// added to a 63-character label, or a long zone): such a name cannot exist,
+/// so it is not served.
+fn try_child(parent: &Name, label: &str) -> Option<Name> {
     parent.prepend_label(label).ok()
 }
 
@@ -372,6 +748,7 @@ struct Encoder<'a> {
     zone: &'a Zone,
     serial: u32,
     names: &'a HashMap<Vec<u8>, NodeRecords>,
+    orders: &'a HashMap<Vec<(u16, u64)>, Arc<Orders>>,
 }
 
 impl Encoder<'_> {
@@ -386,16 +763,47 @@ impl Encoder<'_> {
         };
 
         let rrset = &node.rrsets[&qtype];
+        let weights = node
+            .weighted
+            .as_ref()
+            .and_then(|w| Some((w.max_answers, w.by_type.get(&qtype)?)));
+        if let Some((max_answers, weights)) = weights
+            && rrset.len() >= 2
+            && weights.len() == rrset.len()
+        {
+            return self.shuffled(rrset, weights, max_answers);
+        }
         for rdata in rrset {
             self.record(&mut w, &node.name, rdata);
             counts[0] += 1;
             cuts.push(cut(&w, counts));
         }
 
-        // Addresses of in-zone targets, so a client needs no second query.
+        // DNS-SD (RFC 6763 section 12.1): a PTR answer for a service type
+        // carries each instance's SRV and TXT records.
         let mut glue_for: Vec<(&Name, &NodeRecords)> = Vec::new();
         let mut glued: HashSet<Vec<u8>> = HashSet::new();
+        let mut srv_targets: Vec<&RData> = Vec::new();
         for rdata in rrset {
+            if let RData::Ptr(n) = rdata
+                && let Some(target_node) = self.names.get(&lower_wire(n))
+                && target_node.rrsets.contains_key(&rtype::TXT)
+            {
+                for t in [rtype::SRV, rtype::TXT] {
+                    if let Some(records) = target_node.rrsets.get(&t) {
+                        for r in records {
+                            self.record(&mut w, n, r);
+                            counts[2] += 1;
+                        }
+                        cuts.push(cut(&w, counts));
+                    }
+                }
+                srv_targets.extend(target_node.rrsets.get(&rtype::SRV).into_iter().flatten());
+            }
+        }
+
+        // Addresses of in-zone targets, so a client needs no second query.
+        for rdata in rrset.iter().chain(srv_targets) {
             if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata {
                 let key = lower_wire(n);
                 if let Some(target_node) = self.names.get(&key)
@@ -421,6 +829,45 @@ impl Encoder<'_> {
         Answer {
             body: w.buf[question_end..].into(),
             cuts: cuts.into(),
+            shuffled: None,
+        }
+    }
+
+    /// A service's addresses: each record encoded alone, with its owner a
+    /// pointer to the question (offset 12), so that records can go out in
+    /// any order and any number.
+    fn shuffled(&self, rrset: &[RData], weights: &[(u16, f64)], max: Option<u16>) -> Answer {
+        let key: Vec<(u16, u64)> = weights.iter().map(|&(p, w)| (p, w.to_bits())).collect();
+        let orders = self.orders[&key].clone();
+        let mut body = Vec::new();
+        let mut cuts = Vec::new();
+        for (i, rdata) in rrset.iter().enumerate() {
+            let (rtype, data): (u16, &[u8]) = match rdata {
+                RData::Addr(IpAddr::V4(a)) => (rtype::A, &a.octets()[..]),
+                RData::Addr(IpAddr::V6(a)) => (rtype::AAAA, &a.octets()[..]),
+                _ => unreachable!("only addresses are weighted"),
+            };
+            body.extend_from_slice(&[0xC0, crate::wire::HEADER_LEN as u8]);
+            body.extend_from_slice(&rtype.to_be_bytes());
+            body.extend_from_slice(&crate::wire::CLASS_IN.to_be_bytes());
+            body.extend_from_slice(&self.zone.ttl.to_be_bytes());
+            body.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            body.extend_from_slice(data);
+            cuts.push(Cut {
+                len: body.len() as u32,
+                counts: [i as u16 + 1, 0, 0],
+            });
+        }
+        let record_len = body.len() / rrset.len();
+        let count = max.map_or(rrset.len(), |m| rrset.len().min(m.into()));
+        Answer {
+            body: body.into(),
+            cuts: cuts.into(),
+            shuffled: Some(Box::new(Shuffled {
+                record_len,
+                count,
+                orders,
+            })),
         }
     }
 
@@ -442,6 +889,13 @@ impl Encoder<'_> {
             }
             RData::Ns(name) => w.name(name),
             RData::Soa => self.soa_rdata(w, true),
+            RData::Ptr(name) => w.name(name),
+            RData::Txt(strings) => {
+                for s in strings {
+                    w.buf.push(s.len() as u8);
+                    w.buf.extend_from_slice(s);
+                }
+            }
         });
     }
 

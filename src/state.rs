@@ -320,6 +320,7 @@ mod tests {
                 tags: vec![],
                 ttl: Some(5),
                 check: None,
+                metadata: Default::default(),
             },
             expired,
         }

@@ -214,6 +214,27 @@ pub fn check_label(kind: &str, label: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks one metadata entry, which becomes the TXT string `key=value`
+/// (RFC 6763 section 6.4): the key is printable US-ASCII without '=', and the
+/// whole string fits in one TXT character-string (255 bytes).
+pub fn check_metadata(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("metadata key must not be empty".into());
+    }
+    if let Some(c) = key.chars().find(|c| !(' '..='~').contains(c) || *c == '=') {
+        return Err(format!(
+            "metadata key \"{key}\" contains {c:?}; keys are printable ASCII without '='"
+        ));
+    }
+    let len = key.len() + 1 + value.len();
+    if len > 255 {
+        return Err(format!(
+            "metadata \"{key}=...\" is {len} bytes long; a TXT string holds at most 255"
+        ));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // Raw serde structures: everything optional and spanned, so that validation
 // (not serde) reports missing keys and bad values, all of them, with places.
@@ -249,6 +270,7 @@ struct RawService {
     tags: Option<Vec<Spanned<String>>>,
     instances: Option<Vec<Spanned<RawInstance>>>,
     check: Option<Spanned<RawCheck>>,
+    max_answers: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +283,7 @@ struct RawInstance {
     weight: Option<Spanned<i64>>,
     priority: Option<Spanned<i64>>,
     tags: Option<Vec<Spanned<String>>>,
+    metadata: Option<Entries<String>>,
     check: Option<Spanned<RawCheck>>,
 }
 
@@ -621,6 +644,33 @@ impl Cx<'_> {
         }
     }
 
+    /// DNS-SD metadata: each `key=value` becomes one TXT string (RFC 6763
+    /// section 6), so keys are checked by [`check_metadata`].
+    fn metadata(&mut self, owner: &str, raw: Option<&Entries<String>>) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (key, value) in raw.iter().flat_map(|e| e.0.iter()) {
+            let (k, v) = (key.get_ref(), value.get_ref());
+            if let Err(msg) = check_metadata(k, v) {
+                let span = if msg.contains("bytes") {
+                    value.span()
+                } else {
+                    key.span()
+                };
+                self.error(&span, format!("{owner}: {msg}"));
+            } else if out.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)) {
+                self.error(
+                    &key.span(),
+                    format!(
+                        "{owner}: metadata key \"{k}\" is given twice (keys are case-insensitive)"
+                    ),
+                );
+            } else {
+                out.push((k.clone(), v.clone()));
+            }
+        }
+        out
+    }
+
     /// Turns the raw file into a zone, recording every problem. Returns `None`
     /// when the zone can't be built at all (bad apex); other errors are only
     /// recorded, and the caller discards the zone if there are any.
@@ -873,12 +923,18 @@ impl Cx<'_> {
                 instances.push(i);
             }
         }
+        let max_answers = raw
+            .max_answers
+            .as_ref()
+            .and_then(|m| self.int("max_answers", m, 1, i64::from(u16::MAX)))
+            .and_then(|n| u16::try_from(n).ok());
         Some(Service {
             name: name?.get_ref().clone(),
             protocol: protocol?,
             tags,
             check: check.flatten(),
             instances,
+            max_answers,
         })
     }
 
@@ -977,6 +1033,7 @@ impl Cx<'_> {
             (Some(c), None) => self.check(&owner, c),
             (None, _) => None,
         };
+        let metadata = self.metadata(&owner, raw.metadata.as_ref());
         Some(Instance {
             name: name?,
             endpoint: endpoint?,
@@ -985,6 +1042,7 @@ impl Cx<'_> {
             priority,
             check,
             tags,
+            metadata,
         })
     }
 
@@ -1215,6 +1273,7 @@ mod tests {
             priority,
             check: None,
             tags: vec![],
+            metadata: vec![],
         }
     }
 
@@ -1258,10 +1317,17 @@ mod tests {
                     tags: vec!["http".into()],
                     check: None,
                     instances: vec![
-                        inst("web-1", addrs(&["10.0.0.11", "fd00::11"]), 8080, 1, 0),
+                        Instance {
+                            metadata: vec![
+                                ("version".into(), "2".into()),
+                                ("path".into(), "/".into()),
+                            ],
+                            ..inst("web-1", addrs(&["10.0.0.11", "fd00::11"]), 8080, 1, 0)
+                        },
                         inst("web-2", addrs(&["10.0.0.12", "fd00::12"]), 8080, 20, 0),
                         inst("web-3", addrs(&["10.0.0.13"]), 8080, 1, 1),
                     ],
+                    max_answers: None,
                 },
                 Service {
                     name: "api".into(),
@@ -1272,6 +1338,7 @@ mod tests {
                         inst("api-1", addrs(&["10.0.0.41"]), 9000, 1, 0),
                         inst("api-2", addrs(&["10.0.0.42"]), 9001, 1, 0),
                     ],
+                    max_answers: None,
                 },
                 Service {
                     name: "dns".into(),
@@ -1279,6 +1346,7 @@ mod tests {
                     tags: vec![],
                     check: None,
                     instances: vec![inst("resolver-1", addrs(&["10.0.0.53"]), 53, 1, 0)],
+                    max_answers: None,
                 },
                 Service {
                     name: "mail".into(),
@@ -1292,6 +1360,7 @@ mod tests {
                         1,
                         0,
                     )],
+                    max_answers: None,
                 },
             ],
         };
@@ -1595,6 +1664,67 @@ port = 1
                 "6:8: service name \"-w\" must not start or end with '-'",
                 "8:8: instance name \"w.1\" must be a single DNS label, without '.'",
             ]
+        );
+    }
+
+    #[test]
+    fn metadata_and_max_answers() {
+        let zone = ok(r#"zone = "a.test"
+[[services]]
+name = "w"
+port = 1
+max_answers = 2
+[[services.instances]]
+name = "w-1"
+address = "10.0.0.1"
+metadata = { version = "2", "Path Name" = "/a=b", empty = "" }
+"#);
+        let s = &zone.services[0];
+        assert_eq!(s.max_answers, Some(2));
+        assert_eq!(
+            s.instances[0].metadata,
+            [
+                ("version".to_string(), "2".to_string()),
+                ("Path Name".to_string(), "/a=b".to_string()),
+                ("empty".to_string(), String::new()),
+            ]
+        );
+        assert_eq!(
+            ok("zone = \"a.test\"\n[[services]]\nname = \"w\"\n").services[0].max_answers,
+            None
+        );
+
+        let long = "x".repeat(253);
+        let text = format!(
+            r#"zone = "a.test"
+[[services]]
+name = "w"
+port = 1
+max_answers = 0
+[[services.instances]]
+name = "w-1"
+address = "10.0.0.1"
+metadata = {{ "a=b" = "1", "" = "2", "é" = "3", key = "{long}", KEY = "4" }}
+[[services.instances]]
+name = "w-2"
+address = "10.0.0.2"
+metadata = {{ a = "1", A = "2" }}
+"#
+        );
+        assert_eq!(
+            errs(&text),
+            [
+                "5:15: max_answers 0 is out of range (1..=65535)",
+                "9:14: instance \"w-1\": metadata key \"a=b\" contains '='; keys are printable ASCII without '='",
+                "9:27: instance \"w-1\": metadata key must not be empty",
+                "9:37: instance \"w-1\": metadata key \"é\" contains 'é'; keys are printable ASCII without '='",
+                "9:54: instance \"w-1\": metadata \"key=...\" is 257 bytes long; a TXT string holds at most 255",
+                "13:23: instance \"w-2\": metadata key \"A\" is given twice (keys are case-insensitive)",
+            ]
+        );
+        assert!(
+            one_err("zone = \"a.test\"\n[[services]]\nname = \"w\"\nport = 1\n[[services.instances]]\nname = \"w-1\"\naddress = \"10.0.0.1\"\nmetadata = { v = 2 }\n")
+                .starts_with("8:18: invalid type: integer `2`, expected a string")
         );
     }
 

@@ -88,6 +88,10 @@ pub struct RegisterArgs {
     /// Consecutive passed probes that bring it back [default: 2]
     #[arg(long, value_name = "N")]
     pub check_successes: Option<u32>,
+    /// DNS-SD metadata, a `key=value` string of the instance's TXT record;
+    /// repeat for several.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub metadata: Vec<(String, String)>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub client: ClientArgs,
@@ -150,6 +154,13 @@ impl From<ProtocolArg> for Protocol {
     }
 }
 
+/// `KEY=VALUE`, split at the first '='.
+fn parse_meta(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
 /// `signpost register`
 pub fn register(args: RegisterArgs) -> ExitCode {
     // Tuning flags without --check-tcp or --check-http still send a check,
@@ -181,6 +192,7 @@ pub fn register(args: RegisterArgs) -> ExitCode {
         tags: args.tags,
         ttl: args.ttl,
         check,
+        metadata: args.metadata.into_iter().collect(),
     });
     run(&args.client, &request, |reply| {
         if let Some(i) = &reply.instance {

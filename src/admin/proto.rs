@@ -11,6 +11,8 @@
 //! Compatible additions (new optional fields, new ops, new reply fields) keep
 //! the number; anything that changes the meaning of an existing request bumps it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
@@ -84,6 +86,9 @@ pub struct Registration {
     /// An active health check, as in a zone file (only with `address`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<Box<CheckSpec>>,
+    /// DNS-SD metadata: the `key=value` strings of the instance's TXT record.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// A health check as a client (or a zone file) writes it:
@@ -225,6 +230,9 @@ pub struct InstanceInfo {
     /// Tags.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// DNS-SD metadata (its TXT record's `key=value` strings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
     /// `file` or `runtime`.
     pub source: String,
     /// The TTL in seconds, for runtime instances that have one.
