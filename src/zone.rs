@@ -168,6 +168,12 @@ pub fn check_fits(kind: &str, label: &str, apex: &Name) -> Result<(), String> {
         "service name" => (format!("_{label}._tcp.{apex}"), 1 + 1 + label.len() + 5),
         _ => (format!("{label}.{apex}"), 1 + label.len()),
     };
+    if kind == "service name" && label.len() > 62 {
+        return Err(format!(
+            "service name \"{label}\" is too long: _{label} would be a {}-character label (at most 63)",
+            label.len() + 1
+        ));
+    }
     if crate::wire::wire(apex).len() + extra > 255 {
         return Err(format!(
             "{kind} \"{label}\" is too long for this zone: {derived} would exceed the 255-byte limit of a DNS name"
@@ -1229,6 +1235,22 @@ mod tests {
                 .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_63_character_service_name_is_an_error() {
+        let name = "s".repeat(63);
+        let text = format!("zone = \"a.test\"\n[[services]]\nname = \"{name}\"\nport = 80\n");
+        assert!(
+            one_err(&text).starts_with("3:8: service name"),
+            "{}",
+            one_err(&text)
+        );
+        let ok = format!(
+            "zone = \"a.test\"\n[[services]]\nname = \"{}\"\nport = 80\n",
+            &name[..62]
+        );
+        parse(Path::new("z.toml"), &ok).unwrap();
     }
 
     #[test]
