@@ -144,8 +144,11 @@ async fn run_writer(
         let journal = registry.take_journal();
         let acknowledges_change = pending.iter().any(|p| matches!(p, Pending::Change(..)));
         if !journal.is_empty() || (writer.state.is_broken() && acknowledges_change) {
-            let saved =
-                tokio::task::block_in_place(|| writer.state.append(&journal, || registry.stored()));
+            let saved = tokio::task::block_in_place(|| {
+                writer
+                    .state
+                    .append(&journal, registry.stored_count(), || registry.stored())
+            });
             if let Err(problem) = saved {
                 error!(%problem, "runtime registrations not saved; refusing the changes of this batch");
                 save_error = Some(problem.to_string());

@@ -735,7 +735,12 @@ impl Registry {
         std::mem::take(&mut self.journal)
     }
 
-    /// Every runtime registration, for the state file.
+    /// How many runtime registrations there are.
+    pub fn stored_count(&self) -> usize {
+        self.runtime.values().map(|z| z.len()).sum()
+    }
+
+    /// Every runtime registration, as the state file keeps it.
     pub fn stored(&self) -> Vec<Stored> {
         self.runtime
             .values()

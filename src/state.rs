@@ -135,9 +135,15 @@ impl StateLog {
     /// Appends `records` durably: when this returns Ok they survive a crash
     /// or a power loss. `live` gives every registration, for when the log is
     /// compacted or rewritten after a failed append.
+    ///
+    /// `live_count` is how many registrations there are: the log is compacted
+    /// when it has grown to twice that, and only then is `live` called, since
+    /// listing every registration on every save would make saves cost as much
+    /// as the registry is large.
     pub fn append(
         &mut self,
         records: &[Record],
+        live_count: usize,
         live: impl FnOnce() -> Vec<Stored>,
     ) -> Result<(), StateError> {
         // After a failed save, memory is ahead of the disk: even a request
@@ -162,11 +168,10 @@ impl StateLog {
         match result {
             Ok(()) => {
                 self.lines += records.len();
-                let live = live();
-                if self.lines > live.len() * 2 + COMPACT_SLACK {
+                if self.lines > live_count * 2 + COMPACT_SLACK {
                     // The records are already durable: a failed compaction
                     // leaves the old file, which is still correct, in use.
-                    if let Err(problem) = self.compact(&live) {
+                    if let Err(problem) = self.compact(&live()) {
                         tracing::warn!(%problem, "state file not compacted; will try again");
                     }
                 }
@@ -344,7 +349,7 @@ mod tests {
             remove("b"),
             Record::Set(stored("a", true)),
         ];
-        log.append(&records, Vec::new).unwrap();
+        log.append(&records, 0, Vec::new).unwrap();
         drop(log);
         let (_, live) = StateLog::open(&path).unwrap();
         assert_eq!(live, vec![stored("a", true), stored("c", false)]);
@@ -359,7 +364,7 @@ mod tests {
         let (mut log, _) = StateLog::open(&path).unwrap();
         // As after an append that failed (disk full): "a" is in memory only.
         log.broken = true;
-        log.append(&[], || vec![stored("a", false)]).unwrap();
+        log.append(&[], 1, || vec![stored("a", false)]).unwrap();
         assert!(!log.is_broken());
         let (_, replayed) = StateLog::open(&path).unwrap();
         assert_eq!(replayed.len(), 1, "the retried change reached the disk");
@@ -370,7 +375,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let (mut log, _) = StateLog::open(&path).unwrap();
-        log.append(&[Record::Set(stored("a", false))], Vec::new)
+        log.append(&[Record::Set(stored("a", false))], 0, Vec::new)
             .unwrap();
         let full = fs::read(&path).unwrap();
 
