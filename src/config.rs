@@ -58,8 +58,10 @@ pub const DNS_PORT: u16 = 53;
 
 /// signpost: an authoritative DNS server for service discovery.
 ///
-/// Serves A, AAAA and SRV records for the services described by TOML zone
-/// files, so that `dig`, resolvers and unmodified programs find them by name.
+/// Serves A, AAAA, SRV and DNS-SD (PTR, TXT) records for the services
+/// described by TOML zone files and registered at runtime over the admin
+/// socket, so that `dig`, resolvers and unmodified programs find them by name;
+/// other names can be forwarded to upstream resolvers.
 #[derive(Debug, Parser)]
 #[command(name = "signpost", version, about, long_about)]
 pub struct Cli {
