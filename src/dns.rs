@@ -456,7 +456,7 @@ mod tests {
             hosts: vec![],
             services: vec![],
         };
-        Snapshot::new([Arc::new(build_zone(&zone, 1))])
+        Snapshot::new([Arc::new(build_zone(&zone, 1, None))])
     }
 
     fn ask(snapshot: &Snapshot, name: &str, transport: Transport) -> (Outcome, Vec<u8>) {

@@ -280,7 +280,7 @@ impl Registry {
             &zone,
             path,
             self.runtime.get_mut(&key),
-            previous.map(|p| p.serial),
+            previous.map(|p| (p.serial, &*p.built)),
             (&key, &mut self.health),
         );
         self.dirty.remove(&key);
@@ -400,7 +400,7 @@ impl Registry {
             &entry.zone,
             &entry.source,
             self.runtime.get_mut(key),
-            Some(entry.serial),
+            Some((entry.serial, &*entry.built)),
             (key, &mut self.health),
         );
         entry.serial = serial;
@@ -844,20 +844,21 @@ impl RuntimeEntry {
 }
 
 /// Builds a zone from its file and its runtime instances, with the serial
-/// after `previous`. Runtime instances the file conflicts with are shadowed
+/// after `previous`'s, reusing its unchanged answers. Runtime instances the file conflicts with are shadowed
 /// (kept, not served): the file wins, and says so in the log.
 fn build_merged(
     zone: &Zone,
     source: &Path,
     runtime: Option<&mut BTreeMap<String, RuntimeEntry>>,
-    previous: Option<u32>,
+    previous: Option<(u32, &ZoneSnapshot)>,
     (key, health): (&[u8], &mut Book),
 ) -> (u32, Arc<ZoneSnapshot>) {
-    let serial = next_serial(previous);
+    let serial = next_serial(previous.map(|(s, _)| s));
+    let previous = previous.map(|(_, built)| built);
     let Some(runtime) = runtime else {
         let served = health.zone_built(key, zone);
         let served = served.as_ref().unwrap_or(zone);
-        return (serial, Arc::new(build_zone(served, serial)));
+        return (serial, Arc::new(build_zone(served, serial, previous)));
     };
     for r in runtime.values_mut() {
         let conflict = runtime::file_conflict(zone, source, &r.valid);
@@ -887,7 +888,7 @@ fn build_merged(
     // the checker, and unhealthy addresses are left out.
     let served = health.zone_built(key, &merged);
     let served = served.as_ref().unwrap_or(&merged);
-    (serial, Arc::new(build_zone(served, serial)))
+    (serial, Arc::new(build_zone(served, serial, previous)))
 }
 
 /// How a check is named in the log: `tcp` or `http /healthz`.

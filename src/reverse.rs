@@ -129,7 +129,12 @@ impl ReverseZones {
         }
         for (z, ptrs) in self.zones.iter_mut().zip(ptrs) {
             z.serial = next_serial(z.serial);
-            let built = build_reverse_zone(&z.zone, ptrs.iter().map(|(o, t)| (o, *t)), z.serial);
+            let built = build_reverse_zone(
+                &z.zone,
+                ptrs.iter().map(|(o, t)| (o, *t)),
+                z.serial,
+                z.built.as_deref(),
+            );
             z.built = Some(Arc::new(built));
         }
     }

@@ -6,9 +6,11 @@
 //! A snapshot is never changed after it is built; the registry publishes a new
 //! one and queries in flight keep the old one alive until they finish.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use hickory_proto::rr::Name;
 use tracing::warn;
@@ -17,7 +19,7 @@ use tracing::warn;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::model::{Endpoint, Service, Zone};
-use crate::wire::{MessageWriter, lower_wire, rtype};
+use crate::wire::{MessageWriter, lower_wire, lower_wire_into, rtype};
 
 /// Everything the server answers from: zones by their lowercased wire apex.
 #[derive(Default)]
@@ -95,33 +97,48 @@ impl ZoneSnapshot {
 /// A name that exists: its answers by type. No RRsets at all means an empty
 /// non-terminal (RFC 8020: NODATA, not NXDOMAIN).
 pub struct Node {
-    answers: Box<[(u16, Answer)]>,
+    answers: Box<[Entry]>,
 }
+
+/// One type's answer, with the fingerprint of what it was encoded from.
+struct Entry {
+    rtype: u16,
+    fingerprint: Fingerprint,
+    answer: Answer,
+}
+
+/// A 128-bit digest of everything an answer's encoding depends on: when a
+/// zone is built again, an answer whose fingerprint is unchanged is taken
+/// from the previous snapshot instead of being encoded.
+type Fingerprint = [u64; 2];
 
 impl Node {
     /// The answer for this type, if the name has records of it.
     pub fn answer(&self, qtype: u16) -> Option<&Answer> {
-        self.answers
-            .iter()
-            .find(|(t, _)| *t == qtype)
-            .map(|(_, a)| a)
+        self.entry(qtype).map(|e| &e.answer)
+    }
+
+    fn entry(&self, qtype: u16) -> Option<&Entry> {
+        self.answers.iter().find(|e| e.rtype == qtype)
     }
 
     /// The answer to an ANY query: one RRset (RFC 8482), the lowest type code.
     pub fn any(&self) -> Option<&Answer> {
-        self.answers.first().map(|(_, a)| a)
+        self.answers.first().map(|e| &e.answer)
     }
 }
 
 /// The sections of one response after the question, pre-encoded for a question
-/// name of this node's length at offset 12.
+/// name of this node's length at offset 12. Cloning shares the buffers: an
+/// unchanged answer moves from one snapshot to the next without a copy.
+#[derive(Clone)]
 pub struct Answer {
-    body: Box<[u8]>,
+    body: Arc<[u8]>,
     /// Places where the body may be cut when the message is too large: after
     /// each answer record and after each additional RRset, in order.
-    cuts: Box<[Cut]>,
+    cuts: Arc<[Cut]>,
     /// For the addresses of a service: the orders the records go out in.
-    shuffled: Option<Box<Shuffled>>,
+    shuffled: Option<Arc<Shuffled>>,
 }
 
 /// An answer whose records are sent in one of several weighted orders, picked
@@ -205,7 +222,7 @@ impl Orders {
                         race.push((-u.ln() / w, i));
                     }
                 }
-                race.sort_by(|a, b| a.0.total_cmp(&b.0));
+                race.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
                 indexes.extend(race.iter().map(|&(_, i)| i));
             }
         }
@@ -337,7 +354,8 @@ impl RData {
 
 /// A name's records while the snapshot is assembled.
 struct NodeRecords {
-    name: Name,
+    /// The name with its letter case; `None` for an empty non-terminal.
+    name: Option<Name>,
     rrsets: RRsets,
     /// Every record in `rrsets`, so a duplicate is found without scanning
     /// (a service with thousands of instances has RRsets that large).
@@ -390,6 +408,15 @@ impl std::ops::Index<&u16> for RRsets {
 const SCAN_LIMIT: usize = 8;
 
 impl NodeRecords {
+    fn new(name: Option<Name>) -> Self {
+        NodeRecords {
+            name,
+            rrsets: RRsets::default(),
+            seen: None,
+            weighted: None,
+        }
+    }
+
     /// Whether `rdata` is not in the node yet. Two sources of the same record
     /// (an address shared by two instances of a service) would be a duplicate
     /// RR, which RFC 2181 forbids.
@@ -429,30 +456,33 @@ const ZERO_WEIGHT: f64 = 0.01;
 /// Assembles a zone's records by owner name, then encodes every answer.
 struct Builder<'z> {
     zone: &'z Zone,
+    /// Length of the apex's key.
+    apex_len: usize,
     names: HashMap<Vec<u8>, NodeRecords>,
-    /// Orders already drawn, by the (priority, weight) list they were drawn
-    /// for: most services share a handful of weight patterns.
-    orders: HashMap<Vec<(u16, u64)>, Arc<Orders>>,
+    /// Room for the key of the name being looked up.
+    key: Vec<u8>,
 }
 
 impl<'z> Builder<'z> {
-    fn new(zone: &'z Zone) -> Self {
+    /// A builder for `zone`, sized like its previous snapshot.
+    fn new(zone: &'z Zone, previous: Option<&ZoneSnapshot>) -> Self {
         Builder {
             zone,
-            names: HashMap::new(),
-            orders: HashMap::new(),
+            apex_len: lower_wire(&zone.apex).len(),
+            names: HashMap::with_capacity(previous.map_or(0, |p| p.nodes.len())),
+            key: Vec::new(),
         }
     }
 
     fn node(&mut self, name: &Name) -> &mut NodeRecords {
-        self.names
-            .entry(lower_wire(name))
-            .or_insert_with(|| NodeRecords {
-                name: name.clone(),
-                rrsets: RRsets::default(),
-                seen: None,
-                weighted: None,
-            })
+        lower_wire_into(name, &mut self.key);
+        // Most names are looked up many times (a service's names once per
+        // instance): the key is copied only when the name is new.
+        if !self.names.contains_key(&self.key) {
+            self.names
+                .insert(self.key.clone(), NodeRecords::new(Some(name.clone())));
+        }
+        self.names.get_mut(&self.key).expect("just inserted")
     }
 
     fn add(&mut self, name: &Name, rdata: RData) {
@@ -487,15 +517,6 @@ impl<'z> Builder<'z> {
                 .or_default()
                 .push((priority, weight));
         }
-    }
-
-    /// The orders for records of these priorities and weights.
-    fn orders(&mut self, weights: &[(u16, f64)]) -> Arc<Orders> {
-        let key: Vec<(u16, u64)> = weights.iter().map(|&(p, w)| (p, w.to_bits())).collect();
-        self.orders
-            .entry(key)
-            .or_insert_with(|| Arc::new(Orders::draw(weights)))
-            .clone()
     }
 
     /// Adds every record of the zone's hosts and services.
@@ -627,47 +648,61 @@ impl<'z> Builder<'z> {
         }
     }
 
-    /// Adds the empty non-terminals and encodes every answer.
-    fn finish(mut self, serial: u32) -> ZoneSnapshot {
+    /// Adds the empty non-terminals and encodes every answer, taking from
+    /// `previous` (the zone's last snapshot) each answer whose inputs have
+    /// not changed.
+    fn finish(mut self, serial: u32, previous: Option<&ZoneSnapshot>) -> ZoneSnapshot {
         let zone = self.zone;
-        // Every name between a record's owner and the apex exists (RFC 8020).
-        let apex_labels = zone.apex.num_labels();
-        let owners: Vec<Name> = self.names.values().map(|n| n.name.clone()).collect();
-        for owner in owners {
-            let mut name = owner.base_name();
-            while name.num_labels() > apex_labels {
-                self.node(&name);
-                name = name.base_name();
-            }
-        }
-
-        // Orders for every answer that has them, drawn before encoding.
-        let mut wanted: Vec<Vec<(u16, f64)>> = Vec::new();
-        for node in self.names.values() {
-            for weights in node.weighted.iter().flat_map(|w| w.by_type.values()) {
-                if weights.len() >= 2 {
-                    wanted.push(weights.clone());
+        // Every name between a record's owner and the apex exists (RFC 8020):
+        // the suffixes of the owners' keys, a label at a time. A suffix that
+        // is a node already has its own ancestors added when it is reached.
+        let apex_len = self.apex_len;
+        let mut ents: HashSet<&[u8]> = HashSet::new();
+        for key in self.names.keys() {
+            let mut suffix = &key[..];
+            while suffix.len() > apex_len {
+                suffix = &suffix[1 + suffix[0] as usize..];
+                if suffix.len() <= apex_len
+                    || self.names.contains_key(suffix)
+                    || !ents.insert(suffix)
+                {
+                    break;
                 }
             }
         }
-        for weights in wanted {
-            self.orders(&weights);
+        let ents: Vec<Vec<u8>> = ents.into_iter().map(<[u8]>::to_vec).collect();
+        for key in ents {
+            self.names.insert(key, NodeRecords::new(None));
         }
 
         let encoder = Encoder {
             zone,
             serial,
             names: &self.names,
-            orders: &self.orders,
+            orders: RefCell::new(HashMap::new()),
+            scratch: RefCell::new(Vec::new()),
         };
+        let mut input = Vec::new();
         let nodes = self
             .names
             .iter()
             .map(|(key, node)| {
+                let before = previous.and_then(|p| p.nodes.get(&key[..]));
                 let answers = node
                     .rrsets
                     .keys()
-                    .map(|&t| (t, encoder.answer(key, node, t)))
+                    .map(|&rtype| {
+                        let fingerprint = encoder.fingerprint(key, node, rtype, &mut input);
+                        let answer = match before.and_then(|n| n.entry(rtype)) {
+                            Some(e) if e.fingerprint == fingerprint => e.answer.clone(),
+                            _ => encoder.answer(key, node, rtype),
+                        };
+                        Entry {
+                            rtype,
+                            fingerprint,
+                            answer,
+                        }
+                    })
                     .collect();
                 (key.clone().into_boxed_slice(), Node { answers })
             })
@@ -694,27 +729,30 @@ impl<'z> Builder<'z> {
     }
 }
 
-/// Builds the answers of one zone.
-pub fn build_zone(zone: &Zone, serial: u32) -> ZoneSnapshot {
-    let mut builder = Builder::new(zone);
+/// Builds the answers of one zone. `previous`, the zone's last snapshot,
+/// lends every answer whose inputs are unchanged, so a small change to a
+/// large zone re-encodes only what it touches.
+pub fn build_zone(zone: &Zone, serial: u32, previous: Option<&ZoneSnapshot>) -> ZoneSnapshot {
+    let mut builder = Builder::new(zone, previous);
     builder.add_zone();
-    builder.finish(serial)
+    builder.finish(serial, previous)
 }
 
 /// Builds a reverse zone (under in-addr.arpa or ip6.arpa) from its SOA
 /// settings (`zone`, which has no hosts or services) and (owner, target)
-/// PTR pairs.
+/// PTR pairs, reusing `previous` as [`build_zone`] does.
 pub fn build_reverse_zone<'a>(
     zone: &Zone,
     ptrs: impl IntoIterator<Item = (&'a Name, &'a Name)>,
     serial: u32,
+    previous: Option<&ZoneSnapshot>,
 ) -> ZoneSnapshot {
-    let mut builder = Builder::new(zone);
+    let mut builder = Builder::new(zone, previous);
     builder.add_zone();
     for (owner, target) in ptrs {
         builder.add(owner, RData::Ptr(target.clone()));
     }
-    builder.finish(serial)
+    builder.finish(serial, previous)
 }
 
 /// The TXT strings of an instance (RFC 6763 section 6): `key=value` each, or
@@ -744,14 +782,179 @@ fn try_child(parent: &Name, label: &str) -> Option<Name> {
     parent.prepend_label(label).ok()
 }
 
+/// Appends a name's wire form, letter case kept, to a fingerprint's input.
+fn put_name(input: &mut Vec<u8>, name: Option<&Name>) {
+    let Some(name) = name else {
+        input.push(0xFF);
+        return;
+    };
+    for label in name.iter() {
+        input.push(label.len() as u8);
+        input.extend_from_slice(label);
+    }
+    input.push(0);
+}
+
+/// Appends an RRset (or its absence) to a fingerprint's input.
+fn put_rrset(input: &mut Vec<u8>, rrset: Option<&Vec<RData>>) {
+    let Some(rrset) = rrset else {
+        input.extend_from_slice(&u32::MAX.to_be_bytes());
+        return;
+    };
+    input.extend_from_slice(&(rrset.len() as u32).to_be_bytes());
+    for rdata in rrset {
+        match rdata {
+            RData::Addr(IpAddr::V4(a)) => {
+                input.push(1);
+                input.extend_from_slice(&a.octets());
+            }
+            RData::Addr(IpAddr::V6(a)) => {
+                input.push(2);
+                input.extend_from_slice(&a.octets());
+            }
+            RData::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => {
+                input.push(3);
+                for v in [priority, weight, port] {
+                    input.extend_from_slice(&v.to_be_bytes());
+                }
+                put_name(input, Some(target));
+            }
+            RData::Ns(n) => {
+                input.push(4);
+                put_name(input, Some(n));
+            }
+            RData::Soa => input.push(5),
+            RData::Ptr(n) => {
+                input.push(6);
+                put_name(input, Some(n));
+            }
+            RData::Txt(strings) => {
+                input.push(7);
+                input.extend_from_slice(&(strings.len() as u32).to_be_bytes());
+                for s in strings {
+                    input.push(s.len() as u8);
+                    input.extend_from_slice(s);
+                }
+            }
+        }
+    }
+}
+
 struct Encoder<'a> {
     zone: &'a Zone,
     serial: u32,
     names: &'a HashMap<Vec<u8>, NodeRecords>,
-    orders: &'a HashMap<Vec<(u16, u64)>, Arc<Orders>>,
+    /// Orders drawn so far, by the (priority, weight) list they were drawn
+    /// for: most services share a handful of weight patterns.
+    orders: RefCell<OrdersByWeights>,
+    /// Room for the key of a name being looked up.
+    scratch: RefCell<Vec<u8>>,
 }
 
+/// Orders by the (priority, weight bits) list they were drawn for.
+type OrdersByWeights = HashMap<Vec<(u16, u64)>, Arc<Orders>>;
+
+/// The keys of answer fingerprints, drawn once per process.
+static FINGERPRINT_KEYS: LazyLock<[RandomState; 2]> =
+    LazyLock::new(|| [RandomState::new(), RandomState::new()]);
+
 impl Encoder<'_> {
+    /// The node at `name`, if the zone has it.
+    fn lookup(&self, name: &Name) -> Option<&NodeRecords> {
+        let mut key = self.scratch.borrow_mut();
+        lower_wire_into(name, &mut key);
+        self.names.get(&key[..])
+    }
+
+    /// The fingerprint of the answer for (`key`, `qtype`): a digest of
+    /// everything [`Encoder::answer`] reads for it, written to `input` first.
+    /// Reading more than the answer uses only costs a needless encoding;
+    /// missing an input would serve a stale answer.
+    fn fingerprint(
+        &self,
+        key: &[u8],
+        node: &NodeRecords,
+        qtype: u16,
+        input: &mut Vec<u8>,
+    ) -> Fingerprint {
+        input.clear();
+        input.extend_from_slice(&qtype.to_be_bytes());
+        input.extend_from_slice(&self.zone.ttl.to_be_bytes());
+        input.extend_from_slice(key);
+        put_name(input, node.name.as_ref());
+        let rrset = &node.rrsets[&qtype];
+        put_rrset(input, Some(rrset));
+        match node.weighted.as_ref() {
+            Some(w) => {
+                input.push(1);
+                input.extend_from_slice(
+                    &w.max_answers.map_or(0, |m| u32::from(m) + 1).to_be_bytes(),
+                );
+                let weights = w.by_type.get(&qtype).map_or(&[][..], Vec::as_slice);
+                input.extend_from_slice(&(weights.len() as u32).to_be_bytes());
+                for &(p, w) in weights {
+                    input.extend_from_slice(&p.to_be_bytes());
+                    input.extend_from_slice(&w.to_bits().to_be_bytes());
+                }
+            }
+            None => input.push(0),
+        }
+        if rrset.contains(&RData::Soa) {
+            let soa = &self.zone.soa;
+            put_name(input, Some(&soa.mname));
+            put_name(input, Some(&soa.rname));
+            for v in [self.serial, soa.refresh, soa.retry, soa.expire, soa.minimum] {
+                input.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        // The additional section: the nodes it is read from.
+        let addresses = |input: &mut Vec<u8>, target: &Name| match self.lookup(target) {
+            Some(t) => {
+                input.push(1);
+                put_rrset(input, t.rrsets.get(&rtype::A));
+                put_rrset(input, t.rrsets.get(&rtype::AAAA));
+            }
+            None => input.push(0),
+        };
+        for rdata in rrset {
+            match rdata {
+                // A DNS-SD instance's records, when the target is one (has TXT).
+                RData::Ptr(n) => match self.lookup(n) {
+                    Some(t) if t.rrsets.contains_key(&rtype::TXT) => {
+                        input.push(1);
+                        put_rrset(input, t.rrsets.get(&rtype::SRV));
+                        put_rrset(input, t.rrsets.get(&rtype::TXT));
+                        for r in t.rrsets.get(&rtype::SRV).into_iter().flatten() {
+                            if let RData::Srv { target, .. } = r {
+                                addresses(input, target);
+                            }
+                        }
+                    }
+                    _ => input.push(0),
+                },
+                RData::Srv { target: n, .. } | RData::Ns(n) => addresses(input, n),
+                _ => {}
+            }
+        }
+        let [a, b] = &*FINGERPRINT_KEYS;
+        [a.hash_one(&input[..]), b.hash_one(&input[..])]
+    }
+
+    /// The orders for records of these priorities and weights.
+    fn orders(&self, weights: &[(u16, f64)]) -> Arc<Orders> {
+        let key: Vec<(u16, u64)> = weights.iter().map(|&(p, w)| (p, w.to_bits())).collect();
+        self.orders
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| Arc::new(Orders::draw(weights)))
+            .clone()
+    }
+
     fn answer(&self, key: &[u8], node: &NodeRecords, qtype: u16) -> Answer {
         let mut w = MessageWriter::with_question(key, qtype);
         let question_end = w.buf.len();
@@ -773,8 +976,9 @@ impl Encoder<'_> {
         {
             return self.shuffled(rrset, weights, max_answers);
         }
+        let owner = node.name.as_ref().expect("a name with records");
         for rdata in rrset {
-            self.record(&mut w, &node.name, rdata);
+            self.record(&mut w, owner, rdata);
             counts[0] += 1;
             cuts.push(cut(&w, counts));
         }
@@ -786,7 +990,7 @@ impl Encoder<'_> {
         let mut srv_targets: Vec<&RData> = Vec::new();
         for rdata in rrset {
             if let RData::Ptr(n) = rdata
-                && let Some(target_node) = self.names.get(&lower_wire(n))
+                && let Some(target_node) = self.lookup(n)
                 && target_node.rrsets.contains_key(&rtype::TXT)
             {
                 for t in [rtype::SRV, rtype::TXT] {
@@ -837,8 +1041,7 @@ impl Encoder<'_> {
     /// pointer to the question (offset 12), so that records can go out in
     /// any order and any number.
     fn shuffled(&self, rrset: &[RData], weights: &[(u16, f64)], max: Option<u16>) -> Answer {
-        let key: Vec<(u16, u64)> = weights.iter().map(|&(p, w)| (p, w.to_bits())).collect();
-        let orders = self.orders[&key].clone();
+        let orders = self.orders(weights);
         let mut body = Vec::new();
         let mut cuts = Vec::new();
         for (i, rdata) in rrset.iter().enumerate() {
@@ -863,7 +1066,7 @@ impl Encoder<'_> {
         Answer {
             body: body.into(),
             cuts: cuts.into(),
-            shuffled: Some(Box::new(Shuffled {
+            shuffled: Some(Arc::new(Shuffled {
                 record_len,
                 count,
                 orders,
@@ -911,5 +1114,196 @@ impl Encoder<'_> {
         for v in [self.serial, soa.refresh, soa.retry, soa.expire, soa.minimum] {
             w.u32(v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Host, Instance, Protocol, Soa};
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn instance(n: &str, endpoint: Endpoint, weight: u16) -> Instance {
+        Instance {
+            name: n.into(),
+            endpoint,
+            port: 8080,
+            weight,
+            priority: 1,
+            check: None,
+            tags: vec!["blue".into()],
+            metadata: vec![("v".into(), n.into())],
+        }
+    }
+
+    /// A zone with every kind of answer: NS with glue, hosts, a weighted
+    /// service with tags, DNS-SD names, and instances pointing at a host.
+    fn zone() -> Zone {
+        let addr = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut instances: Vec<Instance> = (0..40)
+            .map(|i| {
+                let a = Endpoint::Addresses(vec![addr(&format!("10.0.0.{}", i + 1))]);
+                instance(&format!("web-{i}"), a, 1 + i as u16 % 3)
+            })
+            .collect();
+        instances.push(instance(
+            "ext",
+            Endpoint::Target(name("db.svc.example.")),
+            5,
+        ));
+        instances.push(instance(
+            "dual",
+            Endpoint::Addresses(vec![addr("10.0.1.1"), addr("fd00::1")]),
+            0,
+        ));
+        Zone {
+            apex: name("svc.example."),
+            ttl: 30,
+            nameservers: vec![name("ns1.svc.example."), name("ns.other.")],
+            soa: Soa {
+                mname: name("ns1.svc.example."),
+                rname: name("admin.svc.example."),
+                refresh: 1,
+                retry: 2,
+                expire: 3,
+                minimum: 4,
+            },
+            hosts: vec![
+                Host {
+                    name: name("ns1.svc.example."),
+                    addresses: vec![addr("10.1.0.1")],
+                },
+                Host {
+                    name: name("db.svc.example."),
+                    addresses: vec![addr("10.2.0.1"), addr("fd00::2")],
+                },
+                Host {
+                    name: name("a.b.c.svc.example."),
+                    addresses: vec![addr("10.3.0.1")],
+                },
+            ],
+            services: vec![Service {
+                name: "web".into(),
+                protocol: Protocol::Tcp,
+                tags: vec!["prod".into()],
+                check: None,
+                instances,
+                max_answers: Some(8),
+            }],
+        }
+    }
+
+    /// Every (name, type) answer of a snapshot, by key and type.
+    fn answers(z: &ZoneSnapshot) -> BTreeMap<(Vec<u8>, u16), &Answer> {
+        let mut all = BTreeMap::new();
+        for (key, node) in &z.nodes {
+            for e in &node.answers {
+                assert!(all.insert((key.to_vec(), e.rtype), &e.answer).is_none());
+            }
+        }
+        all
+    }
+
+    type Flat<'a> = (&'a [u8], &'a [Cut], Option<(usize, usize, Vec<&'a [u16]>)>);
+
+    fn flat(a: &Answer) -> Flat<'_> {
+        let shuffled = a.shuffled().map(|s| {
+            let orders = (0..s.variants()).map(|v| s.order(v)).collect();
+            (s.record_len(), s.count(), orders)
+        });
+        (a.body(), &a.cuts, shuffled)
+    }
+
+    /// Builds `changed` on top of a snapshot of `base` and checks it against
+    /// a build from scratch; returns how many answers were taken over.
+    fn rebuild_matches(base: &Zone, changed: &Zone, serial: u32) -> usize {
+        let old = build_zone(base, 1, None);
+        let reused = build_zone(changed, serial, Some(&old));
+        let fresh = build_zone(changed, serial, None);
+        let (r, f) = (answers(&reused), answers(&fresh));
+        assert_eq!(
+            r.keys().collect::<Vec<_>>(),
+            f.keys().collect::<Vec<_>>(),
+            "the same names and types"
+        );
+        for (k, a) in &r {
+            assert!(flat(a) == flat(f[k]), "answer for {k:?} differs");
+        }
+        let mut nodes: Vec<&[u8]> = reused.nodes.keys().map(|k| &k[..]).collect();
+        let mut fresh_nodes: Vec<&[u8]> = fresh.nodes.keys().map(|k| &k[..]).collect();
+        nodes.sort();
+        fresh_nodes.sort();
+        assert_eq!(nodes, fresh_nodes, "the same names, empty ones included");
+        assert_eq!(reused.negative_soa, fresh.negative_soa);
+        let old_answers = answers(&old);
+        r.iter()
+            .filter(|(k, a)| {
+                old_answers
+                    .get(*k)
+                    .is_some_and(|o| Arc::ptr_eq(&o.body, &a.body))
+            })
+            .count()
+    }
+
+    #[test]
+    fn rebuilding_on_a_previous_snapshot_equals_building_from_scratch() {
+        let base = zone();
+        let total = answers(&build_zone(&base, 1, None)).len();
+
+        // Nothing changed but the serial: only the SOA answer is new.
+        let reused = rebuild_matches(&base, &base, 2);
+        assert_eq!(reused, total - 1);
+
+        // One instance's address.
+        let mut z = base.clone();
+        z.services[0].instances[3].endpoint =
+            Endpoint::Addresses(vec!["10.9.9.9".parse().unwrap()]);
+        let reused = rebuild_matches(&base, &z, 2);
+        assert!(reused > 0 && reused < total - 1, "{reused} of {total}");
+
+        // A target name's letter case: SRV answers change, lookups do not.
+        let mut z = base.clone();
+        z.services[0].instances[40].endpoint = Endpoint::Target(name("DB.svc.example."));
+        rebuild_matches(&base, &z, 1);
+
+        // A glue host's address (SRV target and NS).
+        let mut z = base.clone();
+        z.hosts[1].addresses = vec!["10.2.0.2".parse().unwrap()];
+        rebuild_matches(&base, &z, 1);
+        let mut z = base.clone();
+        z.hosts[0].addresses.push("10.1.0.2".parse().unwrap());
+        rebuild_matches(&base, &z, 1);
+
+        // A weight and an instance's metadata.
+        let mut z = base.clone();
+        z.services[0].instances[5].weight = 9;
+        z.services[0].instances[6]
+            .metadata
+            .push(("k".into(), "v".into()));
+        rebuild_matches(&base, &z, 1);
+
+        // SOA fields, the TTL, max answers, an owner's letter case, a new
+        // empty non-terminal, an instance removed.
+        let mut z = base.clone();
+        z.soa.retry = 20;
+        rebuild_matches(&base, &z, 1);
+        let mut z = base.clone();
+        z.ttl = 60;
+        assert_eq!(rebuild_matches(&base, &z, 1), 0);
+        let mut z = base.clone();
+        z.services[0].max_answers = None;
+        rebuild_matches(&base, &z, 1);
+        let mut z = base.clone();
+        z.hosts[2].name = name("A.b.c.svc.example.");
+        rebuild_matches(&base, &z, 1);
+        let mut z = base.clone();
+        z.hosts[2].name = name("x.y.z.svc.example.");
+        rebuild_matches(&base, &z, 1);
+        let mut z = base.clone();
+        z.services[0].instances.remove(0);
+        rebuild_matches(&base, &z, 1);
     }
 }

@@ -47,12 +47,18 @@ pub const HEADER_LEN: usize = 12;
 /// The uncompressed wire form of a name, lowercased: the key of every lookup.
 pub fn lower_wire(name: &Name) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 2);
+    lower_wire_into(name, &mut out);
+    out
+}
+
+/// [`lower_wire`] into `out`, replacing what it held.
+pub fn lower_wire_into(name: &Name, out: &mut Vec<u8>) {
+    out.clear();
     for label in name.iter() {
         out.push(label.len() as u8);
         out.extend(label.iter().map(u8::to_ascii_lowercase));
     }
     out.push(0);
-    out
 }
 
 /// Labels in an uncompressed wire-form name (the root counts none).
