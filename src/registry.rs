@@ -586,28 +586,16 @@ impl Registry {
         for (key, e) in self.zones.iter().filter(|(k, _)| wanted(k)) {
             for s in &e.zone.services {
                 for i in &s.instances {
-                    let (address, target) = endpoint_strings(&i.endpoint);
                     let check = i.check.as_ref().or(s.check.as_ref());
                     let (health, unhealthy) = self
                         .health
                         .instance_health(key, &s.name, s.protocol, i, check);
                     out.push(InstanceInfo {
-                        zone: e.zone.apex.to_ascii(),
-                        service: s.name.clone(),
-                        protocol: s.protocol.into(),
-                        instance: i.name.clone(),
-                        address,
-                        target,
-                        port: i.port,
-                        weight: i.weight,
-                        priority: i.priority,
-                        tags: i.tags.clone(),
-                        metadata: i.metadata.iter().cloned().collect(),
                         source: "file".into(),
                         state: "serving".into(),
                         health: health.as_str().into(),
                         unhealthy_address: unhealthy.iter().map(ToString::to_string).collect(),
-                        ..InstanceInfo::default()
+                        ..instance_info(&e.zone.apex, &s.name, s.protocol, i)
                     });
                 }
             }
@@ -787,6 +775,31 @@ impl Registry {
     }
 }
 
+/// What `list` says of any instance, wherever it comes from; the caller adds
+/// its source, state and health.
+fn instance_info(
+    apex: &hickory_proto::rr::Name,
+    service: &str,
+    protocol: crate::model::Protocol,
+    i: &crate::model::Instance,
+) -> InstanceInfo {
+    let (address, target) = endpoint_strings(&i.endpoint);
+    InstanceInfo {
+        zone: apex.to_ascii(),
+        service: service.to_string(),
+        protocol: protocol.into(),
+        instance: i.name.clone(),
+        address,
+        target,
+        port: i.port,
+        weight: i.weight,
+        priority: i.priority,
+        tags: i.tags.clone(),
+        metadata: i.metadata.iter().cloned().collect(),
+        ..InstanceInfo::default()
+    }
+}
+
 impl RuntimeEntry {
     fn stored(&self) -> Stored {
         Stored {
@@ -801,7 +814,6 @@ impl RuntimeEntry {
 
     fn info(&self, now: Instant) -> InstanceInfo {
         let i = &self.valid.instance;
-        let (address, target) = endpoint_strings(&i.endpoint);
         let (state, reason) = if let Some(reason) = &self.shadowed {
             ("shadowed", Some(reason.clone()))
         } else if self.expired {
@@ -810,17 +822,6 @@ impl RuntimeEntry {
             ("serving", None)
         };
         InstanceInfo {
-            zone: self.valid.apex.to_ascii(),
-            service: self.valid.service.clone(),
-            protocol: self.valid.protocol.into(),
-            instance: i.name.clone(),
-            address,
-            target,
-            port: i.port,
-            weight: i.weight,
-            priority: i.priority,
-            tags: i.tags.clone(),
-            metadata: i.metadata.iter().cloned().collect(),
             source: "runtime".into(),
             ttl: self.valid.ttl,
             state: state.into(),
@@ -839,6 +840,12 @@ impl RuntimeEntry {
             .as_str()
             .into(),
             unhealthy_address: Vec::new(),
+            ..instance_info(
+                &self.valid.apex,
+                &self.valid.service,
+                self.valid.protocol,
+                i,
+            )
         }
     }
 }
