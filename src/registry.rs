@@ -941,7 +941,8 @@ fn endpoint_strings(e: &Endpoint) -> (Vec<String>, Option<String>) {
 
 /// The serial after `previous`: the current Unix time, or one more than the
 /// previous serial when changes come faster than once a second, so it only
-/// ever grows, across restarts too (RFC 1982 arithmetic allows the wrap).
+/// grows while the server runs, and after a restart unless a long burst of
+/// changes had run ahead of the clock (RFC 1982 arithmetic allows the wrap).
 fn next_serial(previous: Option<u32>) -> u32 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
