@@ -308,16 +308,15 @@ thread_local! {
     };
 }
 
-/// A pseudo-random number below `n` (xorshift32; `n` is small, so the modulo
-/// bias is negligible).
-fn next_variant(n: usize) -> usize {
+/// A pseudo-random number (xorshift32).
+fn next_random() -> u32 {
     RANDOM.with(|state| {
         let mut x = state.get();
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
         state.set(x);
-        x as usize % n
+        x
     })
 }
 
@@ -407,11 +406,16 @@ impl Response<'_> {
             }
             _ => out.extend_from_slice(bytes),
         }
-        if let Some((s, n, records)) = shuffled {
+        if let Some((s, n, records)) = shuffled
+            && n > 0
+        {
             let len = s.record_len();
-            for &i in &s.order(next_variant(s.variants()))[..n] {
-                let at = i as usize * len;
-                out.extend_from_slice(&records[at..at + len]);
+            let record = |i: u16| &records[i as usize * len..(i as usize + 1) * len];
+            let first = s.pick_first(next_random(), next_random());
+            out.extend_from_slice(record(first));
+            let rest = s.order(next_random() as usize % s.variants());
+            for &i in rest.iter().filter(|&&i| i != first).take(n - 1) {
+                out.extend_from_slice(record(i));
             }
         }
         if let Some(edns) = self.edns {

@@ -172,6 +172,11 @@ impl Shuffled {
     pub fn order(&self, variant: usize) -> &[u16] {
         self.orders.get(variant)
     }
+
+    /// The record that goes first, drawn by weight from two random numbers.
+    pub fn pick_first(&self, r1: u32, r2: u32) -> u16 {
+        self.orders.pick_first(r1, r2)
+    }
 }
 
 /// [`ORDER_VARIANTS`] orders of `n` records, drawn once for a list of
@@ -181,9 +186,18 @@ impl Shuffled {
 /// (i + 1/2) / [`ORDER_VARIANTS`] of the cumulative weight), so a record comes
 /// first in a share of the orders that matches its weight; the rest are drawn
 /// with a fixed-seed generator, so a zone's answers are the same at every build.
+///
+/// 32 orders alone would leave instances of a large service out: with 100
+/// equal instances, most would never come first. So the first record is
+/// drawn per query from the lowest priority level with an alias table
+/// (Vose), which gives every record exactly its weight's share of first
+/// places at any size; the rest of the answer follows one of the orders.
 pub struct Orders {
     n: usize,
     indexes: Box<[u16]>,
+    /// Alias table over the lowest priority level: (record index,
+    /// threshold out of 2^32 to keep it, record index of its alias).
+    first: Box<[(u16, u32, u16)]>,
 }
 
 impl Orders {
@@ -229,7 +243,14 @@ impl Orders {
         Orders {
             n,
             indexes: indexes.into(),
+            first: alias_table(by_level.first().map_or(&[][..], Vec::as_slice)),
         }
+    }
+
+    /// The record that goes first, from two random numbers.
+    pub fn pick_first(&self, r1: u32, r2: u32) -> u16 {
+        let (index, keep, alias) = self.first[r1 as usize % self.first.len()];
+        if r2 < keep { index } else { alias }
     }
 
     fn variants(&self) -> usize {
@@ -239,6 +260,25 @@ impl Orders {
     fn get(&self, variant: usize) -> &[u16] {
         &self.indexes[variant * self.n..(variant + 1) * self.n]
     }
+}
+
+/// Vose's alias table over (record index, weight): each slot keeps its own
+/// record with probability threshold/2^32 and otherwise gives its alias.
+fn alias_table(level: &[(u16, f64)]) -> Box<[(u16, u32, u16)]> {
+    let k = level.len();
+    let total: f64 = level.iter().map(|&(_, w)| w).sum();
+    let mut scaled: Vec<f64> = level.iter().map(|&(_, w)| w * k as f64 / total).collect();
+    let mut table: Vec<(u16, u32, u16)> = level.iter().map(|&(i, _)| (i, u32::MAX, i)).collect();
+    let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..k).partition(|&i| scaled[i] < 1.0);
+    while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+        table[s] = (level[s].0, (scaled[s] * u32::MAX as f64) as u32, level[l].0);
+        scaled[l] -= 1.0 - scaled[s];
+        if scaled[l] < 1.0 {
+            large.pop();
+            small.push(l);
+        }
+    }
+    table.into()
 }
 
 /// A small deterministic generator (SplitMix64) for drawing orders.
@@ -1124,6 +1164,41 @@ mod tests {
 
     fn name(s: &str) -> Name {
         Name::from_ascii(s).unwrap()
+    }
+
+    /// First places over a sweep of random numbers, per record.
+    fn first_places(orders: &Orders, n: usize) -> Vec<usize> {
+        let mut seen = vec![0; n];
+        let mut x = 0x1234_5678u32;
+        for _ in 0..200_000 {
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x
+            };
+            let (a, b) = (next(), next());
+            seen[orders.pick_first(a, b) as usize] += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn every_record_of_a_large_level_comes_first_in_its_share() {
+        // 32 pre-drawn orders alone cannot put each of 100 records first.
+        let orders = Orders::draw(&vec![(0, 1.0); 100]);
+        let seen = first_places(&orders, 100);
+        assert!(seen.iter().all(|&c| (1500..2500).contains(&c)), "{seen:?}");
+    }
+
+    #[test]
+    fn first_places_follow_the_weights_of_the_lowest_priority_only() {
+        // Weights 1:3 at priority 0; a heavy record at priority 1 never comes first.
+        let orders = Orders::draw(&[(0, 1.0), (0, 3.0), (1, 100.0)]);
+        let seen = first_places(&orders, 3);
+        assert_eq!(seen[2], 0);
+        let share = seen[0] as f64 / 200_000.0;
+        assert!((0.24..0.26).contains(&share), "{share}");
     }
 
     fn instance(n: &str, endpoint: Endpoint, weight: u16) -> Instance {
