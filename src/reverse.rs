@@ -112,6 +112,10 @@ impl ReverseZones {
                 prefixes.push(p);
             }
         }
+        // Longest prefix first: with 10.0.0.0/8 and 10.1.0.0/16 both
+        // configured, 10.1.2.3 belongs in the /16's zone, which is the one
+        // queries for it reach.
+        prefixes.sort_by_key(|&(_, len)| std::cmp::Reverse(len));
         let mut ptrs: Vec<Vec<(Name, &Name)>> = vec![Vec::new(); self.zones.len()];
         for (_, list) in self.forward.values() {
             for (addr, name) in list.iter() {

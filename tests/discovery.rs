@@ -527,6 +527,17 @@ fn reverse_lookups_name_instances_and_hosts() {
 }
 
 #[test]
+fn overlapping_reverse_networks_put_each_address_in_the_most_specific_zone() {
+    // The wider network first: the order on the command line must not matter.
+    let server = Server::start_with(
+        &example_zones(),
+        &["--reverse", "10.0.0.0/8", "--reverse", "10.0.0.0/24"],
+    );
+    assert_eq!(short(&server, &["-x", "10.0.0.11"]), ["web-1.svc.example."]);
+    assert_eq!(short(&server, &["-x", "10.0.0.21"]), ["db.svc.example."]);
+}
+
+#[test]
 fn reverse_zones_follow_zone_file_changes() {
     let dir = zones_copy();
     let server = Server::start_with(dir.path(), &["--reverse", "10.0.0.0/24"]);
