@@ -686,7 +686,11 @@ impl Registry {
             let Ok(before) = self.health.record(&flip) else {
                 continue;
             };
-            self.dirty.insert(flip.target.zone.clone());
+            // Unknown addresses are already served: a first passing probe
+            // changes no answer, so it costs no rebuild (nor a new serial).
+            if before.is_some() || !flip.healthy {
+                self.dirty.insert(flip.target.zone.clone());
+            }
             let t = &flip.target;
             let zone = self
                 .zones

@@ -454,3 +454,29 @@ fn a_registered_check_survives_a_restart() {
     assert!(eventually(DEADLINE, || health_of(&server, "cache-1") == "unhealthy"));
     assert_nodata(&server, "_cache._tcp.h.test.", RecordType::SRV);
 }
+
+#[test]
+fn a_first_passing_probe_changes_no_answer_and_no_serial() {
+    let up = Listener::tcp(0);
+    let dir = zone_dir(&format!(
+        r#"zone = "h.test"
+[[services]]
+name = "web"
+check = {{ tcp = true, interval = 0.1, timeout = 0.1 }}
+[[services.instances]]
+name = "web-1"
+address = "127.0.0.1"
+port = {}
+"#,
+        up.addr.port()
+    ));
+    let server = Server::start(dir.path());
+    let serial = |server: &Server| match &ask(server, "h.test.", RecordType::SOA).answers[0].data {
+        RData::SOA(soa) => soa.serial,
+        other => panic!("not a SOA: {other:?}"),
+    };
+    let before = serial(&server);
+    assert!(eventually(DEADLINE, || health_of(&server, "web-1") == "healthy"));
+    // Served before the probe and after it: nothing to rebuild.
+    assert_eq!(serial(&server), before);
+}
