@@ -113,6 +113,7 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
         }
         metadata.push((k.clone(), v.clone()));
     }
+    crate::zone::check_metadata_total(metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     if let Some(ttl) = reg.ttl
         && !(1..=MAX_INSTANCE_TTL).contains(&ttl)
     {

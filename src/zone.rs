@@ -241,6 +241,28 @@ pub fn check_metadata(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The most TXT data an instance's metadata may make, in bytes: RFC 6763
+/// section 6.2 puts the limit of a DNS-SD TXT record at 8900 bytes (and a
+/// record's data can never exceed 65535).
+pub const MAX_TXT_BYTES: usize = 8900;
+
+/// Checks that metadata, as TXT strings (a length byte and `key=value`
+/// each), stays within [`MAX_TXT_BYTES`].
+pub fn check_metadata_total<'a>(
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), String> {
+    let total: usize = entries
+        .into_iter()
+        .map(|(k, v)| 2 + k.len() + v.len())
+        .sum();
+    if total > MAX_TXT_BYTES {
+        return Err(format!(
+            "metadata makes a TXT record of {total} bytes; DNS-SD allows at most {MAX_TXT_BYTES} (RFC 6763 section 6.2)"
+        ));
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // Raw serde structures: everything optional and spanned, so that validation
 // (not serde) reports missing keys and bad values, all of them, with places.
@@ -673,6 +695,12 @@ impl Cx<'_> {
             } else {
                 out.push((k.clone(), v.clone()));
             }
+        }
+        if let (Err(msg), Some(first)) = (
+            check_metadata_total(out.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            raw.and_then(|e| e.0.first()),
+        ) {
+            self.error(&first.0.span(), format!("{owner}: {msg}"));
         }
         out
     }
@@ -1235,6 +1263,18 @@ mod tests {
                 .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn metadata_beyond_a_dns_sd_txt_record_is_an_error() {
+        let mut text = String::from(
+            "zone = \"a.test\"\n[[services]]\nname = \"web\"\nport = 80\n[[services.instances]]\nname = \"w\"\naddress = \"10.0.0.1\"\n[services.instances.metadata]\n",
+        );
+        for i in 0..40 {
+            text.push_str(&format!("k{i} = \"{}\"\n", "v".repeat(240)));
+        }
+        let e = one_err(&text);
+        assert!(e.starts_with("9:1: ") && e.contains("at most 8900"), "{e}");
     }
 
     #[test]
