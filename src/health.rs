@@ -43,7 +43,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Check, CheckKind, Endpoint, Host, Protocol, Zone};
+use crate::model::{Check, CheckKind, Endpoint, Protocol, Zone};
 
 /// Probes in flight at most, over all targets.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -472,7 +472,6 @@ impl Book {
             return None;
         }
         let mut zone = merged.clone();
-        let mut hidden = Vec::new();
         for s in &mut zone.services {
             let service_check = s.check.clone();
             let (service, protocol) = (s.name.to_ascii_lowercase(), s.protocol);
@@ -496,21 +495,10 @@ impl Book {
                     target.address = *a;
                     self.states.get(&target) != Some(&false)
                 });
-                if addrs.is_empty() {
-                    hidden.push(i.name.clone());
-                    false
-                } else {
-                    true
-                }
+                // An instance with no address left stays, with an empty
+                // list: the snapshot keeps its names and answers nothing.
+                true
             });
-        }
-        for name in hidden {
-            if let Ok(name) = merged.apex.prepend_label(name.as_str()) {
-                zone.hosts.push(Host {
-                    name,
-                    addresses: Vec::new(),
-                });
-            }
         }
         Some(zone)
     }

@@ -119,6 +119,9 @@ pub struct Instance {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     /// The instance is its own host, `<instance>.<zone>`, with these addresses.
+    /// Zone files and registrations always give at least one; an empty list
+    /// is what health filtering leaves when every address fails its check
+    /// (the instance's names then exist but answer nothing).
     Addresses(Vec<IpAddr>),
     /// The SRV record points at this absolute name; no addresses are served for it.
     Target(Name),

@@ -617,6 +617,38 @@ impl<'z> Builder<'z> {
                 .iter()
                 .filter_map(|t| try_child(&service_name, t))
                 .collect();
+            let rfc_name = |tag: &str| {
+                // Consul's RFC 2782 form, `_<service>._<tag>`; a tag named
+                // like a protocol would be the service's own SRV name.
+                let is_protocol = ["tcp", "udp"].iter().any(|p| p.eq_ignore_ascii_case(tag));
+                try_child(apex, &format!("_{tag}"))
+                    .and_then(|n| try_child(&n, &format!("_{}", service.name)))
+                    .filter(|_| !is_protocol)
+            };
+            // DNS-SD subtype (RFC 6763 section 7.1).
+            let sub_name = |tag: &str| {
+                try_child(&srv_name, "_sub").and_then(|n| try_child(&n, &format!("_{tag}")))
+            };
+            if matches!(&instance.endpoint, Endpoint::Addresses(a) if a.is_empty()) {
+                // Every address fails its health check: the instance is in
+                // no answer, but its names still exist (NODATA, not NXDOMAIN,
+                // which resolvers would cache).
+                let own = [
+                    try_child(apex, &instance.name),
+                    try_child(&srv_name, &instance.name),
+                ];
+                let by_tag = tags.iter().flat_map(|t| [rfc_name(t), sub_name(t)]);
+                let names: Vec<Name> = own
+                    .into_iter()
+                    .chain(by_tag)
+                    .flatten()
+                    .chain(tag_names.iter().cloned())
+                    .collect();
+                for name in &names {
+                    self.node(name);
+                }
+                continue;
+            }
             let target = match &instance.endpoint {
                 Endpoint::Addresses(addrs) => {
                     let Some(host) = try_child(apex, &instance.name) else {
@@ -669,19 +701,10 @@ impl<'z> Builder<'z> {
 
             for (tag, tag_name) in tags.iter().zip(&tag_names) {
                 self.add(tag_name, srv.clone());
-                // Consul's RFC 2782 form, `_<service>._<tag>`; a tag named
-                // like a protocol would be the service's own SRV name.
-                let is_protocol = ["tcp", "udp"].iter().any(|p| p.eq_ignore_ascii_case(tag));
-                if !is_protocol
-                    && let Some(rfc) = try_child(apex, &format!("_{tag}"))
-                        .and_then(|n| try_child(&n, &format!("_{}", service.name)))
-                {
+                if let Some(rfc) = rfc_name(tag) {
                     self.add(&rfc, srv.clone());
                 }
-                // DNS-SD subtype (RFC 6763 section 7.1).
-                if let Some(sub) =
-                    try_child(&srv_name, "_sub").and_then(|n| try_child(&n, &format!("_{tag}")))
-                {
+                if let Some(sub) = sub_name(tag) {
                     self.add(&sub, RData::Ptr(sd_name.clone()));
                 }
             }

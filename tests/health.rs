@@ -295,6 +295,7 @@ port = {}
 [[services.instances]]
 name = "db-1"
 address = ["127.0.0.1", "::1"]
+tags = ["primary"]
 [[services.instances]]
 name = "db-2"
 address = "127.0.0.1"
@@ -321,6 +322,13 @@ port = {}
         ("db.h.test.", RecordType::AAAA),
         ("db-1.h.test.", RecordType::A),
         ("db-2.h.test.", RecordType::AAAA),
+        // Tag and DNS-SD names of the hidden instances stay too.
+        ("primary.db.h.test.", RecordType::A),
+        ("_db._primary.h.test.", RecordType::SRV),
+        ("db-1._db._tcp.h.test.", RecordType::SRV),
+        ("db-1._db._tcp.h.test.", RecordType::TXT),
+        ("_primary._sub._db._tcp.h.test.", RecordType::PTR),
+        ("_db._tcp.h.test.", RecordType::PTR),
     ] {
         assert_nodata(&server, name, rtype);
     }
