@@ -328,11 +328,9 @@ impl Book {
         let now = targets(key, merged);
         let before = self.zones.get(key);
         if before != Some(&now) && !(before.is_none() && now.is_empty()) {
-            if let Some(before) = before {
-                for gone in before.difference(&now) {
-                    self.states.remove(gone);
-                }
-            }
+            // States of targets that went away are forgotten only when the
+            // checker is told (take_updates): a target that leaves and comes
+            // back within one batch keeps the state the checker still has.
             self.updates.insert(key.to_vec());
             if now.is_empty() {
                 self.zones.remove(key);
@@ -345,10 +343,7 @@ impl Book {
 
     /// Forgets a zone that is no longer served.
     pub fn zone_removed(&mut self, key: &[u8]) {
-        if let Some(gone) = self.zones.remove(key) {
-            for t in &gone {
-                self.states.remove(t);
-            }
+        if self.zones.remove(key).is_some() {
             self.updates.insert(key.to_vec());
         }
     }
@@ -379,6 +374,12 @@ impl Book {
     /// The zones whose targets changed, with their current targets (empty:
     /// the zone has none now), for the checker.
     pub fn take_updates(&mut self) -> Vec<(Vec<u8>, Vec<Target>)> {
+        // The checker drops what is not in these sets; so does the book.
+        if !self.updates.is_empty() {
+            let zones = &self.zones;
+            self.states
+                .retain(|t, _| zones.get(&t.zone).is_some_and(|z| z.contains(t)));
+        }
         std::mem::take(&mut self.updates)
             .into_iter()
             .map(|key| {
@@ -814,6 +815,51 @@ mod tests {
             failures: 2,
             successes: 2,
         }
+    }
+
+    #[test]
+    fn a_target_that_leaves_and_returns_within_a_batch_keeps_its_state() {
+        let zone = |with_db_1: bool| {
+            let db_1 = "[[services.instances]]\nname = \"db-1\"\naddress = \"10.0.0.1\"\n";
+            let text = format!(
+                "zone = \"h.test\"\n[[services]]\nname = \"db\"\nport = 5432\n\
+                 check = {{ tcp = true }}\n{}[[services.instances]]\nname = \"db-2\"\n\
+                 address = \"10.0.0.2\"\n",
+                if with_db_1 { db_1 } else { "" }
+            );
+            crate::zone::parse(std::path::Path::new("h.toml"), &text).unwrap()
+        };
+        let key = crate::wire::lower_wire(&zone(true).apex);
+        let mut book = Book::default();
+        book.zone_built(&key, &zone(true));
+        let db_1 = book.zones[&key]
+            .iter()
+            .find(|t| t.instance == "db-1")
+            .unwrap()
+            .clone();
+        book.take_updates();
+        let flip = Flip {
+            target: db_1.clone(),
+            healthy: false,
+            detail: "refused".into(),
+        };
+        assert_eq!(book.record(&flip), Ok(None));
+
+        // Gone and back before the checker hears of it: still unhealthy,
+        // as the checker (which never saw it leave) believes.
+        book.zone_built(&key, &zone(false));
+        let filtered = book
+            .zone_built(&key, &zone(true))
+            .expect("db-1 is filtered");
+        let hidden = &filtered.services[0].instances[0];
+        assert_eq!(hidden.endpoint, Endpoint::Addresses(vec![]));
+        book.take_updates();
+        assert_eq!(book.states.get(&db_1), Some(&false));
+
+        // Gone when the checker is told: forgotten by both.
+        book.zone_built(&key, &zone(false));
+        book.take_updates();
+        assert_eq!(book.states.get(&db_1), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
