@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod udp_batch;
 pub mod watch;
 pub mod wire;
 pub mod zone;

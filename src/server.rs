@@ -15,11 +15,12 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -29,6 +30,8 @@ use tracing::{debug, info, warn};
 use crate::dns::{self, Outcome, Transport};
 use crate::forward::{self, Forwarder};
 use crate::registry::SnapshotHandle;
+use crate::snapshot::Snapshot;
+use crate::udp_batch::{Outgoing, Received};
 
 /// Limits of the TCP listener (RFC 7766 section 6.2).
 #[derive(Clone, Copy, Debug)]
@@ -151,59 +154,87 @@ async fn udp_loop(
     snapshots: SnapshotHandle,
     forwarder: Option<Arc<Forwarder>>,
 ) {
-    let mut query = vec![0u8; 65535];
-    let mut response = Vec::with_capacity(65535);
+    let fd = socket.as_raw_fd();
+    let mut received = Received::new();
+    let mut outgoing = Outgoing::new();
     loop {
-        let (len, peer) = match socket.recv_from(&mut query).await {
-            Ok(r) => r,
+        let count = match socket
+            .async_io(Interest::READABLE, || received.recv(fd))
+            .await
+        {
+            Ok(count) => count,
             Err(error) => {
                 // ICMP errors from earlier sends surface here; keep serving.
                 debug!(%error, "UDP receive failed");
                 continue;
             }
         };
-        let outcome = dns::respond(
-            &snapshots.load(),
-            &query[..len],
-            Transport::Udp,
-            &mut response,
-        );
-        match (outcome, &forwarder) {
-            (Outcome::Drop, _) => continue,
-            (Outcome::Reply, None) | (Outcome::NotAuthoritative, None) => {}
-            (Outcome::Reply, Some(f)) => {
-                if f.recursion_available(peer.ip()) {
-                    forward::set_recursion_available(&mut response);
-                }
-            }
-            (Outcome::NotAuthoritative, Some(f)) => {
-                if f.allows(peer.ip())
-                    && !f.answer_cached(&query[..len], Transport::Udp, &mut response)
-                {
-                    match f.in_flight.clone().try_acquire_owned() {
-                        Ok(slot) => {
-                            let (f, socket) = (f.clone(), socket.clone());
-                            let query = query[..len].to_vec();
-                            let mut out = response.clone();
-                            tokio::spawn(async move {
-                                f.resolve(&query, Transport::Udp, &mut out).await;
-                                drop(slot);
-                                if let Err(error) = socket.send_to(&out, peer).await {
-                                    debug!(%error, %peer, "UDP send failed");
-                                }
-                            });
-                            continue;
-                        }
-                        // Too many queries waiting for upstreams: fail fast.
-                        Err(_) => forward::servfail(&mut response),
-                    }
-                }
+        outgoing.clear();
+        let snapshot = snapshots.load();
+        for i in 0..count {
+            let (query, Some(peer)) = received.get(i) else {
+                continue;
+            };
+            let reply = outgoing.next_buf();
+            if answer_udp(query, peer, &snapshot, forwarder.as_ref(), &socket, reply) {
+                outgoing.commit(peer);
             }
         }
-        if let Err(error) = socket.send_to(&response, peer).await {
-            debug!(%error, %peer, "UDP send failed");
+        drop(snapshot);
+        while !outgoing.is_done() {
+            if let Err(error) = socket
+                .async_io(Interest::WRITABLE, || outgoing.send(fd))
+                .await
+            {
+                debug!(%error, "UDP send failed");
+                break;
+            }
         }
     }
+}
+
+/// Answers one UDP query into `response`; false when nothing is to be sent
+/// now (dropped, or handed to a task that waits for an upstream).
+fn answer_udp(
+    query: &[u8],
+    peer: SocketAddr,
+    snapshot: &Snapshot,
+    forwarder: Option<&Arc<Forwarder>>,
+    socket: &Arc<UdpSocket>,
+    response: &mut Vec<u8>,
+) -> bool {
+    let outcome = dns::respond(snapshot, query, Transport::Udp, response);
+    match (outcome, forwarder) {
+        (Outcome::Drop, _) => return false,
+        (Outcome::Reply, None) | (Outcome::NotAuthoritative, None) => {}
+        (Outcome::Reply, Some(f)) => {
+            if f.recursion_available(peer.ip()) {
+                forward::set_recursion_available(response);
+            }
+        }
+        (Outcome::NotAuthoritative, Some(f)) => {
+            if f.allows(peer.ip()) && !f.answer_cached(query, Transport::Udp, response) {
+                match f.in_flight.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let (f, socket) = (f.clone(), socket.clone());
+                        let query = query.to_vec();
+                        let mut out = response.clone();
+                        tokio::spawn(async move {
+                            f.resolve(&query, Transport::Udp, &mut out).await;
+                            drop(slot);
+                            if let Err(error) = socket.send_to(&out, peer).await {
+                                debug!(%error, %peer, "UDP send failed");
+                            }
+                        });
+                        return false;
+                    }
+                    // Too many queries waiting for upstreams: fail fast.
+                    Err(_) => forward::servfail(response),
+                }
+            }
+        }
+    }
+    true
 }
 
 async fn tcp_accept_loop(
