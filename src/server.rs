@@ -2,7 +2,9 @@
 //!
 //! Each listen address gets one UDP socket per worker thread (SO_REUSEPORT, so
 //! the kernel spreads queries across them) and one TCP listener. A UDP loop
-//! answers in place: no task per query, and buffers reused for every query.
+//! reads up to [`crate::udp_batch::BATCH`] queries per system call, answers
+//! them in place and sends the answers with one call: no task per query, and
+//! buffers reused for every query.
 //! Only a query for a name outside every zone, from a client allowed to use
 //! forwarding, leaves the loop: a cached answer is sent from the loop, a miss
 //! is handed to a task (bounded by [`forward::MAX_IN_FLIGHT`]) so that waiting
