@@ -7,17 +7,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use crate::admin::proto::{self, Reply, Request, StatusInfo, ZoneInfo};
-use crate::admin::server::{AdminSocket, SocketError};
 use crate::config::Config;
-use crate::forward::{self, ForwardError, Forwarder};
-use crate::registry::{Change, Registry};
-use crate::watch::{self, Scanner};
-use crate::{health, server, state};
+use crate::net::forward::{self, ForwardError, Forwarder};
+use crate::net::server;
+use crate::registry::state_file::{StateError, StateLog};
+use crate::registry::writer::{self, Command};
+use crate::registry::{Registry, RegistryError};
+use crate::sources::admin::{self, AdminSocket, SocketError};
+use crate::sources::health_probe;
+use crate::sources::watch::{self, Scanner};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +50,14 @@ pub enum ServeError {
     },
     /// The state file is unreadable or corrupt.
     #[error(transparent)]
-    State(#[from] state::StateError),
+    State(#[from] StateError),
     /// The state file holds a registration that is not valid.
-    #[error("state file {}: {message}", path.display())]
+    #[error("state file {}: {source}", path.display())]
     StateContent {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        message: String,
+        source: RegistryError,
     },
     /// The admin socket could not be created.
     #[error(transparent)]
@@ -68,225 +70,6 @@ pub enum ServeError {
     Io(#[from] io::Error),
 }
 
-/// What the registry's owner task is asked to do.
-pub enum WriterMsg {
-    /// Apply changes from a source, in order.
-    Changes(Vec<Change>),
-    /// An admin request. The reply is sent once the change is in the state
-    /// file and in the published snapshot, so "ok" means durable and answerable.
-    Admin {
-        /// The request.
-        request: Request,
-        /// Where the reply goes.
-        reply: oneshot::Sender<Reply>,
-    },
-    /// Health checks changed state: the zones they are in are built again.
-    Health(Vec<health::Flip>),
-}
-
-/// Sends work to the registry's owner task.
-pub type WriterHandle = mpsc::UnboundedSender<WriterMsg>;
-
-/// What the owner task needs besides the registry.
-struct Writer {
-    state: state::StateLog,
-    state_path: PathBuf,
-    started: Instant,
-    /// Told the checked addresses of every zone that changed.
-    health: health::Checker,
-}
-
-/// An admin reply waiting for the end of its batch.
-enum Pending {
-    /// A change: ok only if the state file write that follows succeeds.
-    Change(oneshot::Sender<Reply>, Reply),
-    /// Nothing to save; sent as is.
-    Done(oneshot::Sender<Reply>, Reply),
-    /// A read (list, status): answered after the batch, so it sees it.
-    Read(oneshot::Sender<Reply>, Request),
-}
-
-/// The one task that owns the registry: it applies changes in the order they
-/// arrive and publishes a snapshot after each batch, so there is a single
-/// writer and no lock for queries to wait on.
-///
-/// Whatever queued up while a batch was saved goes into the next batch: one
-/// state file write (and one snapshot) covers many registrations when they
-/// come fast (group commit), and each waits for at most two writes.
-/// The task also expires TTL instances, waking at the earliest deadline.
-async fn run_writer(
-    mut registry: Registry,
-    mut inbox: mpsc::UnboundedReceiver<WriterMsg>,
-    mut writer: Writer,
-) {
-    loop {
-        let next = registry.next_expiry();
-        let first = tokio::select! {
-            msg = inbox.recv() => match msg {
-                Some(msg) => Some(msg),
-                None => return,
-            },
-            () = sleep_until(next), if next.is_some() => None,
-        };
-        let mut pending = Vec::new();
-        let mut changed = false;
-        if let Some(msg) = first {
-            changed |= handle(&mut registry, msg, &mut pending);
-        }
-        while let Ok(msg) = inbox.try_recv() {
-            changed |= handle(&mut registry, msg, &mut pending);
-        }
-        registry.expire(Instant::now());
-
-        // Durable before anyone hears "ok": one append and one fdatasync
-        // for the whole batch (group commit).
-        let mut save_error = None;
-        let journal = registry.take_journal();
-        let acknowledges_change = pending.iter().any(|p| matches!(p, Pending::Change(..)));
-        if !journal.is_empty() || (writer.state.is_broken() && acknowledges_change) {
-            let saved = tokio::task::block_in_place(|| {
-                writer
-                    .state
-                    .append(&journal, registry.stored_count(), || registry.stored())
-            });
-            if let Err(problem) = saved {
-                error!(%problem, "runtime registrations not saved; refusing the changes of this batch");
-                save_error = Some(problem.to_string());
-            }
-        }
-        if changed || registry.needs_publish() {
-            registry.publish();
-        }
-        // The checks follow what is registered now.
-        writer.health.update(registry.take_health_updates());
-        for p in pending {
-            match p {
-                Pending::Change(tx, reply) => {
-                    let reply = match &save_error {
-                        None => reply,
-                        Some(problem) => Reply::error(format!(
-                            "not saved: {problem}; the change is in effect until the server restarts"
-                        )),
-                    };
-                    let _ = tx.send(reply);
-                }
-                Pending::Done(tx, reply) => {
-                    let _ = tx.send(reply);
-                }
-                Pending::Read(tx, request) => {
-                    let _ = tx.send(read(&registry, &writer, request));
-                }
-            }
-        }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    if let Some(d) = deadline {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
-    }
-}
-
-/// Applies one message; returns whether file zones changed.
-fn handle(registry: &mut Registry, msg: WriterMsg, pending: &mut Vec<Pending>) -> bool {
-    match msg {
-        WriterMsg::Changes(changes) => changes
-            .into_iter()
-            .fold(false, |changed, c| registry.apply(c) | changed),
-        WriterMsg::Health(flips) => {
-            registry.set_health(flips);
-            false
-        }
-        WriterMsg::Admin { request, reply } => {
-            let now = Instant::now();
-            let p = match request {
-                Request::Register(r) => {
-                    let zone = r.zone.clone();
-                    let instance = r.instance.clone();
-                    match registry.register(r, now) {
-                        Ok(info) => {
-                            info!(%zone, %instance, "instance registered");
-                            Pending::Change(
-                                reply,
-                                Reply {
-                                    instance: Some(info),
-                                    ..Reply::ok()
-                                },
-                            )
-                        }
-                        Err(e) => Pending::Done(reply, Reply::error(e)),
-                    }
-                }
-                Request::Deregister(k) => match registry.deregister(&k) {
-                    Ok(()) => {
-                        info!(zone = %k.zone, instance = %k.instance, "instance deregistered");
-                        Pending::Change(reply, Reply::ok())
-                    }
-                    Err(e) => Pending::Done(reply, Reply::error(e)),
-                },
-                // A heartbeat that revives an instance is saved too, but its
-                // reply does not depend on that: health is not a registration.
-                Request::Heartbeat(k) => match registry.heartbeat(&k, now) {
-                    Ok(info) => Pending::Done(
-                        reply,
-                        Reply {
-                            instance: Some(info),
-                            ..Reply::ok()
-                        },
-                    ),
-                    Err(e) => Pending::Done(reply, Reply::error(e)),
-                },
-                read @ (Request::List { .. } | Request::Status {}) => Pending::Read(reply, read),
-            };
-            pending.push(p);
-            false
-        }
-    }
-}
-
-/// Answers list and status.
-fn read(registry: &Registry, writer: &Writer, request: Request) -> Reply {
-    match request {
-        Request::List { zone } => match registry.list(zone.as_deref(), Instant::now()) {
-            Ok(instances) => Reply {
-                instances: Some(instances),
-                ..Reply::ok()
-            },
-            Err(e) => Reply::error(e),
-        },
-        Request::Status {} => {
-            let zones = registry
-                .status()
-                .into_iter()
-                .map(|z| ZoneInfo {
-                    zone: z.zone,
-                    file: z.source.display().to_string(),
-                    serial: z.serial,
-                    state: if z.stale.is_some() { "stale" } else { "ok" }.into(),
-                    error: z.stale,
-                    services: z.services_served,
-                    file_instances: z.instances,
-                    runtime_instances: z.runtime_serving,
-                    runtime_not_serving: z.runtime_not_serving,
-                    unhealthy_instances: z.unhealthy,
-                })
-                .collect();
-            Reply {
-                status: Some(StatusInfo {
-                    protocol: proto::VERSION,
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    uptime_secs: writer.started.elapsed().as_secs(),
-                    state_file: writer.state_path.display().to_string(),
-                    zones,
-                    orphaned: registry.orphaned(),
-                }),
-                ..Reply::ok()
-            }
-        }
-        _ => Reply::error("internal error: not a read request"),
-    }
-}
-
 /// Runs the server with `config` until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let started = Instant::now();
@@ -296,13 +79,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         .map_err(|e| ServeError::Io(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
 
     // Runtime registrations first, so each zone is built once with them.
-    let (state_log, stored) = state::StateLog::open(&config.state)?;
+    let (state_log, stored) = StateLog::open(&config.state)?;
     let restored = stored.len();
     registry
         .restore(stored, started)
-        .map_err(|message| ServeError::StateContent {
+        .map_err(|source| ServeError::StateContent {
             path: config.state.clone(),
-            message,
+            source,
         })?;
     info!(file = %config.state.display(), registrations = restored, "state file read");
 
@@ -324,7 +107,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         source,
     })?;
     for change in initial {
-        registry.apply(change);
+        // A rejected file is logged, and shown by `status`, where it is found.
+        let _ = registry.apply(change, started);
     }
     registry.publish();
     if registry.status().is_empty() {
@@ -342,34 +126,30 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let admin = AdminSocket::bind(&config.socket)?;
 
     let (writer, inbox) = mpsc::unbounded_channel();
-    // The checker reports state flips to the registry's owner, which tells
+    // The checker reports state flips to the registry's writer, which tells
     // it the targets of each zone it builds, starting with the first ones.
     let flips_to = writer.clone();
-    let checker = health::spawn(
-        health::MAX_IN_FLIGHT,
-        health::network_prober(),
-        move |flips| flips_to.send(WriterMsg::Health(flips)).is_ok(),
+    let checker = health_probe::spawn(
+        health_probe::MAX_IN_FLIGHT,
+        health_probe::network_prober(),
+        move |flips| {
+            flips_to
+                .send(Command::Apply(vec![crate::registry::Change::Health(flips)]))
+                .is_ok()
+        },
         shutdown.clone(),
     );
     checker.update(registry.take_health_updates());
-    tokio::spawn(run_writer(
+    tokio::spawn(writer::run(
         registry,
         inbox,
-        Writer {
-            state: state_log,
-            state_path: config.state.clone(),
-            started,
-            health: checker,
-        },
+        Box::new(state_log),
+        Box::new(move |targets| checker.update(targets)),
     ));
-    let admin_task = tokio::spawn(crate::admin::server::run(
-        admin,
-        writer.clone(),
-        shutdown.clone(),
-    ));
+    let admin_task = tokio::spawn(admin::run(admin, writer.clone(), shutdown.clone()));
     let to_writer = writer.clone();
     let reload = watch::spawn(watching, scanner, config.rescan_interval, move |changes| {
-        to_writer.send(WriterMsg::Changes(changes)).is_ok()
+        to_writer.send(Command::Apply(changes)).is_ok()
     })?;
     // Installed before the sockets are bound (and the log says so), so a
     // SIGHUP sent as soon as the server listens never meets the default

@@ -12,8 +12,9 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::forward::ForwardConfig;
-use crate::server::TcpLimits;
+use crate::api::proto::{SOCKET_ENV, default_socket};
+use crate::net::forward::ForwardConfig;
+use crate::net::server::TcpLimits;
 
 /// Default listen address: Consul's well-known DNS port, which needs no root.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8600";
@@ -30,23 +31,6 @@ pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 512;
 /// directory like the zones directory: it must survive a reboot, so it does
 /// not go next to the socket in the runtime directory (a tmpfs).
 pub const DEFAULT_STATE: &str = "signpost-state.json";
-/// The environment variable that names the admin socket, for the server and
-/// the client commands alike.
-pub const SOCKET_ENV: &str = "SIGNPOST_SOCKET";
-
-/// The admin socket when neither `--socket` nor `SIGNPOST_SOCKET` says:
-/// `$XDG_RUNTIME_DIR/signpost.sock` (the per-user runtime directory, mode
-/// 0700, which systemd-logind creates), else `/tmp/signpost-<uid>.sock`. The
-/// server and the client commands compute the same path, so `serve` in one
-/// terminal and `register` in another find each other without flags.
-pub fn default_socket() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return Path::new(&dir).join("signpost.sock");
-    }
-    use std::os::unix::fs::MetadataExt;
-    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
-    PathBuf::from(format!("/tmp/signpost-{uid}.sock"))
-}
 /// Default total time to get an answer from the upstreams, in seconds: below
 /// the 5 s a glibc stub resolver waits, so the client sees SERVFAIL rather
 /// than a timeout.
@@ -84,15 +68,15 @@ pub enum Command {
     /// It is answered by DNS as soon as this command returns, and kept across
     /// restarts. With --ttl it leaves answers when no heartbeat comes within
     /// that many seconds, and comes back with the next one.
-    Register(crate::admin::client::RegisterArgs),
+    Register(crate::api::client::RegisterArgs),
     /// Remove an instance registered with `register`.
-    Deregister(crate::admin::client::KeyArgs),
+    Deregister(crate::api::client::KeyArgs),
     /// Renew the TTL of a registered instance (and serve it again if it expired).
-    Heartbeat(crate::admin::client::KeyArgs),
+    Heartbeat(crate::api::client::KeyArgs),
     /// List the instances of every zone, or of one, with their state.
-    List(crate::admin::client::ListArgs),
+    List(crate::api::client::ListArgs),
     /// Show the zones, their sources, serials and counts, and the uptime.
-    Status(crate::admin::client::StatusArgs),
+    Status(crate::api::client::StatusArgs),
 }
 
 /// Settings shared by every subcommand that reads zones.
@@ -368,7 +352,7 @@ impl Config {
         } else {
             args.reverse.clone()
         };
-        crate::reverse::ReverseZones::new(&reverse).map_err(ConfigError::Invalid)?;
+        crate::answer::reverse::ReverseZones::new(&reverse).map_err(ConfigError::Invalid)?;
         Ok(Config {
             reverse,
             socket,

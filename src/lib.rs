@@ -1,25 +1,29 @@
 //! signpost: an authoritative DNS server for service discovery.
 //!
-//! Data flows one way: sources (zone files, the admin socket) → [`registry::Registry`] → an
-//! immutable [`snapshot::Snapshot`] published atomically → [`dns::respond`],
-//! which the [`server`] loops call for every query. Names outside every zone
-//! go to [`forward`] when upstreams are configured.
+//! Data flows one way, and the folders follow it:
+//!
+//! - [`sources`]: zone files and their watcher, the admin socket, the health
+//!   prober. Each only describes what it saw, as a [`registry::Change`].
+//! - [`registry`]: the one writer task that applies changes in order, keeps
+//!   runtime registrations durable in a [`registry::store::Store`], and
+//!   publishes an immutable snapshot after each batch.
+//! - [`answer`]: the snapshot of pre-encoded answers, how it is built, and
+//!   [`answer::respond`], which answers one query with no I/O.
+//! - [`net`]: the UDP and TCP loops that call it, and forwarding of names
+//!   outside every zone.
+//! - [`api`]: the admin protocol shared by the server and the CLI, and the
+//!   CLI's client commands.
+//!
+//! [`model`] is the vocabulary every stage shares; [`config`] and [`app`]
+//! turn the command line into a running server.
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
-pub mod admin;
+pub mod answer;
+pub mod api;
 pub mod app;
 pub mod config;
-pub mod dns;
-pub mod forward;
-pub mod health;
 pub mod model;
+pub mod net;
 pub mod registry;
-pub mod reverse;
-pub mod runtime;
-pub mod server;
-pub mod snapshot;
-pub mod state;
-pub mod udp_batch;
-pub mod watch;
-pub mod wire;
-pub mod zone;
+pub mod sources;

@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use signpost::admin::client;
+use signpost::api::client;
+use signpost::app;
 use signpost::config::{Cli, Command, Config};
-use signpost::{app, zone};
+use signpost::sources::zone_file as zone;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,13 +1,20 @@
 //! The registry's model of a zone: what a zone file (or, later, a runtime
 //! registration) describes, already validated and with every name absolute.
 //!
-//! Nothing here knows about DNS wire format or files; `zone` produces these
-//! values and `answers` turns them into pre-encoded answers.
+//! Nothing here knows about DNS wire format, files or sockets: the zone file
+//! source and the registry produce these values, and `answer` turns them
+//! into pre-encoded answers. [`names`] and [`check`] hold the validation rules
+//! that zone files and registrations share.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use hickory_proto::rr::Name;
+use serde::{Deserialize, Serialize};
+
+pub mod check;
+pub mod names;
+pub mod serial;
 
 /// Default TTL of a zone's records, in seconds.
 pub const DEFAULT_TTL: u32 = 30;
@@ -56,9 +63,14 @@ pub struct Host {
 }
 
 /// Transport protocol of a service, the `_tcp` / `_udp` label of its SRV name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// In JSON (registrations, `list`) it is `"tcp"` or `"udp"`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// `_tcp`
+    #[default]
     Tcp,
     /// `_udp`
     Udp,

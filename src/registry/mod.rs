@@ -1,72 +1,40 @@
-//! The mutable registry and the point where snapshots are published.
+//! The registry: the one mutable copy of every zone and runtime
+//! registration, and the point where snapshots are published.
 //!
-//! One owner (the task that applies changes) holds the [`Registry`]; queries
-//! only ever see the immutable [`Snapshot`] it publishes through an
-//! [`arc_swap::ArcSwap`], so a reader never waits for a writer and a writer
-//! never waits for readers.
+//! One owner, the [`writer`] task, holds the [`Registry`] and applies every
+//! [`Change`] in order; queries only ever see the immutable [`Snapshot`] it
+//! publishes through an [`arc_swap::ArcSwap`], so a reader never waits for a
+//! writer and a writer never waits for readers. Runtime registrations are
+//! made durable by a [`store::Store`] before they are acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use tracing::{error, info, warn};
 
-use crate::admin::proto::{InstanceInfo, InstanceKey, Registration};
-use crate::health::{Book, Flip, InstanceHealth, Target};
+pub mod change;
+pub mod health;
+pub mod registration;
+mod runtime;
+pub mod state_file;
+pub mod store;
+pub mod writer;
+
+pub use change::{Change, RegistryError, ZoneError};
+
+use crate::answer::reverse::ReverseZones;
+use crate::answer::snapshot::{Snapshot, SnapshotHandle, ZoneSnapshot, build_zone};
+use crate::answer::wire::lower_wire;
+use crate::model::names::parse_apex;
 use crate::model::{Endpoint, Zone};
-use crate::reverse::ReverseZones;
-use crate::runtime::{self, RuntimeInstance};
-use crate::snapshot::{Snapshot, ZoneSnapshot, build_zone};
-use crate::state::{self, Record, Removed};
-use crate::wire::lower_wire;
-use crate::zone::ZoneError;
-
-/// Where the query path loads the current snapshot from.
-pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
-
-/// A change the registry refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// Two files describe the same zone.
-    #[error("zone {zone} is already defined by {}", other.display())]
-    ZoneClaimed {
-        /// The zone's apex.
-        zone: String,
-        /// The file that has it.
-        other: PathBuf,
-    },
-}
-
-/// A change to the registry, from any source. Sources describe what they
-/// saw; the registry decides what it means for the zones.
-#[derive(Debug)]
-pub enum Change {
-    /// A zone file was read and is valid.
-    FileLoaded {
-        /// The file.
-        path: PathBuf,
-        /// What it describes (boxed: a zone is large, the other variants small).
-        zone: Box<Zone>,
-        /// Line and column of its `zone` value, for conflict errors.
-        zone_at: (usize, usize),
-    },
-    /// A zone file was read and is not valid: its last good version, if
-    /// any, keeps serving, marked stale.
-    FileInvalid {
-        /// The file.
-        path: PathBuf,
-        /// Every problem found.
-        errors: Vec<ZoneError>,
-    },
-    /// A zone file is gone: its zone is no longer served.
-    FileRemoved {
-        /// The file.
-        path: PathBuf,
-    },
-}
+use health::{Book, Flip, InstanceHealth, Target};
+use registration::{InstanceInfo, InstanceKey, Registration};
+use runtime::RuntimeInstance;
+use store::{Record, Removed, Stored};
 
 /// The registry: every zone, where it came from, and its serial, and the
 /// runtime registrations that are merged into the zones when they are built.
@@ -81,6 +49,8 @@ pub struct Registry {
     runtime: BTreeMap<Vec<u8>, BTreeMap<String, RuntimeEntry>>,
     /// Zones whose runtime instances changed since they were last built.
     dirty: BTreeSet<Vec<u8>>,
+    /// A zone file change altered what queries see since the last publish.
+    files_changed: bool,
     /// Changes to the runtime registrations not yet handed out by
     /// [`Registry::take_journal`] for the state file.
     journal: Vec<Record>,
@@ -112,18 +82,6 @@ struct RuntimeEntry {
     expired: bool,
     /// Why a zone file now keeps it from being served.
     shadowed: Option<String>,
-}
-
-/// A runtime registration as the state file keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Stored {
-    /// The registration, as acknowledged.
-    pub registration: Registration,
-    /// Whether it had expired when the file was written: an instance that
-    /// was dead before a restart stays out of answers until a heartbeat.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub expired: bool,
 }
 
 /// What `status` reports of one zone.
@@ -162,6 +120,7 @@ impl Registry {
             file_errors: BTreeMap::new(),
             runtime: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            files_changed: false,
             journal: Vec::new(),
             waiting: BTreeMap::new(),
             health: Book::default(),
@@ -170,9 +129,32 @@ impl Registry {
         (registry, published)
     }
 
-    /// Applies one change; [`Registry::publish`] makes it visible. Returns
-    /// whether anything that queries see changed.
-    pub fn apply(&mut self, change: Change) -> bool {
+    /// Applies one change; [`Registry::publish`] makes it visible. A
+    /// registration or heartbeat answers with the instance as now
+    /// registered; file and health changes answer nothing (their problems
+    /// go to the log, and a rejected file to `status`).
+    pub fn apply(
+        &mut self,
+        change: Change,
+        now: Instant,
+    ) -> Result<Option<InstanceInfo>, RegistryError> {
+        match change {
+            Change::Register(r) => self.register(r, now).map(Some),
+            Change::Deregister(k) => self.deregister(&k).map(|()| None),
+            Change::Heartbeat(k) => self.heartbeat(&k, now).map(Some),
+            Change::Health(flips) => {
+                self.set_health(flips);
+                Ok(None)
+            }
+            file => {
+                self.files_changed |= self.apply_file(file);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Applies a zone file change; returns whether anything queries see changed.
+    fn apply_file(&mut self, change: Change) -> bool {
         let zones_before = self.zones.len();
         let changed = match change {
             Change::FileLoaded {
@@ -196,6 +178,7 @@ impl Registry {
                 }
                 changed
             }
+            _ => unreachable!("apply passes only file changes"),
         };
         // A zone was freed (its file deleted, or renamed to another zone):
         // a file that was waiting for it takes it now.
@@ -250,15 +233,10 @@ impl Registry {
         }
     }
 
-    /// Files whose current version was rejected.
-    pub fn invalid_files(&self) -> impl Iterator<Item = &Path> {
-        self.file_errors.keys().map(PathBuf::as_path)
-    }
-
     /// Sets the zone a file describes, replacing what that file said before.
     /// Call [`Registry::publish`] to make the change visible.
     /// Returns whether the zone changed.
-    pub fn set_file_zone(&mut self, path: &Path, zone: Zone) -> Result<bool, RegistryError> {
+    fn set_file_zone(&mut self, path: &Path, zone: Zone) -> Result<bool, RegistryError> {
         let key = lower_wire(&zone.apex);
         if let Some(entry) = self.zones.get(&key)
             && entry.source != path
@@ -297,13 +275,14 @@ impl Registry {
     }
 
     /// Drops every zone a file described.
-    pub fn remove_file(&mut self, path: &Path) {
+    fn remove_file(&mut self, path: &Path) {
         self.zones.retain(|_, entry| entry.source != path);
     }
 
     /// Publishes the current state to the query path: one pointer swap.
     /// Zones whose runtime instances changed are built again first.
     pub fn publish(&mut self) {
+        self.files_changed = false;
         for key in std::mem::take(&mut self.dirty) {
             self.rebuild(&key);
         }
@@ -409,18 +388,18 @@ impl Registry {
 
     /// Adds or replaces a runtime instance. It is served after the next
     /// [`Registry::publish`]; the caller saves the registrations first.
-    pub fn register(
+    fn register(
         &mut self,
         request: Registration,
         now: Instant,
-    ) -> Result<InstanceInfo, String> {
-        let valid = runtime::validate(&request)?;
+    ) -> Result<InstanceInfo, RegistryError> {
+        let valid = runtime::validate(&request).map_err(RegistryError::Invalid)?;
         let key = lower_wire(&valid.apex);
         let Some(entry) = self.zones.get(&key) else {
             return Err(self.unknown_zone(&request.zone));
         };
         if let Some(reason) = runtime::file_conflict(&entry.zone, &entry.source, &valid) {
-            return Err(reason);
+            return Err(RegistryError::Conflict(reason));
         }
         let id = valid.instance.name.to_ascii_lowercase();
         let zone = self.runtime.entry(key.clone()).or_default();
@@ -432,7 +411,7 @@ impl Registry {
                 continue;
             }
             if let Some(reason) = runtime::runtime_conflict(&valid, &other.valid) {
-                return Err(reason);
+                return Err(RegistryError::Conflict(reason));
             }
         }
         let deadline = valid.ttl.map(|t| now + Duration::from_secs(t.into()));
@@ -451,18 +430,21 @@ impl Registry {
             self.journal.push(Record::Set(new.stored()));
             self.dirty.insert(key.clone());
         }
+        info!(zone = %new.request.zone, instance = %new.request.instance, "instance registered");
         zone.insert(id, new);
         Ok(info)
     }
 
     /// Removes a runtime instance.
-    pub fn deregister(&mut self, k: &InstanceKey) -> Result<(), String> {
+    fn deregister(&mut self, k: &InstanceKey) -> Result<(), RegistryError> {
         let (key, id) = self.find(k)?;
         let zone = self.runtime.get_mut(&key).expect("found");
         if let Some(gone) = zone.remove(&id) {
-            let (zone, instance) = state::key(&gone.request.zone, &gone.request.instance)?;
+            let (zone, instance) = store::key(&gone.request.zone, &gone.request.instance)
+                .map_err(RegistryError::Invalid)?;
             self.journal
                 .push(Record::Remove(Removed { zone, instance }));
+            info!(zone = %k.zone, instance = %k.instance, "instance deregistered");
         }
         if self.runtime.get(&key).is_some_and(BTreeMap::is_empty) {
             self.runtime.remove(&key);
@@ -472,7 +454,7 @@ impl Registry {
     }
 
     /// Renews a runtime instance's TTL; an expired one is served again.
-    pub fn heartbeat(&mut self, k: &InstanceKey, now: Instant) -> Result<InstanceInfo, String> {
+    fn heartbeat(&mut self, k: &InstanceKey, now: Instant) -> Result<InstanceInfo, RegistryError> {
         let (key, id) = self.find(k)?;
         let r = self
             .runtime
@@ -495,86 +477,63 @@ impl Registry {
     }
 
     /// The zone key and instance id of a registered runtime instance, or why not.
-    fn find(&self, k: &InstanceKey) -> Result<(Vec<u8>, String), String> {
-        let apex = crate::zone::parse_apex(&k.zone)?;
+    fn find(&self, k: &InstanceKey) -> Result<(Vec<u8>, String), RegistryError> {
+        let apex = parse_apex(&k.zone).map_err(RegistryError::Invalid)?;
         let key = lower_wire(&apex);
         let id = k.instance.to_ascii_lowercase();
         let Some(zone) = self.runtime.get(&key) else {
             if let Some(e) = self.zones.get(&key) {
-                return Err(self.not_registered(k, e));
+                return Err(not_registered(k, e));
             }
             return Err(self.unknown_zone(&k.zone));
         };
         match zone.get(&id) {
-            Some(r) if !r.valid.service.eq_ignore_ascii_case(&k.service) => Err(format!(
-                "instance \"{}\" is registered for service \"{}\", not \"{}\"",
-                r.valid.instance.name, r.valid.service, k.service
-            )),
-            Some(r)
-                if k.protocol
-                    .is_some_and(|p| crate::model::Protocol::from(p) != r.valid.protocol) =>
-            {
-                Err(format!(
-                    "instance \"{}\" is registered for protocol {}",
-                    r.valid.instance.name,
-                    r.valid.protocol.as_str()
-                ))
+            Some(r) if !r.valid.service.eq_ignore_ascii_case(&k.service) => {
+                Err(RegistryError::OtherService {
+                    instance: r.valid.instance.name.clone(),
+                    registered: r.valid.service.clone(),
+                    asked: k.service.clone(),
+                })
+            }
+            Some(r) if k.protocol.is_some_and(|p| p != r.valid.protocol) => {
+                Err(RegistryError::OtherProtocol {
+                    instance: r.valid.instance.name.clone(),
+                    registered: r.valid.protocol,
+                })
             }
             Some(_) => Ok((key, id)),
             None => match self.zones.get(&key) {
-                Some(e) => Err(self.not_registered(k, e)),
-                None => Err(format!(
-                    "instance \"{}\" is not registered in zone {}",
-                    k.instance, k.zone
-                )),
+                Some(e) => Err(not_registered(k, e)),
+                None => Err(RegistryError::NotRegistered {
+                    instance: k.instance.clone(),
+                    zone: k.zone.clone(),
+                }),
             },
         }
     }
 
-    fn not_registered(&self, k: &InstanceKey, e: &ZoneEntry) -> String {
-        let in_file = e
-            .zone
-            .services
-            .iter()
-            .flat_map(|s| &s.instances)
-            .any(|i| i.name.eq_ignore_ascii_case(&k.instance));
-        if in_file {
-            format!(
-                "instance \"{}\" is defined by zone file {}; change it there",
-                k.instance,
-                e.source.display()
-            )
-        } else {
-            format!(
-                "instance \"{}\" is not registered in zone {}",
-                k.instance, k.zone
-            )
+    fn unknown_zone(&self, zone: &str) -> RegistryError {
+        RegistryError::UnknownZone {
+            zone: zone.to_string(),
+            served: self
+                .zones
+                .values()
+                .map(|e| e.zone.apex.to_ascii())
+                .collect(),
         }
-    }
-
-    fn unknown_zone(&self, zone: &str) -> String {
-        let known: Vec<String> = self
-            .zones
-            .values()
-            .map(|e| e.zone.apex.to_ascii())
-            .collect();
-        format!(
-            "unknown zone \"{zone}\": zones are declared by zone files (served: {})",
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        )
     }
 
     /// Every instance, file and runtime, of one zone or all, sorted by zone,
     /// service and instance.
-    pub fn list(&self, zone: Option<&str>, now: Instant) -> Result<Vec<InstanceInfo>, String> {
+    pub fn list(
+        &self,
+        zone: Option<&str>,
+        now: Instant,
+    ) -> Result<Vec<InstanceInfo>, RegistryError> {
         let only = match zone {
             None => None,
             Some(z) => {
-                let key = lower_wire(&crate::zone::parse_apex(z)?);
+                let key = lower_wire(&parse_apex(z).map_err(RegistryError::Invalid)?);
                 if !self.zones.contains_key(&key) && !self.runtime.contains_key(&key) {
                     return Err(self.unknown_zone(z));
                 }
@@ -681,7 +640,7 @@ impl Registry {
     /// built again at the next [`Registry::publish`]. Results for targets
     /// that are gone (the instance or its check changed meanwhile) are
     /// ignored.
-    pub fn set_health(&mut self, flips: Vec<Flip>) {
+    fn set_health(&mut self, flips: Vec<Flip>) {
         for flip in flips {
             let Ok(before) = self.health.record(&flip) else {
                 continue;
@@ -717,9 +676,9 @@ impl Registry {
         self.health.take_updates()
     }
 
-    /// Whether a zone waits to be built again for [`Registry::publish`].
+    /// Whether anything changed since the last [`Registry::publish`].
     pub fn needs_publish(&self) -> bool {
-        !self.dirty.is_empty()
+        self.files_changed || !self.dirty.is_empty()
     }
 
     /// The changes to the registrations since the last call, for the state file.
@@ -745,23 +704,23 @@ impl Registry {
     /// loaded. TTL instances that were alive get a fresh TTL from `now`: a
     /// restart must not drop every healthy instance until its next heartbeat.
     /// Those that had expired stay expired until a heartbeat.
-    pub fn restore(&mut self, stored: Vec<Stored>, now: Instant) -> Result<(), String> {
+    pub fn restore(&mut self, stored: Vec<Stored>, now: Instant) -> Result<(), RegistryError> {
         for s in stored {
             let valid = runtime::validate(&s.registration).map_err(|e| {
-                format!(
+                RegistryError::Invalid(format!(
                     "registration of instance \"{}\" in zone {}: {e}",
                     s.registration.instance, s.registration.zone
-                )
+                ))
             })?;
             let key = lower_wire(&valid.apex);
             let id = valid.instance.name.to_ascii_lowercase();
             let deadline = valid.ttl.map(|t| now + Duration::from_secs(t.into()));
             let zone = self.runtime.entry(key.clone()).or_default();
             if zone.contains_key(&id) {
-                return Err(format!(
+                return Err(RegistryError::Conflict(format!(
                     "instance \"{}\" is registered twice in zone {}",
                     valid.instance.name, s.registration.zone
-                ));
+                )));
             }
             zone.insert(
                 id,
@@ -779,6 +738,28 @@ impl Registry {
     }
 }
 
+/// Why `k` is not a runtime instance of the zone `e`: a zone file defines
+/// it, or nothing does.
+fn not_registered(k: &InstanceKey, e: &ZoneEntry) -> RegistryError {
+    let in_file = e
+        .zone
+        .services
+        .iter()
+        .flat_map(|s| &s.instances)
+        .any(|i| i.name.eq_ignore_ascii_case(&k.instance));
+    if in_file {
+        RegistryError::DefinedByFile {
+            instance: k.instance.clone(),
+            file: e.source.clone(),
+        }
+    } else {
+        RegistryError::NotRegistered {
+            instance: k.instance.clone(),
+            zone: k.zone.clone(),
+        }
+    }
+}
+
 /// What `list` says of any instance, wherever it comes from; the caller adds
 /// its source, state and health.
 fn instance_info(
@@ -791,7 +772,7 @@ fn instance_info(
     InstanceInfo {
         zone: apex.to_ascii(),
         service: service.to_string(),
-        protocol: protocol.into(),
+        protocol,
         instance: i.name.clone(),
         address,
         target,
@@ -864,7 +845,7 @@ fn build_merged(
     previous: Option<(u32, &ZoneSnapshot)>,
     (key, health): (&[u8], &mut Book),
 ) -> (u32, Arc<ZoneSnapshot>) {
-    let serial = next_serial(previous.map(|(s, _)| s));
+    let serial = crate::model::serial::next(previous.map(|(s, _)| s));
     let previous = previous.map(|(_, built)| built);
     let Some(runtime) = runtime else {
         let served = health.zone_built(key, zone);
@@ -940,33 +921,5 @@ fn endpoint_strings(e: &Endpoint) -> (Vec<String>, Option<String>) {
     match e {
         Endpoint::Addresses(a) => (a.iter().map(ToString::to_string).collect(), None),
         Endpoint::Target(t) => (Vec::new(), Some(t.to_ascii())),
-    }
-}
-
-/// The serial after `previous`: the current Unix time, or one more than the
-/// previous serial when changes come faster than once a second, so it only
-/// grows while the server runs, and after a restart unless a long burst of
-/// changes had run ahead of the clock (RFC 1982 arithmetic allows the wrap).
-fn next_serial(previous: Option<u32>) -> u32 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(1);
-    match previous {
-        Some(p) if p.wrapping_sub(now) as i32 >= 0 => p.wrapping_add(1),
-        _ => now,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serials_grow_even_within_one_second() {
-        let a = next_serial(None);
-        let b = next_serial(Some(a));
-        let c = next_serial(Some(b));
-        assert!(b > a && c > b);
     }
 }

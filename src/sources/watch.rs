@@ -17,7 +17,7 @@ use notify::{RecursiveMode, Watcher};
 use tracing::{debug, warn};
 
 use crate::registry::Change;
-use crate::zone;
+use crate::sources::zone_file;
 
 /// How long to wait after an event for more events of the same burst (an
 /// editor's write-then-rename) before scanning.
@@ -69,7 +69,7 @@ impl Scanner {
     /// again whatever its fingerprint (SIGHUP).
     pub fn scan(&mut self, force: bool) -> std::io::Result<Vec<Change>> {
         let mut listing_errors = Vec::new();
-        let files = zone::zone_files(&self.dir, &mut listing_errors)?;
+        let files = zone_file::zone_files(&self.dir, &mut listing_errors)?;
         for problem in listing_errors {
             warn!(%problem, "cannot read zones directory entry");
         }
@@ -99,7 +99,7 @@ impl Scanner {
                 continue;
             }
             self.seen.insert(path.clone(), fingerprint);
-            match zone::load_file_located(&path) {
+            match zone_file::load_file_located(&path) {
                 Ok((zone, zone_at)) => {
                     self.failing.remove(&path);
                     changes.push(Change::FileLoaded {

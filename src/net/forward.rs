@@ -10,7 +10,7 @@
 //! parsed with hickory-proto's `Message`, cached as a message, and patched for
 //! each client (ID, question case, TTLs decremented by age, EDNS, truncation).
 //!
-//! None of this is on the authoritative path: [`crate::dns::respond`] answers
+//! None of this is on the authoritative path: [`crate::answer::respond::respond`] answers
 //! zone names without ever reaching here.
 
 use std::collections::{HashMap, VecDeque};
@@ -27,7 +27,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use crate::dns::{MAX_UDP_PAYLOAD, Transport};
+use crate::answer::respond::{MAX_UDP_PAYLOAD, Transport};
 
 /// Longest wait for one upstream before trying the next: short enough that a
 /// dead first upstream leaves time for the second within a stub resolver's
@@ -319,7 +319,7 @@ impl Forwarder {
     }
 
     /// Resolves `query` through the upstreams and writes the answer into
-    /// `out`, which holds the REFUSED response [`crate::dns::respond`] made:
+    /// `out`, which holds the REFUSED response [`crate::answer::respond::respond`] made:
     /// on failure it becomes SERVFAIL.
     pub async fn resolve(&self, query: &[u8], transport: Transport, out: &mut Vec<u8>) {
         let Some(client) = ClientQuery::parse(query, transport) else {

@@ -1,5 +1,7 @@
 //! The admin socket's server side: binding the Unix socket safely, reading
-//! request lines, and handing each request to the registry's owner task.
+//! request lines, and handing each request to the registry's writer. This
+//! is the edge where the admin protocol becomes the registry's [`Change`]s
+//! and reads, and their outcomes become reply lines.
 //!
 //! Every request line gets exactly one reply line, in order; a bad request
 //! gets `{"ok":false,"error":...}` and the connection stays open. Only a line
@@ -18,8 +20,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::proto::{MAX_REQUEST, Reply, parse_request};
-use crate::app::{WriterHandle, WriterMsg};
+use crate::api::proto::{self, MAX_REQUEST, Reply, Request, StatusInfo, ZoneInfo, parse_request};
+use crate::registry::Change;
+use crate::registry::writer::{Command, Outcome, Status, WriterHandle};
 
 /// Most admin connections served at once; more get an error reply and are
 /// closed. Clients send a request and wait, so a few are plenty.
@@ -127,11 +130,6 @@ impl AdminSocket {
         })
     }
 
-    /// The socket's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Removes the socket file if it is still the one this server created.
     pub fn remove(&self) {
         if let Ok(m) = std::fs::symlink_metadata(&self.path)
@@ -232,18 +230,88 @@ async fn connection(stream: UnixStream, writer: &WriterHandle) -> io::Result<()>
     }
 }
 
-/// Sends a request to the registry's owner and waits for its reply, which
-/// comes only once the change is saved and published.
-async fn ask(writer: &WriterHandle, request: super::proto::Request) -> Reply {
-    let (tx, rx) = oneshot::channel();
-    if writer
-        .send(WriterMsg::Admin { request, reply: tx })
-        .is_err()
-    {
-        return Reply::error("the server is shutting down");
+/// Sends a request to the registry's writer and waits for its reply, which
+/// comes only once a change is saved and published.
+async fn ask(writer: &WriterHandle, request: Request) -> Reply {
+    let change = match request {
+        Request::Register(r) => Change::Register(r),
+        Request::Deregister(k) => Change::Deregister(k),
+        Request::Heartbeat(k) => Change::Heartbeat(k),
+        Request::List { zone } => {
+            return match call(writer, |reply| Command::List { zone, reply }).await {
+                Some(Ok(instances)) => Reply {
+                    instances: Some(instances),
+                    ..Reply::ok()
+                },
+                Some(Err(e)) => Reply::error(e.to_string()),
+                None => shutting_down(),
+            };
+        }
+        Request::Status {} => {
+            return match call(writer, |reply| Command::Status { reply }).await {
+                Some(status) => Reply {
+                    status: Some(status_info(status)),
+                    ..Reply::ok()
+                },
+                None => shutting_down(),
+            };
+        }
+    };
+    match call(writer, |reply| Command::Ask { change, reply }).await {
+        Some(outcome) => outcome_reply(outcome),
+        None => shutting_down(),
     }
-    rx.await
-        .unwrap_or_else(|_| Reply::error("the server is shutting down"))
+}
+
+/// Sends a command made with a reply channel, and waits for the reply;
+/// `None` when the writer has stopped.
+async fn call<T>(
+    writer: &WriterHandle,
+    command: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    writer.send(command(tx)).ok()?;
+    rx.await.ok()
+}
+
+fn shutting_down() -> Reply {
+    Reply::error("the server is shutting down")
+}
+
+fn outcome_reply(outcome: Outcome) -> Reply {
+    match outcome {
+        Ok(instance) => Reply {
+            instance,
+            ..Reply::ok()
+        },
+        Err(e) => Reply::error(e.to_string()),
+    }
+}
+
+fn status_info(status: Status) -> StatusInfo {
+    StatusInfo {
+        protocol: proto::VERSION,
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_secs: status.uptime.as_secs(),
+        state_file: status.store,
+        zones: status
+            .zones
+            .into_iter()
+            .map(|z| ZoneInfo {
+                zone: z.zone,
+                file: z.source.display().to_string(),
+                serial: z.serial,
+                state: if z.stale.is_some() { "stale" } else { "ok" }.into(),
+                error: z.stale,
+                services: z.services_served,
+                file_instances: z.instances,
+                runtime_instances: z.runtime_serving,
+                runtime_not_serving: z.runtime_not_serving,
+                unhealthy_instances: z.unhealthy,
+            })
+            .collect(),
+        orphaned: status.orphaned,
+    }
 }
 
 /// A reply as one line of JSON.

@@ -2,7 +2,7 @@
 //!
 //! Each listen address gets one UDP socket per worker thread (SO_REUSEPORT, so
 //! the kernel spreads queries across them) and one TCP listener. A UDP loop
-//! reads up to [`crate::udp_batch::BATCH`] queries per system call, answers
+//! reads up to [`crate::net::udp_batch::BATCH`] queries per system call, answers
 //! them in place and sends the answers with one call: no task per query, and
 //! buffers reused for every query.
 //! Only a query for a name outside every zone, from a client allowed to use
@@ -29,11 +29,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::dns::{self, Outcome, Transport};
-use crate::forward::{self, Forwarder};
-use crate::registry::SnapshotHandle;
-use crate::snapshot::Snapshot;
-use crate::udp_batch::{Outgoing, Received};
+use crate::answer::respond::{self, Outcome, Transport};
+use crate::answer::snapshot::Snapshot;
+use crate::answer::snapshot::SnapshotHandle;
+use crate::net::forward::{self, Forwarder};
+use crate::net::udp_batch::{Outgoing, Received};
 
 /// Limits of the TCP listener (RFC 7766 section 6.2).
 #[derive(Clone, Copy, Debug)]
@@ -205,7 +205,7 @@ fn answer_udp(
     socket: &Arc<UdpSocket>,
     response: &mut Vec<u8>,
 ) -> bool {
-    let outcome = dns::respond(snapshot, query, Transport::Udp, response);
+    let outcome = respond::respond(snapshot, query, Transport::Udp, response);
     match (outcome, forwarder) {
         (Outcome::Drop, _) => return false,
         (Outcome::Reply, None) | (Outcome::NotAuthoritative, None) => {}
@@ -319,7 +319,7 @@ async fn tcp_connection(
             .map_err(|_| {
                 io::Error::new(io::ErrorKind::TimedOut, "query not completed in time")
             })??;
-        let outcome = dns::respond(
+        let outcome = respond::respond(
             &snapshots.load(),
             &query[..len],
             Transport::Tcp,

@@ -12,14 +12,19 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
+use arc_swap::ArcSwap;
 use hickory_proto::rr::Name;
 use tracing::warn;
 
 // Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
+use crate::answer::wire::{MessageWriter, lower_wire, lower_wire_into, rtype};
 use crate::model::{Endpoint, Service, Zone};
-use crate::wire::{MessageWriter, lower_wire, lower_wire_into, rtype};
+
+/// Where the query path loads the current snapshot from, and the registry
+/// publishes each new one to.
+pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
 
 /// Everything the server answers from: zones by their lowercased wire apex.
 #[derive(Default)]
@@ -36,7 +41,7 @@ impl Snapshot {
             zones.into_iter().map(|z| (z.apex_key.clone(), z)).collect();
         let max_apex_labels = zones
             .keys()
-            .map(|k| crate::wire::label_count(k))
+            .map(|k| crate::answer::wire::label_count(k))
             .max()
             .unwrap_or(0);
         Snapshot {
@@ -774,7 +779,7 @@ impl<'z> Builder<'z> {
         let mut negative = MessageWriter::with_question(&[0], 0);
         let start = negative.buf.len();
         negative.u16(rtype::SOA);
-        negative.u16(crate::wire::CLASS_IN);
+        negative.u16(crate::answer::wire::CLASS_IN);
         // RFC 2308 section 5: negative answers live min(SOA TTL, SOA minimum).
         negative.u32(zone.ttl.min(zone.soa.minimum));
         let len_at = negative.buf.len();
@@ -1113,9 +1118,9 @@ impl Encoder<'_> {
                 RData::Addr(IpAddr::V6(a)) => (rtype::AAAA, &a.octets()[..]),
                 _ => unreachable!("only addresses are weighted"),
             };
-            body.extend_from_slice(&[0xC0, crate::wire::HEADER_LEN as u8]);
+            body.extend_from_slice(&[0xC0, crate::answer::wire::HEADER_LEN as u8]);
             body.extend_from_slice(&rtype.to_be_bytes());
-            body.extend_from_slice(&crate::wire::CLASS_IN.to_be_bytes());
+            body.extend_from_slice(&crate::answer::wire::CLASS_IN.to_be_bytes());
             body.extend_from_slice(&self.zone.ttl.to_be_bytes());
             body.extend_from_slice(&(data.len() as u16).to_be_bytes());
             body.extend_from_slice(data);

@@ -13,14 +13,13 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hickory_proto::rr::Name;
 use ipnet::IpNet;
 
+use crate::answer::snapshot::{ZoneSnapshot, build_reverse_zone};
+use crate::answer::wire::lower_wire;
 use crate::model::{DEFAULT_TTL, Soa, Zone};
-use crate::snapshot::{ZoneSnapshot, build_reverse_zone};
-use crate::wire::lower_wire;
 
 /// The reverse zones being served.
 #[derive(Default)]
@@ -132,7 +131,8 @@ impl ReverseZones {
             }
         }
         for (z, ptrs) in self.zones.iter_mut().zip(ptrs) {
-            z.serial = next_serial(z.serial);
+            // 0: never built.
+            z.serial = crate::model::serial::next(Some(z.serial).filter(|&s| s != 0));
             let built = build_reverse_zone(
                 &z.zone,
                 ptrs.iter().map(|(o, t)| (o, *t)),
@@ -232,20 +232,6 @@ fn soa_zone(apex: Name) -> Zone {
         },
         hosts: Vec::new(),
         services: Vec::new(),
-    }
-}
-
-/// The serial after `previous`, as for forward zones: the Unix time, or one
-/// more when changes come faster than once a second.
-fn next_serial(previous: u32) -> u32 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(1);
-    if previous != 0 && previous.wrapping_sub(now) as i32 >= 0 {
-        previous.wrapping_add(1)
-    } else {
-        now
     }
 }
 

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::Stored;
+use super::store::{Record, Store, StoreError, Stored, key};
 
 /// The state file format's version.
 pub const FORMAT_VERSION: u64 = 1;
@@ -66,36 +66,6 @@ pub enum StateError {
         /// Why.
         source: io::Error,
     },
-}
-
-/// One change to the registrations, as one line of the log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Record {
-    /// Adds or replaces a registration.
-    Set(Stored),
-    /// Removes a registration.
-    Remove(Removed),
-}
-
-/// The name of a removed registration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Removed {
-    /// The zone, as [`key`] normalizes it.
-    pub zone: String,
-    /// The instance, as [`key`] normalizes it.
-    pub instance: String,
-}
-
-/// The name a registration is kept under: its zone's apex and its instance
-/// name, both lowercased, the apex with its final dot.
-pub fn key(zone: &str, instance: &str) -> Result<(String, String), String> {
-    let apex = crate::zone::parse_apex(zone)?;
-    Ok((
-        apex.to_ascii().to_ascii_lowercase(),
-        instance.to_ascii_lowercase(),
-    ))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -140,7 +110,7 @@ impl StateLog {
     /// when it has grown to twice that, and only then is `live` called, since
     /// listing every registration on every save would make saves cost as much
     /// as the registry is large.
-    pub fn append(
+    fn append(
         &mut self,
         records: &[Record],
         live_count: usize,
@@ -191,16 +161,30 @@ impl StateLog {
         }
     }
 
-    /// Whether a save failed and the file may be behind memory.
-    pub fn is_broken(&self) -> bool {
-        self.broken
-    }
-
     fn compact(&mut self, live: &[Stored]) -> Result<(), StateError> {
         self.file = rewrite(&self.path, live)?;
         self.lines = live.len();
         self.broken = false;
         Ok(())
+    }
+}
+
+impl Store for StateLog {
+    fn save(
+        &mut self,
+        records: &[Record],
+        live_count: usize,
+        live: &dyn Fn() -> Vec<Stored>,
+    ) -> Result<(), StoreError> {
+        Ok(self.append(records, live_count, live)?)
+    }
+
+    fn is_behind(&self) -> bool {
+        self.broken
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
     }
 }
 
@@ -308,7 +292,8 @@ fn rewrite(path: &Path, live: &[Stored]) -> Result<File, StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::proto::Registration;
+    use crate::registry::registration::Registration;
+    use crate::registry::store::Removed;
 
     fn stored(instance: &str, expired: bool) -> Stored {
         Stored {
@@ -365,7 +350,7 @@ mod tests {
         // As after an append that failed (disk full): "a" is in memory only.
         log.broken = true;
         log.append(&[], 1, || vec![stored("a", false)]).unwrap();
-        assert!(!log.is_broken());
+        assert!(!log.is_behind());
         let (_, replayed) = StateLog::open(&path).unwrap();
         assert_eq!(replayed.len(), 1, "the retried change reached the disk");
     }

@@ -8,8 +8,8 @@
 //! question, so letter case is echoed and nothing is allocated once `out` has
 //! grown to its working size.
 
-use crate::snapshot::{Answer, Snapshot, ZoneSnapshot};
-use crate::wire::{CLASS_IN, HEADER_LEN, rtype};
+use crate::answer::snapshot::{Answer, Snapshot, ZoneSnapshot};
+use crate::answer::wire::{CLASS_IN, HEADER_LEN, rtype};
 
 /// The largest UDP payload this server sends, whatever the client offers: the
 /// DNS Flag Day 2020 value, which avoids IP fragmentation on common paths.
@@ -37,11 +37,11 @@ pub enum Outcome {
 }
 
 mod rcode {
-    pub const NOERROR: u8 = 0;
-    pub const FORMERR: u8 = 1;
-    pub const NXDOMAIN: u8 = 3;
-    pub const NOTIMP: u8 = 4;
-    pub const REFUSED: u8 = 5;
+    pub(super) const NOERROR: u8 = 0;
+    pub(super) const FORMERR: u8 = 1;
+    pub(super) const NXDOMAIN: u8 = 3;
+    pub(super) const NOTIMP: u8 = 4;
+    pub(super) const REFUSED: u8 = 5;
 }
 
 /// Header flag bits (RFC 1035 4.1.1) in the second 16-bit word.
@@ -439,8 +439,8 @@ mod tests {
     use hickory_proto::rr::{Name, RecordType};
 
     use super::*;
+    use crate::answer::snapshot::build_zone;
     use crate::model::{Soa, Zone};
-    use crate::snapshot::build_zone;
 
     fn snapshot(apex: &str, mname: &str) -> Snapshot {
         let apex = Name::from_ascii(apex).unwrap();

@@ -14,9 +14,9 @@ use std::time::Duration;
 use clap::Args;
 
 use super::proto::{
-    CheckSpec, InstanceInfo, InstanceKey, Protocol, Registration, Reply, Request, StatusInfo,
+    CheckSpec, InstanceInfo, InstanceKey, Protocol, Registration, Reply, Request, SOCKET_ENV,
+    StatusInfo, default_socket,
 };
-use crate::config::{SOCKET_ENV, default_socket};
 
 /// How long to wait for a reply. A registration waits for one state file
 /// write, normally milliseconds; this is for a server that is wedged.
@@ -57,7 +57,7 @@ pub struct RegisterArgs {
     pub port: u16,
     /// Service protocol.
     #[arg(long, value_enum, default_value = "tcp")]
-    pub protocol: ProtocolArg,
+    pub protocol: Protocol,
     /// Leave answers when no heartbeat comes within SECS seconds.
     #[arg(long, value_name = "SECS")]
     pub ttl: Option<u32>,
@@ -111,7 +111,7 @@ pub struct KeyArgs {
     pub instance: String,
     /// Service protocol [default: whichever it was registered with]
     #[arg(long, value_enum)]
-    pub protocol: Option<ProtocolArg>,
+    pub protocol: Option<Protocol>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub client: ClientArgs,
@@ -136,21 +136,14 @@ pub struct StatusArgs {
     pub client: ClientArgs,
 }
 
-/// `--protocol`
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum ProtocolArg {
-    /// TCP
-    Tcp,
-    /// UDP
-    Udp,
-}
+/// `--protocol tcp|udp`: the model's protocol is the flag's value.
+impl clap::ValueEnum for Protocol {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Protocol::Tcp, Protocol::Udp]
+    }
 
-impl From<ProtocolArg> for Protocol {
-    fn from(p: ProtocolArg) -> Self {
-        match p {
-            ProtocolArg::Tcp => Protocol::Tcp,
-            ProtocolArg::Udp => Protocol::Udp,
-        }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
     }
 }
 
@@ -182,7 +175,7 @@ pub fn register(args: RegisterArgs) -> ExitCode {
     let request = Request::Register(Registration {
         zone: args.zone,
         service: args.service,
-        protocol: args.protocol.into(),
+        protocol: args.protocol,
         instance: args.instance,
         address: args.address,
         target: args.target,
@@ -201,7 +194,7 @@ pub fn register(args: RegisterArgs) -> ExitCode {
                 i.instance,
                 i.zone,
                 i.service,
-                protocol_str(i.protocol),
+                i.protocol.as_str(),
                 ttl_note(i)
             );
         }
@@ -249,7 +242,7 @@ fn key(args: &KeyArgs) -> InstanceKey {
     InstanceKey {
         zone: args.zone.clone(),
         service: args.service.clone(),
-        protocol: args.protocol.map(Into::into),
+        protocol: args.protocol,
         instance: args.instance.clone(),
     }
 }
@@ -258,13 +251,6 @@ fn ttl_note(i: &InstanceInfo) -> String {
     match (i.ttl, i.expires_in_ms) {
         (Some(ttl), Some(_)) => format!("{}, ttl {ttl}s", i.state),
         _ => i.state.clone(),
-    }
-}
-
-fn protocol_str(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
     }
 }
 
@@ -377,7 +363,7 @@ fn list_table(instances: &[InstanceInfo]) -> String {
             vec![
                 i.zone.clone(),
                 i.service.clone(),
-                protocol_str(i.protocol).into(),
+                i.protocol.as_str().into(),
                 i.instance.clone(),
                 endpoint,
                 i.port.to_string(),

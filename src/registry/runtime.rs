@@ -14,18 +14,18 @@ use std::path::Path;
 
 use hickory_proto::rr::Name;
 
-use crate::admin::proto::Registration;
-use crate::health::{CheckInput, validate_check};
+use crate::api::proto::Registration;
+use crate::model::check::{CheckInput, validate_check};
+use crate::model::names::{Owner, check_fits, check_label, parse_apex};
 use crate::model::{Endpoint, Instance, Protocol, Zone};
-use crate::zone::{check_fits, check_label, parse_apex};
 
 /// Longest TTL a registration may ask for: a day. Longer is almost certainly
 /// a unit mistake (milliseconds), and such an instance would in effect never expire.
-pub const MAX_INSTANCE_TTL: u32 = 86_400;
+pub(super) const MAX_INSTANCE_TTL: u32 = 86_400;
 
 /// A registration, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RuntimeInstance {
+pub(super) struct RuntimeInstance {
     /// The zone's apex.
     pub apex: Name,
     /// Service name.
@@ -40,12 +40,12 @@ pub struct RuntimeInstance {
 
 /// Checks a registration the way the zone parser checks a file's instance.
 /// The message says what is wrong in words a client can act on.
-pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
+pub(super) fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
     let apex = parse_apex(&reg.zone)?;
     check_label("service name", &reg.service)?;
     check_label("instance name", &reg.instance)?;
-    check_fits("service name", &reg.service, &apex)?;
-    check_fits("instance name", &reg.instance, &apex)?;
+    check_fits(Owner::Service, &reg.service, &apex)?;
+    check_fits(Owner::Instance, &reg.instance, &apex)?;
     if reg.instance.eq_ignore_ascii_case(&reg.service) {
         return Err(format!(
             "instance name \"{}\" is also its service's name; both would own {}.{}",
@@ -105,7 +105,7 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
     }
     let mut metadata: Vec<(String, String)> = Vec::new();
     for (k, v) in &reg.metadata {
-        crate::zone::check_metadata(k, v)?;
+        crate::model::names::check_metadata(k, v).map_err(|bad| bad.message)?;
         if metadata.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)) {
             return Err(format!(
                 "metadata key \"{k}\" is given twice (keys are case-insensitive)"
@@ -113,7 +113,9 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
         }
         metadata.push((k.clone(), v.clone()));
     }
-    crate::zone::check_metadata_total(metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    crate::model::names::check_metadata_total(
+        metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )?;
     if let Some(ttl) = reg.ttl
         && !(1..=MAX_INSTANCE_TTL).contains(&ttl)
     {
@@ -147,7 +149,7 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
     Ok(RuntimeInstance {
         apex,
         service: reg.service.clone(),
-        protocol: reg.protocol.into(),
+        protocol: reg.protocol,
         instance: Instance {
             name: reg.instance.clone(),
             endpoint,
@@ -164,7 +166,7 @@ pub fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
 
 /// Why the zone file `file` (read from `source`) does not let `r` be served,
 /// if it does not.
-pub fn file_conflict(file: &Zone, source: &Path, r: &RuntimeInstance) -> Option<String> {
+pub(super) fn file_conflict(file: &Zone, source: &Path, r: &RuntimeInstance) -> Option<String> {
     let source = source.display();
     let inst = r.instance.name.as_str();
     let svc = r.service.as_str();
@@ -222,7 +224,7 @@ pub fn file_conflict(file: &Zone, source: &Path, r: &RuntimeInstance) -> Option<
 
 /// Why `r` may not be registered next to `other`, another runtime instance
 /// of the same zone, if it may not.
-pub fn runtime_conflict(r: &RuntimeInstance, other: &RuntimeInstance) -> Option<String> {
+pub(super) fn runtime_conflict(r: &RuntimeInstance, other: &RuntimeInstance) -> Option<String> {
     let inst = &r.instance.name;
     let o = &other.instance.name;
     if o.eq_ignore_ascii_case(inst)
@@ -251,7 +253,10 @@ pub fn runtime_conflict(r: &RuntimeInstance, other: &RuntimeInstance) -> Option<
 
 /// The zone a file describes with the runtime instances added: to services
 /// the file declares, or to new services after the file's.
-pub fn merge<'a>(file: &Zone, runtime: impl IntoIterator<Item = &'a RuntimeInstance>) -> Zone {
+pub(super) fn merge<'a>(
+    file: &Zone,
+    runtime: impl IntoIterator<Item = &'a RuntimeInstance>,
+) -> Zone {
     let mut zone = file.clone();
     for r in runtime {
         let existing = zone
@@ -296,7 +301,7 @@ mod tests {
     }
 
     fn file() -> Zone {
-        crate::zone::parse(
+        crate::sources::zone_file::parse(
             Path::new("z.toml"),
             r#"
 zone = "svc.example"

@@ -41,22 +41,13 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
-use crate::health::{CheckField, CheckInput, validate_check};
+use crate::model::check::{CheckField, CheckInput, validate_check};
+use crate::model::names::{
+    Owner, check_fits, check_label, check_metadata, check_metadata_total, parse_apex,
+};
 use crate::model::{Check, DEFAULT_TTL, Endpoint, Host, Instance, Protocol, Service, Soa, Zone};
 
-/// A problem in a zone file, printed as `path:line:column: message`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}:{column}: {message}", path.display())]
-pub struct ZoneError {
-    /// The file the problem is in.
-    pub path: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column, counted in characters.
-    pub column: usize,
-    /// What is wrong, in words a user can act on.
-    pub message: String,
-}
+pub use crate::registry::ZoneError;
 
 /// The result of [`load_dir`]: the zones that loaded and every problem found.
 #[derive(Debug, Default)]
@@ -158,109 +149,6 @@ pub fn zone_files(dir: &Path, errors: &mut Vec<ZoneError>) -> std::io::Result<Ve
 pub fn load_file_located(path: &Path) -> Result<(Zone, (usize, usize)), Vec<ZoneError>> {
     let text = std::fs::read_to_string(path).map_err(|e| vec![io_error(path, &e)])?;
     parse_inner(path, &text)
-}
-
-/// Checks that the names the server derives from a service or instance name
-/// fit in 255 bytes under `apex`: `_<service>._tcp.<apex>` for a service,
-/// `<instance>.<apex>` for an instance. Err holds a human message.
-pub fn check_fits(kind: &str, label: &str, apex: &Name) -> Result<(), String> {
-    let (derived, extra) = match kind {
-        "service name" => (format!("_{label}._tcp.{apex}"), 1 + 1 + label.len() + 5),
-        _ => (format!("{label}.{apex}"), 1 + label.len()),
-    };
-    if kind == "service name" && label.len() > 62 {
-        return Err(format!(
-            "service name \"{label}\" is too long: _{label} would be a {}-character label (at most 63)",
-            label.len() + 1
-        ));
-    }
-    if crate::wire::wire(apex).len() + extra > 255 {
-        return Err(format!(
-            "{kind} \"{label}\" is too long for this zone: {derived} would exceed the 255-byte limit of a DNS name"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a single DNS label for service/instance/tag names: letters, digits
-/// and hyphens, not starting or ending with a hyphen, 1 to 63 characters.
-/// `kind` names the thing in the message (e.g. "service name"). `Err` holds a
-/// human-readable message.
-pub fn check_label(kind: &str, label: &str) -> Result<(), String> {
-    if label.is_empty() {
-        return Err(format!("{kind} must not be empty"));
-    }
-    if label.starts_with('_') {
-        return Err(format!(
-            "{kind} \"{label}\" must not start with '_' (the underscore of SRV names is added automatically)"
-        ));
-    }
-    if label.contains('.') {
-        return Err(format!(
-            "{kind} \"{label}\" must be a single DNS label, without '.'"
-        ));
-    }
-    if let Some(c) = label
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
-    {
-        return Err(format!(
-            "{kind} \"{label}\" contains {c:?}; only letters, digits and '-' are allowed"
-        ));
-    }
-    if label.starts_with('-') || label.ends_with('-') {
-        return Err(format!("{kind} \"{label}\" must not start or end with '-'"));
-    }
-    if label.len() > 63 {
-        return Err(format!(
-            "{kind} \"{label}\" is {} characters long; a DNS label has at most 63",
-            label.len()
-        ));
-    }
-    Ok(())
-}
-
-/// Checks one metadata entry, which becomes the TXT string `key=value`
-/// (RFC 6763 section 6.4): the key is printable US-ASCII without '=', and the
-/// whole string fits in one TXT character-string (255 bytes).
-pub fn check_metadata(key: &str, value: &str) -> Result<(), String> {
-    if key.is_empty() {
-        return Err("metadata key must not be empty".into());
-    }
-    if let Some(c) = key.chars().find(|c| !(' '..='~').contains(c) || *c == '=') {
-        return Err(format!(
-            "metadata key \"{key}\" contains {c:?}; keys are printable ASCII without '='"
-        ));
-    }
-    let len = key.len() + 1 + value.len();
-    if len > 255 {
-        return Err(format!(
-            "metadata \"{key}=...\" is {len} bytes long; a TXT string holds at most 255"
-        ));
-    }
-    Ok(())
-}
-
-/// The most TXT data an instance's metadata may make, in bytes: RFC 6763
-/// section 6.2 puts the limit of a DNS-SD TXT record at 8900 bytes (and a
-/// record's data can never exceed 65535).
-pub const MAX_TXT_BYTES: usize = 8900;
-
-/// Checks that metadata, as TXT strings (a length byte and `key=value`
-/// each), stays within [`MAX_TXT_BYTES`].
-pub fn check_metadata_total<'a>(
-    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Result<(), String> {
-    let total: usize = entries
-        .into_iter()
-        .map(|(k, v)| 2 + k.len() + v.len())
-        .sum();
-    if total > MAX_TXT_BYTES {
-        return Err(format!(
-            "metadata makes a TXT record of {total} bytes; DNS-SD allows at most {MAX_TXT_BYTES} (RFC 6763 section 6.2)"
-        ));
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -445,20 +333,6 @@ fn parse_inner(path: &Path, text: &str) -> Result<(Zone, (usize, usize)), Vec<Zo
         }
         _ => Err(cx.errors),
     }
-}
-
-pub(crate) fn parse_apex(s: &str) -> Result<Name, String> {
-    let trimmed = s.strip_suffix('.').unwrap_or(s);
-    if trimmed.is_empty() {
-        return Err(format!(
-            "zone \"{s}\" is the root; give the apex this file serves, e.g. \"svc.example\""
-        ));
-    }
-    // The apex is always absolute, with or without the trailing dot.
-    let mut name = Name::from_ascii(trimmed)
-        .map_err(|e| format!("zone \"{s}\" is not a valid domain name: {e}"))?;
-    name.set_fqdn(true);
-    Ok(name)
 }
 
 /// Collects errors with their positions in one file.
@@ -678,13 +552,13 @@ impl Cx<'_> {
         let mut out: Vec<(String, String)> = Vec::new();
         for (key, value) in raw.iter().flat_map(|e| e.0.iter()) {
             let (k, v) = (key.get_ref(), value.get_ref());
-            if let Err(msg) = check_metadata(k, v) {
-                let span = if msg.contains("bytes") {
+            if let Err(bad) = check_metadata(k, v) {
+                let span = if bad.in_value {
                     value.span()
                 } else {
                     key.span()
                 };
-                self.error(&span, format!("{owner}: {msg}"));
+                self.error(&span, format!("{owner}: {bad}"));
             } else if out.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)) {
                 self.error(
                     &key.span(),
@@ -897,7 +771,7 @@ impl Cx<'_> {
                 None
             }
             Some(n) => match check_label("service name", n.get_ref())
-                .and_then(|()| apex.map_or(Ok(()), |a| check_fits("service name", n.get_ref(), a)))
+                .and_then(|()| apex.map_or(Ok(()), |a| check_fits(Owner::Service, n.get_ref(), a)))
             {
                 Ok(()) => Some(n),
                 Err(msg) => {
@@ -991,7 +865,7 @@ impl Cx<'_> {
                 None
             }
             Some(n) => match check_label("instance name", n.get_ref())
-                .and_then(|()| apex.map_or(Ok(()), |a| check_fits("instance name", n.get_ref(), a)))
+                .and_then(|()| apex.map_or(Ok(()), |a| check_fits(Owner::Instance, n.get_ref(), a)))
             {
                 Ok(()) => {
                     let key = n.get_ref();

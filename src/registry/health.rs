@@ -1,0 +1,357 @@
+//! The registry's record of health: which addresses of each zone are
+//! checked, the known state of each, and the answers that leave out what is
+//! unhealthy.
+//!
+//! A check belongs to a service (for all its instances with addresses) or to
+//! one instance (overriding the service's). Every address of a checked
+//! instance is probed on its own, on the instance's port: a [`Target`].
+//! Only healthy addresses are served; an instance whose addresses are all
+//! unhealthy leaves the SRV answers, and a service whose instances all did
+//! answers NODATA (its names still exist).
+//!
+//! Health changes flow one way, like every other change: the registry's
+//! owner tells the prober which targets each zone has after each change
+//! ([`Book::take_updates`]); the prober reports only *flips* of a target's
+//! state back to the owner ([`Flip`]), which marks the zone for rebuilding.
+//! A probe result that changes nothing costs the owner nothing.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+use crate::model::{Check, Endpoint, Protocol, Zone};
+
+/// One address of one checked instance: what a probe checks. Names are
+/// lowercased, so that a change of letter case in a file keeps the state.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    /// The zone's key (its lowercased apex in wire form).
+    pub zone: Vec<u8>,
+    /// Service name, lowercased.
+    pub service: String,
+    /// Service protocol.
+    pub protocol: Protocol,
+    /// Instance name, lowercased.
+    pub instance: String,
+    /// The address probed.
+    pub address: IpAddr,
+    /// The port probed.
+    pub port: u16,
+    /// How.
+    pub check: Check,
+}
+
+/// A target's health changed.
+#[derive(Clone, Debug)]
+pub struct Flip {
+    /// The target.
+    pub target: Target,
+    /// Its new state.
+    pub healthy: bool,
+    /// What the last probe saw (the error, or `ok`).
+    pub detail: String,
+}
+
+/// How an instance's addresses are doing, as `list` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceHealth {
+    /// No check (or not served for another reason, so not probed).
+    Unchecked,
+    /// Checked, no result yet for some address and no failure: served.
+    Unknown,
+    /// Every address is healthy.
+    Healthy,
+    /// Some addresses are unhealthy: only the others are served.
+    Degraded,
+    /// Every address is unhealthy: not served.
+    Unhealthy,
+}
+
+impl InstanceHealth {
+    /// The word `list` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceHealth::Unchecked => "unchecked",
+            InstanceHealth::Unknown => "unknown",
+            InstanceHealth::Healthy => "healthy",
+            InstanceHealth::Degraded => "degraded",
+            InstanceHealth::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// The registry's record of health: the targets of each zone as last built,
+/// the known state of each, and the target sets the checker has not heard of.
+#[derive(Default)]
+pub struct Book {
+    /// Targets per zone key, as of the zone's last build.
+    zones: HashMap<Vec<u8>, HashSet<Target>>,
+    /// Known states; a target without one has not been probed yet (served).
+    states: HashMap<Target, bool>,
+    /// Zones whose target set changed since [`Book::take_updates`].
+    updates: BTreeSet<Vec<u8>>,
+}
+
+/// The targets of a (merged) zone: each address of each instance with an
+/// effective check.
+pub fn targets(key: &[u8], zone: &Zone) -> HashSet<Target> {
+    let mut out = HashSet::new();
+    for s in &zone.services {
+        for i in &s.instances {
+            let Endpoint::Addresses(addrs) = &i.endpoint else {
+                continue;
+            };
+            let Some(check) = i.check.as_ref().or(s.check.as_ref()) else {
+                continue;
+            };
+            for a in addrs {
+                out.insert(Target {
+                    zone: key.to_vec(),
+                    service: s.name.to_ascii_lowercase(),
+                    protocol: s.protocol,
+                    instance: i.name.to_ascii_lowercase(),
+                    address: *a,
+                    port: i.port,
+                    check: check.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+impl Book {
+    /// Records the targets of a zone being built from `merged` and returns
+    /// the zone to serve when it differs from `merged`: unhealthy addresses
+    /// left out, instances without a healthy address left out, and their
+    /// names kept as hosts without addresses, so they answer NODATA rather
+    /// than NXDOMAIN.
+    pub fn zone_built(&mut self, key: &[u8], merged: &Zone) -> Option<Zone> {
+        let now = targets(key, merged);
+        let before = self.zones.get(key);
+        if before != Some(&now) && !(before.is_none() && now.is_empty()) {
+            // States of targets that went away are forgotten only when the
+            // checker is told (take_updates): a target that leaves and comes
+            // back within one batch keeps the state the checker still has.
+            self.updates.insert(key.to_vec());
+            if now.is_empty() {
+                self.zones.remove(key);
+            } else {
+                self.zones.insert(key.to_vec(), now);
+            }
+        }
+        self.filter(key, merged)
+    }
+
+    /// Forgets a zone that is no longer served.
+    pub fn zone_removed(&mut self, key: &[u8]) {
+        if self.zones.remove(key).is_some() {
+            self.updates.insert(key.to_vec());
+        }
+    }
+
+    /// Zone keys with targets, for finding zones that went away.
+    pub fn zone_keys(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.zones.keys()
+    }
+
+    /// Records a flip. Returns the previous state (`None`: not probed yet)
+    /// when it is a change to a current target; `Err(())` when the target is
+    /// no longer current or nothing changed.
+    #[allow(clippy::result_unit_err)]
+    pub fn record(&mut self, flip: &Flip) -> Result<Option<bool>, ()> {
+        let current = self
+            .zones
+            .get(&flip.target.zone)
+            .is_some_and(|z| z.contains(&flip.target));
+        if !current {
+            return Err(());
+        }
+        match self.states.insert(flip.target.clone(), flip.healthy) {
+            Some(prev) if prev == flip.healthy => Err(()),
+            prev => Ok(prev),
+        }
+    }
+
+    /// The zones whose targets changed, with their current targets (empty:
+    /// the zone has none now), for the checker.
+    pub fn take_updates(&mut self) -> Vec<(Vec<u8>, Vec<Target>)> {
+        // The checker drops what is not in these sets; so does the book.
+        if !self.updates.is_empty() {
+            let zones = &self.zones;
+            self.states
+                .retain(|t, _| zones.get(&t.zone).is_some_and(|z| z.contains(t)));
+        }
+        std::mem::take(&mut self.updates)
+            .into_iter()
+            .map(|key| {
+                let targets = self
+                    .zones
+                    .get(&key)
+                    .map(|t| t.iter().cloned().collect())
+                    .unwrap_or_default();
+                (key, targets)
+            })
+            .collect()
+    }
+
+    /// Instances of a zone left out of answers: every address unhealthy.
+    pub fn unhealthy_instances(&self, key: &[u8]) -> usize {
+        let Some(targets) = self.zones.get(key) else {
+            return 0;
+        };
+        let mut all_down: HashMap<(&str, Protocol, &str), bool> = HashMap::new();
+        for t in targets {
+            let down = self.states.get(t) == Some(&false);
+            *all_down
+                .entry((&t.service, t.protocol, &t.instance))
+                .or_insert(true) &= down;
+        }
+        all_down.values().filter(|d| **d).count()
+    }
+
+    /// The state of one target: `None` if it has no result yet.
+    fn state(&self, t: &Target) -> Option<bool> {
+        self.states.get(t).copied()
+    }
+
+    /// How an instance of a service is doing (`check`: its effective check).
+    pub fn instance_health(
+        &self,
+        key: &[u8],
+        service: &str,
+        protocol: Protocol,
+        instance: &crate::model::Instance,
+        check: Option<&Check>,
+    ) -> (InstanceHealth, Vec<IpAddr>) {
+        let (Some(check), Endpoint::Addresses(addrs)) = (check, &instance.endpoint) else {
+            return (InstanceHealth::Unchecked, Vec::new());
+        };
+        let mut target = Target {
+            zone: key.to_vec(),
+            service: service.to_ascii_lowercase(),
+            protocol,
+            instance: instance.name.to_ascii_lowercase(),
+            address: IpAddr::from([0, 0, 0, 0]),
+            port: instance.port,
+            check: check.clone(),
+        };
+        // Not among the zone's targets: not served (expired, shadowed), so not probed.
+        let Some(zone) = self.zones.get(key) else {
+            return (InstanceHealth::Unchecked, Vec::new());
+        };
+        if let Some(a) = addrs.first() {
+            target.address = *a;
+        }
+        if !zone.contains(&target) {
+            return (InstanceHealth::Unchecked, Vec::new());
+        }
+        let mut unhealthy = Vec::new();
+        let mut unknown = false;
+        for a in addrs {
+            target.address = *a;
+            match self.state(&target) {
+                Some(true) => {}
+                Some(false) => unhealthy.push(*a),
+                None => unknown = true,
+            }
+        }
+        let health = if unhealthy.len() == addrs.len() {
+            InstanceHealth::Unhealthy
+        } else if !unhealthy.is_empty() {
+            InstanceHealth::Degraded
+        } else if unknown {
+            InstanceHealth::Unknown
+        } else {
+            InstanceHealth::Healthy
+        };
+        (health, unhealthy)
+    }
+
+    /// `merged` without what is unhealthy; `None` when all is healthy.
+    fn filter(&self, key: &[u8], merged: &Zone) -> Option<Zone> {
+        let targets = self.zones.get(key)?;
+        if !targets.iter().any(|t| self.states.get(t) == Some(&false)) {
+            return None;
+        }
+        let mut zone = merged.clone();
+        for s in &mut zone.services {
+            let service_check = s.check.clone();
+            let (service, protocol) = (s.name.to_ascii_lowercase(), s.protocol);
+            s.instances.retain_mut(|i| {
+                let Some(check) = i.check.as_ref().or(service_check.as_ref()) else {
+                    return true;
+                };
+                let Endpoint::Addresses(addrs) = &mut i.endpoint else {
+                    return true;
+                };
+                let mut target = Target {
+                    zone: key.to_vec(),
+                    service: service.clone(),
+                    protocol,
+                    instance: i.name.to_ascii_lowercase(),
+                    address: IpAddr::from([0, 0, 0, 0]),
+                    port: i.port,
+                    check: check.clone(),
+                };
+                addrs.retain(|a| {
+                    target.address = *a;
+                    self.states.get(&target) != Some(&false)
+                });
+                // An instance with no address left stays, with an empty
+                // list: the snapshot keeps its names and answers nothing.
+                true
+            });
+        }
+        Some(zone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_that_leaves_and_returns_within_a_batch_keeps_its_state() {
+        let zone = |with_db_1: bool| {
+            let db_1 = "[[services.instances]]\nname = \"db-1\"\naddress = \"10.0.0.1\"\n";
+            let text = format!(
+                "zone = \"h.test\"\n[[services]]\nname = \"db\"\nport = 5432\n\
+                 check = {{ tcp = true }}\n{}[[services.instances]]\nname = \"db-2\"\n\
+                 address = \"10.0.0.2\"\n",
+                if with_db_1 { db_1 } else { "" }
+            );
+            crate::sources::zone_file::parse(std::path::Path::new("h.toml"), &text).unwrap()
+        };
+        let key = crate::answer::wire::lower_wire(&zone(true).apex);
+        let mut book = Book::default();
+        book.zone_built(&key, &zone(true));
+        let db_1 = book.zones[&key]
+            .iter()
+            .find(|t| t.instance == "db-1")
+            .unwrap()
+            .clone();
+        book.take_updates();
+        let flip = Flip {
+            target: db_1.clone(),
+            healthy: false,
+            detail: "refused".into(),
+        };
+        assert_eq!(book.record(&flip), Ok(None));
+
+        // Gone and back before the checker hears of it: still unhealthy,
+        // as the checker (which never saw it leave) believes.
+        book.zone_built(&key, &zone(false));
+        let filtered = book
+            .zone_built(&key, &zone(true))
+            .expect("db-1 is filtered");
+        let hidden = &filtered.services[0].instances[0];
+        assert_eq!(hidden.endpoint, Endpoint::Addresses(vec![]));
+        book.take_updates();
+        assert_eq!(book.states.get(&db_1), Some(&false));
+
+        // Gone when the checker is told: forgotten by both.
+        book.zone_built(&key, &zone(false));
+        book.take_updates();
+        assert_eq!(book.states.get(&db_1), None);
+    }
+}

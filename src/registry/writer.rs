@@ -1,0 +1,189 @@
+//! The one task that owns the registry: it applies changes in the order
+//! they arrive, makes runtime registrations durable, and publishes a
+//! snapshot after each batch, so there is a single writer and no lock for
+//! queries to wait on.
+//!
+//! Whatever queued up while a batch was saved goes into the next batch: one
+//! store write (and one snapshot) covers many registrations when they come
+//! fast (group commit), and each waits for at most two writes. The task also
+//! expires TTL instances, waking at the earliest deadline.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::error;
+
+use super::health::Target;
+use super::registration::InstanceInfo;
+use super::store::Store;
+use super::{Change, Registry, RegistryError, ZoneStatus};
+
+/// What becomes of a change a source waits on: the instance as now
+/// registered (none for a removal), or why it was refused.
+pub type Outcome = Result<Option<InstanceInfo>, RegistryError>;
+
+/// What the writer is asked to do.
+pub enum Command {
+    /// Apply changes from a source that waits for nothing (zone files,
+    /// health checks), in order.
+    Apply(Vec<Change>),
+    /// Apply one change and say what became of it. The reply is sent once
+    /// the change is in the store and in the published snapshot, so "ok"
+    /// means durable and answerable.
+    Ask {
+        /// The change.
+        change: Change,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Outcome>,
+    },
+    /// Every instance, file and runtime, of one zone or all; answered after
+    /// the batch it arrives in, so it sees that batch.
+    List {
+        /// Only this zone.
+        zone: Option<String>,
+        /// Where the instances go.
+        reply: oneshot::Sender<Result<Vec<InstanceInfo>, RegistryError>>,
+    },
+    /// The zones and the registry's counts.
+    Status {
+        /// Where the status goes.
+        reply: oneshot::Sender<Status>,
+    },
+}
+
+/// What `status` reports of the registry.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// Since the writer started.
+    pub uptime: Duration,
+    /// Where runtime registrations are kept.
+    pub store: String,
+    /// Every zone, sorted by apex.
+    pub zones: Vec<ZoneStatus>,
+    /// Runtime registrations whose zone no file declares now.
+    pub orphaned: usize,
+}
+
+/// Sends work to the writer.
+pub type WriterHandle = mpsc::UnboundedSender<Command>;
+
+/// Where the writer tells the health prober which targets each zone has.
+pub type HealthTargets = Box<dyn Fn(Vec<(Vec<u8>, Vec<Target>)>) + Send>;
+
+/// A reply waiting for the end of its batch.
+enum Pending {
+    /// A change: as is only if the store's write that follows succeeds.
+    Durable(oneshot::Sender<Outcome>, Outcome),
+    /// Nothing to save; sent as is.
+    Done(oneshot::Sender<Outcome>, Outcome),
+    /// A read: answered after the batch, so it sees it.
+    List(
+        oneshot::Sender<Result<Vec<InstanceInfo>, RegistryError>>,
+        Option<String>,
+    ),
+    Status(oneshot::Sender<Status>),
+}
+
+/// Runs the writer until every [`WriterHandle`] is dropped.
+pub async fn run(
+    mut registry: Registry,
+    mut inbox: mpsc::UnboundedReceiver<Command>,
+    mut store: Box<dyn Store>,
+    health: HealthTargets,
+) {
+    let started = Instant::now();
+    loop {
+        let next = registry.next_expiry();
+        let first = tokio::select! {
+            msg = inbox.recv() => match msg {
+                Some(msg) => Some(msg),
+                None => return,
+            },
+            () = sleep_until(next), if next.is_some() => None,
+        };
+        let mut pending = Vec::new();
+        let now = Instant::now();
+        for command in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| inbox.try_recv().ok()))
+        {
+            handle(&mut registry, command, now, &mut pending);
+        }
+        registry.expire(Instant::now());
+
+        // Durable before anyone hears "ok": one store write (for the state
+        // file, one append and one fdatasync) for the whole batch.
+        let mut save_error = None;
+        let journal = registry.take_journal();
+        let acknowledges_change = pending.iter().any(|p| matches!(p, Pending::Durable(..)));
+        if !journal.is_empty() || (store.is_behind() && acknowledges_change) {
+            let saved = tokio::task::block_in_place(|| {
+                store.save(&journal, registry.stored_count(), &|| registry.stored())
+            });
+            if let Err(problem) = saved {
+                error!(%problem, "runtime registrations not saved; refusing the changes of this batch");
+                save_error = Some(problem.to_string());
+            }
+        }
+        if registry.needs_publish() {
+            registry.publish();
+        }
+        // The checks follow what is registered now.
+        health(registry.take_health_updates());
+        for p in pending {
+            match p {
+                Pending::Durable(tx, outcome) => {
+                    let outcome = match (&save_error, outcome) {
+                        (Some(problem), Ok(_)) => Err(RegistryError::NotSaved(problem.clone())),
+                        (_, outcome) => outcome,
+                    };
+                    let _ = tx.send(outcome);
+                }
+                Pending::Done(tx, outcome) => {
+                    let _ = tx.send(outcome);
+                }
+                Pending::List(tx, zone) => {
+                    let _ = tx.send(registry.list(zone.as_deref(), Instant::now()));
+                }
+                Pending::Status(tx) => {
+                    let _ = tx.send(Status {
+                        uptime: started.elapsed(),
+                        store: store.location(),
+                        zones: registry.status(),
+                        orphaned: registry.orphaned(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
+    }
+}
+
+/// Applies one command, or queues it to be answered after the batch.
+fn handle(registry: &mut Registry, command: Command, now: Instant, pending: &mut Vec<Pending>) {
+    match command {
+        Command::Apply(changes) => {
+            for change in changes {
+                // Sources that wait for nothing have their problems logged
+                // where they are found (a rejected zone file).
+                let _ = registry.apply(change, now);
+            }
+        }
+        Command::Ask { change, reply } => {
+            let durable = change.needs_durability();
+            let outcome = registry.apply(change, now);
+            pending.push(if durable && outcome.is_ok() {
+                Pending::Durable(reply, outcome)
+            } else {
+                Pending::Done(reply, outcome)
+            });
+        }
+        Command::List { zone, reply } => pending.push(Pending::List(reply, zone)),
+        Command::Status { reply } => pending.push(Pending::Status(reply)),
+    }
+}
