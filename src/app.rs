@@ -74,9 +74,7 @@ pub enum ServeError {
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let started = Instant::now();
     let (mut registry, snapshots) = Registry::new();
-    registry
-        .set_reverse(&config.reverse)
-        .map_err(|e| ServeError::Io(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    registry.set_reverse(config.reverse);
 
     // Runtime registrations first, so each zone is built once with them.
     let (state_log, stored) = StateLog::open(&config.state)?;

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::answer::reverse::ReverseZones;
 use crate::api::proto::{SOCKET_ENV, default_socket};
 use crate::net::forward::ForwardConfig;
 use crate::net::server::TcpLimits;
@@ -251,7 +252,6 @@ pub enum ConfigError {
 }
 
 /// Everything `serve` needs, validated.
-#[derive(Clone, Debug)]
 pub struct Config {
     /// Addresses to serve DNS on.
     pub listen: Vec<SocketAddr>,
@@ -269,8 +269,8 @@ pub struct Config {
     pub state: PathBuf,
     /// Forwarding of names outside the zones; `None` when no upstream is set.
     pub forward: Option<ForwardConfig>,
-    /// Networks whose reverse zones are served.
-    pub reverse: Vec<IpNet>,
+    /// The reverse zones served, from `--reverse` networks.
+    pub reverse: ReverseZones,
 }
 
 fn read_file(path: Option<&Path>) -> Result<(ConfigFile, PathBuf), ConfigError> {
@@ -352,7 +352,7 @@ impl Config {
         } else {
             args.reverse.clone()
         };
-        crate::answer::reverse::ReverseZones::new(&reverse).map_err(ConfigError::Invalid)?;
+        let reverse = ReverseZones::new(&reverse).map_err(ConfigError::Invalid)?;
         Ok(Config {
             reverse,
             socket,

@@ -112,7 +112,7 @@ const BAD_FILES: &[(&str, &str, usize, usize, &str)] = &[
         "# a comment\nzone = \"SAME.test\"\n",
         2,
         8,
-        "already loaded from",
+        "already defined by",
     ),
 ];
 

@@ -439,7 +439,7 @@ mod tests {
     use hickory_proto::rr::{Name, RecordType};
 
     use super::*;
-    use crate::answer::snapshot::build_zone;
+    use crate::answer::build::build_zone;
     use crate::model::{Soa, Zone};
 
     fn snapshot(apex: &str, mname: &str) -> Snapshot {

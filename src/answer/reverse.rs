@@ -17,7 +17,8 @@ use std::sync::Arc;
 use hickory_proto::rr::Name;
 use ipnet::IpNet;
 
-use crate::answer::snapshot::{ZoneSnapshot, build_reverse_zone};
+use crate::answer::build::build_reverse_zone;
+use crate::answer::snapshot::ZoneSnapshot;
 use crate::answer::wire::lower_wire;
 use crate::model::{DEFAULT_TTL, Soa, Zone};
 

@@ -154,6 +154,16 @@ pub struct Check {
     pub successes: u32,
 }
 
+/// The check an instance runs: its own, or else its service's. Takes the
+/// fields rather than the instance, so a caller may hold the instance's
+/// other fields mutably meanwhile.
+pub fn effective_check<'a>(
+    instance: Option<&'a Check>,
+    service: Option<&'a Check>,
+) -> Option<&'a Check> {
+    instance.or(service)
+}
+
 /// What a health probe does.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CheckKind {

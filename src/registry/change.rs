@@ -66,12 +66,28 @@ pub struct ZoneError {
     pub message: String,
 }
 
+impl ZoneError {
+    /// `problem`, reported at `at` (line, column) in `path`.
+    pub fn at(path: &std::path::Path, at: (usize, usize), problem: impl ToString) -> ZoneError {
+        ZoneError {
+            path: path.to_path_buf(),
+            line: at.0,
+            column: at.1,
+            message: problem.to_string(),
+        }
+    }
+}
+
 /// A change the registry refused, or a read it could not answer. Nothing
 /// changed when one is returned, except for [`RegistryError::NotSaved`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
-    /// Two files describe the same zone.
-    #[error("zone {zone} is already defined by {}", other.display())]
+    /// Two files describe the same zone: the one that had it first keeps
+    /// it, and the other waits (the same rule for `serve` and `check`).
+    #[error(
+        "zone {zone} is already defined by {}; this file is not served while that one declares it",
+        other.display()
+    )]
     ZoneClaimed {
         /// The zone's apex.
         zone: String,

@@ -18,7 +18,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
-use crate::model::{Check, Endpoint, Protocol, Zone};
+use crate::model::{Check, Endpoint, Protocol, Zone, effective_check};
 
 /// One address of one checked instance: what a probe checks. Names are
 /// lowercased, so that a change of letter case in a file keeps the state.
@@ -100,7 +100,7 @@ pub fn targets(key: &[u8], zone: &Zone) -> HashSet<Target> {
             let Endpoint::Addresses(addrs) = &i.endpoint else {
                 continue;
             };
-            let Some(check) = i.check.as_ref().or(s.check.as_ref()) else {
+            let Some(check) = effective_check(i.check.as_ref(), s.check.as_ref()) else {
                 continue;
             };
             for a in addrs {
@@ -278,7 +278,7 @@ impl Book {
             let service_check = s.check.clone();
             let (service, protocol) = (s.name.to_ascii_lowercase(), s.protocol);
             s.instances.retain_mut(|i| {
-                let Some(check) = i.check.as_ref().or(service_check.as_ref()) else {
+                let Some(check) = effective_check(i.check.as_ref(), service_check.as_ref()) else {
                     return true;
                 };
                 let Endpoint::Addresses(addrs) = &mut i.endpoint else {

@@ -26,11 +26,12 @@ pub mod writer;
 
 pub use change::{Change, RegistryError, ZoneError};
 
+use crate::answer::build::build_zone;
 use crate::answer::reverse::ReverseZones;
-use crate::answer::snapshot::{Snapshot, SnapshotHandle, ZoneSnapshot, build_zone};
+use crate::answer::snapshot::{Snapshot, SnapshotHandle, ZoneSnapshot};
 use crate::answer::wire::lower_wire;
 use crate::model::names::parse_apex;
-use crate::model::{Endpoint, Zone};
+use crate::model::{Endpoint, Zone, effective_check};
 use health::{Book, Flip, InstanceHealth, Target};
 use registration::{InstanceInfo, InstanceKey, Registration};
 use runtime::RuntimeInstance;
@@ -204,12 +205,7 @@ impl Registry {
                 changed
             }
             Err(problem) => {
-                let error = ZoneError {
-                    path: path.clone(),
-                    line: zone_at.0,
-                    column: zone_at.1,
-                    message: problem.to_string(),
-                };
+                let error = ZoneError::at(&path, zone_at, problem);
                 if self.file_errors.get(&path) != Some(&error.to_string()) {
                     self.reject(path.clone(), vec![error]);
                 }
@@ -317,11 +313,10 @@ impl Registry {
         self.published.store(Arc::new(snapshot));
     }
 
-    /// Serves the reverse zones of these networks (PTR records for every
-    /// instance and host address in them). Call before the first publish.
-    pub fn set_reverse(&mut self, nets: &[ipnet::IpNet]) -> Result<(), String> {
-        self.reverse = ReverseZones::new(nets)?;
-        Ok(())
+    /// Serves these reverse zones (PTR records for every instance and host
+    /// address in their networks). Call before the first publish.
+    pub fn set_reverse(&mut self, zones: ReverseZones) {
+        self.reverse = zones;
     }
 
     /// Zones with their source and serial, sorted by apex.
@@ -545,7 +540,7 @@ impl Registry {
         for (key, e) in self.zones.iter().filter(|(k, _)| wanted(k)) {
             for s in &e.zone.services {
                 for i in &s.instances {
-                    let check = i.check.as_ref().or(s.check.as_ref());
+                    let check = effective_check(i.check.as_ref(), s.check.as_ref());
                     let (health, unhealthy) = self
                         .health
                         .instance_health(key, &s.name, s.protocol, i, check);
@@ -630,7 +625,7 @@ impl Registry {
             &r.valid.service,
             r.valid.protocol,
             i,
-            i.check.as_ref().or(service_check),
+            effective_check(i.check.as_ref(), service_check),
         );
         info.health = health.as_str().into();
         info.unhealthy_address = unhealthy.iter().map(ToString::to_string).collect();

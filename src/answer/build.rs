@@ -1,0 +1,601 @@
+//! Building a zone's snapshot from the model: records gathered by owner
+//! name, then every (name, type) answer encoded once ([`super::encode`]),
+//! reusing the previous snapshot's answers whose inputs are unchanged.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use hickory_proto::rr::Name;
+use tracing::warn;
+
+// Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+
+use super::encode::{Encoder, NodeRecords, RData};
+use super::snapshot::{Entry, Node, ZoneSnapshot};
+use super::weighted::{Weighted, ZERO_WEIGHT};
+use crate::answer::wire::{MessageWriter, lower_wire, lower_wire_into, rtype};
+use crate::model::{Endpoint, Service, Zone};
+
+/// Assembles a zone's records by owner name, then encodes every answer.
+struct Builder<'z> {
+    zone: &'z Zone,
+    /// Length of the apex's key.
+    apex_len: usize,
+    names: HashMap<Vec<u8>, NodeRecords>,
+    /// Room for the key of the name being looked up.
+    key: Vec<u8>,
+}
+
+impl<'z> Builder<'z> {
+    /// A builder for `zone`, sized like its previous snapshot.
+    fn new(zone: &'z Zone, previous: Option<&ZoneSnapshot>) -> Self {
+        Builder {
+            zone,
+            apex_len: lower_wire(&zone.apex).len(),
+            names: HashMap::with_capacity(previous.map_or(0, |p| p.nodes.len())),
+            key: Vec::new(),
+        }
+    }
+
+    fn node(&mut self, name: &Name) -> &mut NodeRecords {
+        lower_wire_into(name, &mut self.key);
+        // Most names are looked up many times (a service's names once per
+        // instance): the key is copied only when the name is new.
+        if !self.names.contains_key(&self.key) {
+            self.names
+                .insert(self.key.clone(), NodeRecords::new(Some(name.clone())));
+        }
+        self.names.get_mut(&self.key).expect("just inserted")
+    }
+
+    fn add(&mut self, name: &Name, rdata: RData) {
+        let node = self.node(name);
+        if node.is_new(&rdata) {
+            node.rrsets.push(rdata);
+        }
+    }
+
+    /// Adds an address of a service name, whose answer is ordered per query
+    /// by weighted random choice among the lowest priority.
+    fn add_weighted(
+        &mut self,
+        name: &Name,
+        addr: IpAddr,
+        priority: u16,
+        weight: f64,
+        max_answers: Option<u16>,
+    ) {
+        let node = self.node(name);
+        let rdata = RData::Addr(addr);
+        if node.is_new(&rdata) {
+            let rtype = rdata.rtype();
+            node.rrsets.push(rdata);
+            let weighted = node.weighted.get_or_insert_with(|| Weighted {
+                max_answers,
+                by_type: BTreeMap::new(),
+            });
+            weighted
+                .by_type
+                .entry(rtype)
+                .or_default()
+                .push((priority, weight));
+        }
+    }
+
+    /// Adds every record of the zone's hosts and services.
+    fn add_zone(&mut self) {
+        let zone = self.zone;
+        self.add(&zone.apex, RData::Soa);
+        for ns in &zone.nameservers {
+            self.add(&zone.apex, RData::Ns(ns.clone()));
+        }
+        for host in &zone.hosts {
+            for addr in &host.addresses {
+                self.add(&host.name, RData::Addr(*addr));
+            }
+        }
+        // DNS-SD service type enumeration (RFC 6763 section 9).
+        let browse = ["_udp", "_dns-sd", "_services"]
+            .iter()
+            .try_fold(zone.apex.clone(), |n, l| try_child(&n, l));
+        for service in &zone.services {
+            self.add_service(service, browse.as_ref());
+        }
+        // A service whose instances are all unhealthy (or that has none)
+        // still exists, and so does the host name of an instance left out
+        // for its health (a host without addresses): their names answer
+        // NODATA, not NXDOMAIN, which resolvers would cache as "no such
+        // service".
+        for (service_name, srv_name) in zone
+            .services
+            .iter()
+            .filter_map(|service| service_names(&zone.apex, service))
+        {
+            self.node(&service_name);
+            self.node(&srv_name);
+        }
+        for host in zone.hosts.iter().filter(|h| h.addresses.is_empty()) {
+            self.node(&host.name);
+        }
+    }
+
+    fn add_service(&mut self, service: &Service, browse: Option<&Name>) {
+        let apex = &self.zone.apex;
+        let Some((service_name, srv_name)) = service_names(apex, service) else {
+            warn!(service = %service.name, zone = %apex, "service name too long; left out");
+            return;
+        };
+        if let Some(browse) = browse {
+            self.add(browse, RData::Ptr(srv_name.clone()));
+        }
+        for instance in &service.instances {
+            // The service's tags apply to all its instances.
+            let mut tags: Vec<&str> = Vec::new();
+            for t in service.tags.iter().chain(&instance.tags) {
+                if !tags.iter().any(|o| o.eq_ignore_ascii_case(t)) {
+                    tags.push(t);
+                }
+            }
+            let tag_names: Vec<Name> = tags
+                .iter()
+                .filter_map(|t| try_child(&service_name, t))
+                .collect();
+            let rfc_name = |tag: &str| {
+                // Consul's RFC 2782 form, `_<service>._<tag>`; a tag named
+                // like a protocol would be the service's own SRV name.
+                let is_protocol = ["tcp", "udp"].iter().any(|p| p.eq_ignore_ascii_case(tag));
+                try_child(apex, &format!("_{tag}"))
+                    .and_then(|n| try_child(&n, &format!("_{}", service.name)))
+                    .filter(|_| !is_protocol)
+            };
+            // DNS-SD subtype (RFC 6763 section 7.1).
+            let sub_name = |tag: &str| {
+                try_child(&srv_name, "_sub").and_then(|n| try_child(&n, &format!("_{tag}")))
+            };
+            if matches!(&instance.endpoint, Endpoint::Addresses(a) if a.is_empty()) {
+                // Every address fails its health check: the instance is in
+                // no answer, but its names still exist (NODATA, not NXDOMAIN,
+                // which resolvers would cache).
+                let own = [
+                    try_child(apex, &instance.name),
+                    try_child(&srv_name, &instance.name),
+                ];
+                let by_tag = tags.iter().flat_map(|t| [rfc_name(t), sub_name(t)]);
+                let names: Vec<Name> = own
+                    .into_iter()
+                    .chain(by_tag)
+                    .flatten()
+                    .chain(tag_names.iter().cloned())
+                    .collect();
+                for name in &names {
+                    self.node(name);
+                }
+                continue;
+            }
+            let target = match &instance.endpoint {
+                Endpoint::Addresses(addrs) => {
+                    let Some(host) = try_child(apex, &instance.name) else {
+                        warn!(instance = %instance.name, zone = %apex, "instance name too long; left out");
+                        continue;
+                    };
+                    // An instance's weight is shared by its addresses of a
+                    // family, so one with two IPv4 addresses is not chosen
+                    // twice as often as one with a single address.
+                    let per_family = |v4: bool| addrs.iter().filter(|a| a.is_ipv4() == v4).count();
+                    let (v4, v6) = (per_family(true), per_family(false));
+                    let weight = match instance.weight {
+                        0 => ZERO_WEIGHT,
+                        w => f64::from(w),
+                    };
+                    for addr in addrs {
+                        self.add(&host, RData::Addr(*addr));
+                        let share = weight / if addr.is_ipv4() { v4 } else { v6 } as f64;
+                        for name in std::iter::once(&service_name).chain(&tag_names) {
+                            self.add_weighted(
+                                name,
+                                *addr,
+                                instance.priority,
+                                share,
+                                service.max_answers,
+                            );
+                        }
+                    }
+                    host
+                }
+                Endpoint::Target(target) => target.clone(),
+            };
+            let srv = RData::Srv {
+                priority: instance.priority,
+                weight: instance.weight,
+                port: instance.port,
+                target,
+            };
+            self.add(&srv_name, srv.clone());
+            self.add(&service_name, srv.clone());
+
+            // DNS-SD (RFC 6763): the service type lists its instances, and
+            // each instance name has its SRV and TXT records.
+            let Some(sd_name) = try_child(&srv_name, &instance.name) else {
+                continue;
+            };
+            self.add(&srv_name, RData::Ptr(sd_name.clone()));
+            self.add(&sd_name, srv.clone());
+            self.add(&sd_name, RData::Txt(txt_strings(&instance.metadata)));
+
+            for (tag, tag_name) in tags.iter().zip(&tag_names) {
+                self.add(tag_name, srv.clone());
+                if let Some(rfc) = rfc_name(tag) {
+                    self.add(&rfc, srv.clone());
+                }
+                if let Some(sub) = sub_name(tag) {
+                    self.add(&sub, RData::Ptr(sd_name.clone()));
+                }
+            }
+        }
+    }
+
+    /// Adds the empty non-terminals and encodes every answer, taking from
+    /// `previous` (the zone's last snapshot) each answer whose inputs have
+    /// not changed.
+    fn finish(mut self, serial: u32, previous: Option<&ZoneSnapshot>) -> ZoneSnapshot {
+        let zone = self.zone;
+        // Every name between a record's owner and the apex exists (RFC 8020):
+        // the suffixes of the owners' keys, a label at a time. A suffix that
+        // is a node already has its own ancestors added when it is reached.
+        let apex_len = self.apex_len;
+        let mut ents: HashSet<&[u8]> = HashSet::new();
+        for key in self.names.keys() {
+            let mut suffix = &key[..];
+            while suffix.len() > apex_len {
+                suffix = &suffix[1 + suffix[0] as usize..];
+                if suffix.len() <= apex_len
+                    || self.names.contains_key(suffix)
+                    || !ents.insert(suffix)
+                {
+                    break;
+                }
+            }
+        }
+        let ents: Vec<Vec<u8>> = ents.into_iter().map(<[u8]>::to_vec).collect();
+        for key in ents {
+            self.names.insert(key, NodeRecords::new(None));
+        }
+
+        let encoder = Encoder {
+            zone,
+            serial,
+            names: &self.names,
+            orders: RefCell::new(HashMap::new()),
+            scratch: RefCell::new(Vec::new()),
+        };
+        let mut input = Vec::new();
+        let nodes = self
+            .names
+            .iter()
+            .map(|(key, node)| {
+                let before = previous.and_then(|p| p.nodes.get(&key[..]));
+                let answers = node
+                    .rrsets
+                    .keys()
+                    .map(|&rtype| {
+                        let fingerprint = encoder.fingerprint(key, node, rtype, &mut input);
+                        let answer = match before.and_then(|n| n.entry(rtype)) {
+                            Some(e) if e.fingerprint == fingerprint => e.answer.clone(),
+                            _ => encoder.answer(key, node, rtype),
+                        };
+                        Entry {
+                            rtype,
+                            fingerprint,
+                            answer,
+                        }
+                    })
+                    .collect();
+                (key.clone().into_boxed_slice(), Node { answers })
+            })
+            .collect();
+
+        let mut negative = MessageWriter::with_question(&[0], 0);
+        let start = negative.buf.len();
+        negative.u16(rtype::SOA);
+        negative.u16(crate::answer::wire::CLASS_IN);
+        // RFC 2308 section 5: negative answers live min(SOA TTL, SOA minimum).
+        negative.u32(zone.ttl.min(zone.soa.minimum));
+        let len_at = negative.buf.len();
+        negative.u16(0);
+        encoder.soa_rdata(&mut negative, false);
+        let rdlen = (negative.buf.len() - len_at - 2) as u16;
+        negative.buf[len_at..len_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+
+        ZoneSnapshot {
+            apex_key: lower_wire(&zone.apex).into_boxed_slice(),
+            serial,
+            nodes,
+            negative_soa: negative.buf[start..].into(),
+        }
+    }
+}
+
+/// Builds the answers of one zone. `previous`, the zone's last snapshot,
+/// lends every answer whose inputs are unchanged, so a small change to a
+/// large zone re-encodes only what it touches.
+pub fn build_zone(zone: &Zone, serial: u32, previous: Option<&ZoneSnapshot>) -> ZoneSnapshot {
+    let mut builder = Builder::new(zone, previous);
+    builder.add_zone();
+    builder.finish(serial, previous)
+}
+
+/// Builds a reverse zone (under in-addr.arpa or ip6.arpa) from its SOA
+/// settings (`zone`, which has no hosts or services) and (owner, target)
+/// PTR pairs, reusing `previous` as [`build_zone`] does.
+pub fn build_reverse_zone<'a>(
+    zone: &Zone,
+    ptrs: impl IntoIterator<Item = (&'a Name, &'a Name)>,
+    serial: u32,
+    previous: Option<&ZoneSnapshot>,
+) -> ZoneSnapshot {
+    let mut builder = Builder::new(zone, previous);
+    builder.add_zone();
+    for (owner, target) in ptrs {
+        builder.add(owner, RData::Ptr(target.clone()));
+    }
+    builder.finish(serial, previous)
+}
+
+/// The TXT strings of an instance (RFC 6763 section 6): `key=value` each, or
+/// one empty string when there is no metadata, since a DNS-SD instance must
+/// have a TXT record (section 6.1).
+fn txt_strings(metadata: &[(String, String)]) -> Vec<Vec<u8>> {
+    if metadata.is_empty() {
+        return vec![Vec::new()];
+    }
+    metadata
+        .iter()
+        .map(|(k, v)| format!("{k}={v}").into_bytes())
+        .collect()
+}
+
+/// `<service>.<zone>` and `_<service>._<protocol>.<zone>`.
+fn service_names(apex: &Name, service: &Service) -> Option<(Name, Name)> {
+    let srv = try_child(apex, &format!("_{}", service.protocol.as_str()))
+        .and_then(|p| try_child(&p, &format!("_{}", service.name)))?;
+    Some((try_child(apex, &service.name)?, srv))
+}
+
+/// `label.parent`, or `None` when the name would be too long (an underscore
+/// added to a 63-character label, or a long zone): such a name cannot exist,
+/// so it is not served.
+fn try_child(parent: &Name, label: &str) -> Option<Name> {
+    parent.prepend_label(label).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::answer::snapshot::{Answer, Cut};
+    use crate::answer::weighted::Orders;
+    use crate::model::{Host, Instance, Protocol, Soa};
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    /// First places over a sweep of random numbers, per record.
+    fn first_places(orders: &Orders, n: usize) -> Vec<usize> {
+        let mut seen = vec![0; n];
+        let mut x = 0x1234_5678u32;
+        for _ in 0..200_000 {
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x
+            };
+            let (a, b) = (next(), next());
+            seen[orders.pick_first(a, b) as usize] += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn every_record_of_a_large_level_comes_first_in_its_share() {
+        // 32 pre-drawn orders alone cannot put each of 100 records first.
+        let orders = Orders::draw(&vec![(0, 1.0); 100]);
+        let seen = first_places(&orders, 100);
+        assert!(seen.iter().all(|&c| (1500..2500).contains(&c)), "{seen:?}");
+    }
+
+    #[test]
+    fn first_places_follow_the_weights_of_the_lowest_priority_only() {
+        // Weights 1:3 at priority 0; a heavy record at priority 1 never comes first.
+        let orders = Orders::draw(&[(0, 1.0), (0, 3.0), (1, 100.0)]);
+        let seen = first_places(&orders, 3);
+        assert_eq!(seen[2], 0);
+        let share = seen[0] as f64 / 200_000.0;
+        assert!((0.24..0.26).contains(&share), "{share}");
+    }
+
+    fn instance(n: &str, endpoint: Endpoint, weight: u16) -> Instance {
+        Instance {
+            name: n.into(),
+            endpoint,
+            port: 8080,
+            weight,
+            priority: 1,
+            check: None,
+            tags: vec!["blue".into()],
+            metadata: vec![("v".into(), n.into())],
+        }
+    }
+
+    /// A zone with every kind of answer: NS with glue, hosts, a weighted
+    /// service with tags, DNS-SD names, and instances pointing at a host.
+    fn zone() -> Zone {
+        let addr = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut instances: Vec<Instance> = (0..40)
+            .map(|i| {
+                let a = Endpoint::Addresses(vec![addr(&format!("10.0.0.{}", i + 1))]);
+                instance(&format!("web-{i}"), a, 1 + i as u16 % 3)
+            })
+            .collect();
+        instances.push(instance(
+            "ext",
+            Endpoint::Target(name("db.svc.example.")),
+            5,
+        ));
+        instances.push(instance(
+            "dual",
+            Endpoint::Addresses(vec![addr("10.0.1.1"), addr("fd00::1")]),
+            0,
+        ));
+        Zone {
+            apex: name("svc.example."),
+            ttl: 30,
+            nameservers: vec![name("ns1.svc.example."), name("ns.other.")],
+            soa: Soa {
+                mname: name("ns1.svc.example."),
+                rname: name("admin.svc.example."),
+                refresh: 1,
+                retry: 2,
+                expire: 3,
+                minimum: 4,
+            },
+            hosts: vec![
+                Host {
+                    name: name("ns1.svc.example."),
+                    addresses: vec![addr("10.1.0.1")],
+                },
+                Host {
+                    name: name("db.svc.example."),
+                    addresses: vec![addr("10.2.0.1"), addr("fd00::2")],
+                },
+                Host {
+                    name: name("a.b.c.svc.example."),
+                    addresses: vec![addr("10.3.0.1")],
+                },
+            ],
+            services: vec![Service {
+                name: "web".into(),
+                protocol: Protocol::Tcp,
+                tags: vec!["prod".into()],
+                check: None,
+                instances,
+                max_answers: Some(8),
+            }],
+        }
+    }
+
+    /// Every (name, type) answer of a snapshot, by key and type.
+    fn answers(z: &ZoneSnapshot) -> BTreeMap<(Vec<u8>, u16), &Answer> {
+        let mut all = BTreeMap::new();
+        for (key, node) in &z.nodes {
+            for e in &node.answers {
+                assert!(all.insert((key.to_vec(), e.rtype), &e.answer).is_none());
+            }
+        }
+        all
+    }
+
+    type Flat<'a> = (&'a [u8], &'a [Cut], Option<(usize, usize, Vec<&'a [u16]>)>);
+
+    fn flat(a: &Answer) -> Flat<'_> {
+        let shuffled = a.shuffled().map(|s| {
+            let orders = (0..s.variants()).map(|v| s.order(v)).collect();
+            (s.record_len(), s.count(), orders)
+        });
+        (a.body(), &a.cuts, shuffled)
+    }
+
+    /// Builds `changed` on top of a snapshot of `base` and checks it against
+    /// a build from scratch; returns how many answers were taken over.
+    fn rebuild_matches(base: &Zone, changed: &Zone, serial: u32) -> usize {
+        let old = build_zone(base, 1, None);
+        let reused = build_zone(changed, serial, Some(&old));
+        let fresh = build_zone(changed, serial, None);
+        let (r, f) = (answers(&reused), answers(&fresh));
+        assert_eq!(
+            r.keys().collect::<Vec<_>>(),
+            f.keys().collect::<Vec<_>>(),
+            "the same names and types"
+        );
+        for (k, a) in &r {
+            assert!(flat(a) == flat(f[k]), "answer for {k:?} differs");
+        }
+        let mut nodes: Vec<&[u8]> = reused.nodes.keys().map(|k| &k[..]).collect();
+        let mut fresh_nodes: Vec<&[u8]> = fresh.nodes.keys().map(|k| &k[..]).collect();
+        nodes.sort();
+        fresh_nodes.sort();
+        assert_eq!(nodes, fresh_nodes, "the same names, empty ones included");
+        assert_eq!(reused.negative_soa, fresh.negative_soa);
+        let old_answers = answers(&old);
+        r.iter()
+            .filter(|(k, a)| {
+                old_answers
+                    .get(*k)
+                    .is_some_and(|o| Arc::ptr_eq(&o.body, &a.body))
+            })
+            .count()
+    }
+
+    #[test]
+    fn rebuilding_on_a_previous_snapshot_equals_building_from_scratch() {
+        let base = zone();
+        let total = answers(&build_zone(&base, 1, None)).len();
+
+        // Nothing changed but the serial: only the SOA answer is new.
+        let reused = rebuild_matches(&base, &base, 2);
+        assert_eq!(reused, total - 1);
+
+        // One instance's address.
+        let mut z = base.clone();
+        z.services[0].instances[3].endpoint =
+            Endpoint::Addresses(vec!["10.9.9.9".parse().unwrap()]);
+        let reused = rebuild_matches(&base, &z, 2);
+        assert!(reused > 0 && reused < total - 1, "{reused} of {total}");
+
+        // A target name's letter case: SRV answers change, lookups do not.
+        let mut z = base.clone();
+        z.services[0].instances[40].endpoint = Endpoint::Target(name("DB.svc.example."));
+        rebuild_matches(&base, &z, 1);
+
+        // A glue host's address (SRV target and NS).
+        let mut z = base.clone();
+        z.hosts[1].addresses = vec!["10.2.0.2".parse().unwrap()];
+        rebuild_matches(&base, &z, 1);
+        let mut z = base.clone();
+        z.hosts[0].addresses.push("10.1.0.2".parse().unwrap());
+        rebuild_matches(&base, &z, 1);
+
+        // A weight and an instance's metadata.
+        let mut z = base.clone();
+        z.services[0].instances[5].weight = 9;
+        z.services[0].instances[6]
+            .metadata
+            .push(("k".into(), "v".into()));
+        rebuild_matches(&base, &z, 1);
+
+        // SOA fields, the TTL, max answers, an owner's letter case, a new
+        // empty non-terminal, an instance removed.
+        let mut z = base.clone();
+        z.soa.retry = 20;
+        rebuild_matches(&base, &z, 1);
+        let mut z = base.clone();
+        z.ttl = 60;
+        assert_eq!(rebuild_matches(&base, &z, 1), 0);
+        let mut z = base.clone();
+        z.services[0].max_answers = None;
+        rebuild_matches(&base, &z, 1);
+        let mut z = base.clone();
+        z.hosts[2].name = name("A.b.c.svc.example.");
+        rebuild_matches(&base, &z, 1);
+        let mut z = base.clone();
+        z.hosts[2].name = name("x.y.z.svc.example.");
+        rebuild_matches(&base, &z, 1);
+        let mut z = base.clone();
+        z.services[0].instances.remove(0);
+        rebuild_matches(&base, &z, 1);
+    }
+}

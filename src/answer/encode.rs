@@ -1,0 +1,499 @@
+//! Encoding one answer: the sections after the question, with name
+//! compression, record counts and cut points, and the fingerprint of its
+//! inputs that lets a rebuild reuse it.
+
+use std::cell::RefCell;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
+
+use hickory_proto::rr::Name;
+
+// Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
+use foldhash::{HashMap, HashSet, HashSetExt};
+
+use super::snapshot::{Answer, Cut, Fingerprint, Shuffled};
+use super::weighted::{Orders, Weighted};
+use crate::answer::wire::{MessageWriter, lower_wire, lower_wire_into, rtype};
+use crate::model::Zone;
+
+/// One record's data, before encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum RData {
+    Addr(IpAddr),
+    Srv {
+        priority: u16,
+        weight: u16,
+        port: u16,
+        target: Name,
+    },
+    Ns(Name),
+    Soa,
+    Ptr(Name),
+    Txt(Vec<Vec<u8>>),
+}
+
+/// What makes two records the same, cheap to hash: names as lowercased wire
+/// bytes (hashing a `Name` feeds the hasher one byte at a time).
+#[derive(PartialEq, Eq, Hash)]
+pub(super) enum RecordKey {
+    Addr(IpAddr),
+    Srv(u16, u16, u16, Vec<u8>),
+    Ns(Vec<u8>),
+    Soa,
+    Ptr(Vec<u8>),
+    Txt(Vec<Vec<u8>>),
+}
+
+impl RData {
+    pub(super) fn key(&self) -> RecordKey {
+        match self {
+            RData::Addr(a) => RecordKey::Addr(*a),
+            RData::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => RecordKey::Srv(*priority, *weight, *port, lower_wire(target)),
+            RData::Ns(n) => RecordKey::Ns(lower_wire(n)),
+            RData::Soa => RecordKey::Soa,
+            RData::Ptr(n) => RecordKey::Ptr(lower_wire(n)),
+            RData::Txt(t) => RecordKey::Txt(t.clone()),
+        }
+    }
+
+    pub(super) fn rtype(&self) -> u16 {
+        match self {
+            RData::Addr(IpAddr::V4(_)) => rtype::A,
+            RData::Addr(IpAddr::V6(_)) => rtype::AAAA,
+            RData::Srv { .. } => rtype::SRV,
+            RData::Ns(_) => rtype::NS,
+            RData::Soa => rtype::SOA,
+            RData::Ptr(_) => rtype::PTR,
+            RData::Txt(_) => rtype::TXT,
+        }
+    }
+}
+
+/// A name's records while the snapshot is assembled.
+pub(super) struct NodeRecords {
+    /// The name with its letter case; `None` for an empty non-terminal.
+    pub(super) name: Option<Name>,
+    pub(super) rrsets: RRsets,
+    /// Every record in `rrsets`, so a duplicate is found without scanning
+    /// (a service with thousands of instances has RRsets that large).
+    /// Made only when an RRset grows past [`SCAN_LIMIT`]: most names have a
+    /// record or two, and a set for each would dominate the build's memory.
+    pub(super) seen: Option<HashSet<RecordKey>>,
+    /// For a service's names: the (priority, weight) of each address record.
+    pub(super) weighted: Option<Weighted>,
+}
+
+/// RRsets by type, in type order: a name has few types, so a sorted vector
+/// is smaller than a map.
+#[derive(Default)]
+pub(super) struct RRsets(Vec<(u16, Vec<RData>)>);
+
+impl RRsets {
+    pub(super) fn get(&self, rtype: &u16) -> Option<&Vec<RData>> {
+        self.0.iter().find(|(t, _)| t == rtype).map(|(_, v)| v)
+    }
+
+    pub(super) fn contains_key(&self, rtype: &u16) -> bool {
+        self.get(rtype).is_some()
+    }
+
+    pub(super) fn keys(&self) -> impl Iterator<Item = &u16> {
+        self.0.iter().map(|(t, _)| t)
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &Vec<RData>> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    pub(super) fn push(&mut self, rdata: RData) {
+        let rtype = rdata.rtype();
+        match self.0.binary_search_by_key(&rtype, |(t, _)| *t) {
+            Ok(i) => self.0[i].1.push(rdata),
+            Err(i) => self.0.insert(i, (rtype, vec![rdata])),
+        }
+    }
+}
+
+impl std::ops::Index<&u16> for RRsets {
+    type Output = Vec<RData>;
+    fn index(&self, rtype: &u16) -> &Vec<RData> {
+        self.get(rtype).expect("an RRset of this type")
+    }
+}
+
+/// RRsets up to this size are searched for duplicates; larger ones get a set.
+const SCAN_LIMIT: usize = 8;
+
+impl NodeRecords {
+    pub(super) fn new(name: Option<Name>) -> Self {
+        NodeRecords {
+            name,
+            rrsets: RRsets::default(),
+            seen: None,
+            weighted: None,
+        }
+    }
+
+    /// Whether `rdata` is not in the node yet. Two sources of the same record
+    /// (an address shared by two instances of a service) would be a duplicate
+    /// RR, which RFC 2181 forbids.
+    pub(super) fn is_new(&mut self, rdata: &RData) -> bool {
+        if let Some(seen) = &mut self.seen {
+            return seen.insert(rdata.key());
+        }
+        let same_type = self.rrsets.get(&rdata.rtype());
+        if same_type.is_none_or(|v| v.len() < SCAN_LIMIT) {
+            return !same_type.is_some_and(|v| v.contains(rdata));
+        }
+        let mut seen: HashSet<RecordKey> = self.rrsets.values().flatten().map(RData::key).collect();
+        let new = seen.insert(rdata.key());
+        self.seen = Some(seen);
+        new
+    }
+}
+
+/// Appends a name's wire form, letter case kept, to a fingerprint's input.
+pub(super) fn put_name(input: &mut Vec<u8>, name: Option<&Name>) {
+    let Some(name) = name else {
+        input.push(0xFF);
+        return;
+    };
+    for label in name.iter() {
+        input.push(label.len() as u8);
+        input.extend_from_slice(label);
+    }
+    input.push(0);
+}
+
+/// Appends an RRset (or its absence) to a fingerprint's input.
+pub(super) fn put_rrset(input: &mut Vec<u8>, rrset: Option<&Vec<RData>>) {
+    let Some(rrset) = rrset else {
+        input.extend_from_slice(&u32::MAX.to_be_bytes());
+        return;
+    };
+    input.extend_from_slice(&(rrset.len() as u32).to_be_bytes());
+    for rdata in rrset {
+        match rdata {
+            RData::Addr(IpAddr::V4(a)) => {
+                input.push(1);
+                input.extend_from_slice(&a.octets());
+            }
+            RData::Addr(IpAddr::V6(a)) => {
+                input.push(2);
+                input.extend_from_slice(&a.octets());
+            }
+            RData::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => {
+                input.push(3);
+                for v in [priority, weight, port] {
+                    input.extend_from_slice(&v.to_be_bytes());
+                }
+                put_name(input, Some(target));
+            }
+            RData::Ns(n) => {
+                input.push(4);
+                put_name(input, Some(n));
+            }
+            RData::Soa => input.push(5),
+            RData::Ptr(n) => {
+                input.push(6);
+                put_name(input, Some(n));
+            }
+            RData::Txt(strings) => {
+                input.push(7);
+                input.extend_from_slice(&(strings.len() as u32).to_be_bytes());
+                for s in strings {
+                    input.push(s.len() as u8);
+                    input.extend_from_slice(s);
+                }
+            }
+        }
+    }
+}
+
+pub(super) struct Encoder<'a> {
+    pub(super) zone: &'a Zone,
+    pub(super) serial: u32,
+    pub(super) names: &'a HashMap<Vec<u8>, NodeRecords>,
+    /// Orders drawn so far, by the (priority, weight) list they were drawn
+    /// for: most services share a handful of weight patterns.
+    pub(super) orders: RefCell<OrdersByWeights>,
+    /// Room for the key of a name being looked up.
+    pub(super) scratch: RefCell<Vec<u8>>,
+}
+
+/// Orders by the (priority, weight bits) list they were drawn for.
+type OrdersByWeights = HashMap<Vec<(u16, u64)>, Arc<Orders>>;
+
+/// The keys of answer fingerprints, drawn once per process.
+static FINGERPRINT_KEYS: LazyLock<[RandomState; 2]> =
+    LazyLock::new(|| [RandomState::new(), RandomState::new()]);
+
+impl Encoder<'_> {
+    /// The node at `name`, if the zone has it.
+    pub(super) fn lookup(&self, name: &Name) -> Option<&NodeRecords> {
+        let mut key = self.scratch.borrow_mut();
+        lower_wire_into(name, &mut key);
+        self.names.get(&key[..])
+    }
+
+    /// The fingerprint of the answer for (`key`, `qtype`): a digest of
+    /// everything [`Encoder::answer`] reads for it, written to `input` first.
+    /// Reading more than the answer uses only costs a needless encoding;
+    /// missing an input would serve a stale answer.
+    pub(super) fn fingerprint(
+        &self,
+        key: &[u8],
+        node: &NodeRecords,
+        qtype: u16,
+        input: &mut Vec<u8>,
+    ) -> Fingerprint {
+        input.clear();
+        input.extend_from_slice(&qtype.to_be_bytes());
+        input.extend_from_slice(&self.zone.ttl.to_be_bytes());
+        input.extend_from_slice(key);
+        put_name(input, node.name.as_ref());
+        let rrset = &node.rrsets[&qtype];
+        put_rrset(input, Some(rrset));
+        match node.weighted.as_ref() {
+            Some(w) => {
+                input.push(1);
+                input.extend_from_slice(
+                    &w.max_answers.map_or(0, |m| u32::from(m) + 1).to_be_bytes(),
+                );
+                let weights = w.by_type.get(&qtype).map_or(&[][..], Vec::as_slice);
+                input.extend_from_slice(&(weights.len() as u32).to_be_bytes());
+                for &(p, w) in weights {
+                    input.extend_from_slice(&p.to_be_bytes());
+                    input.extend_from_slice(&w.to_bits().to_be_bytes());
+                }
+            }
+            None => input.push(0),
+        }
+        if rrset.contains(&RData::Soa) {
+            let soa = &self.zone.soa;
+            put_name(input, Some(&soa.mname));
+            put_name(input, Some(&soa.rname));
+            for v in [self.serial, soa.refresh, soa.retry, soa.expire, soa.minimum] {
+                input.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        // The additional section: the nodes it is read from.
+        let addresses = |input: &mut Vec<u8>, target: &Name| match self.lookup(target) {
+            Some(t) => {
+                input.push(1);
+                put_rrset(input, t.rrsets.get(&rtype::A));
+                put_rrset(input, t.rrsets.get(&rtype::AAAA));
+            }
+            None => input.push(0),
+        };
+        for rdata in rrset {
+            match rdata {
+                // A DNS-SD instance's records, when the target is one (has TXT).
+                RData::Ptr(n) => match self.lookup(n) {
+                    Some(t) if t.rrsets.contains_key(&rtype::TXT) => {
+                        input.push(1);
+                        put_rrset(input, t.rrsets.get(&rtype::SRV));
+                        put_rrset(input, t.rrsets.get(&rtype::TXT));
+                        for r in t.rrsets.get(&rtype::SRV).into_iter().flatten() {
+                            if let RData::Srv { target, .. } = r {
+                                addresses(input, target);
+                            }
+                        }
+                    }
+                    _ => input.push(0),
+                },
+                RData::Srv { target: n, .. } | RData::Ns(n) => addresses(input, n),
+                _ => {}
+            }
+        }
+        let [a, b] = &*FINGERPRINT_KEYS;
+        [a.hash_one(&input[..]), b.hash_one(&input[..])]
+    }
+
+    /// The orders for records of these priorities and weights.
+    pub(super) fn orders(&self, weights: &[(u16, f64)]) -> Arc<Orders> {
+        let key: Vec<(u16, u64)> = weights.iter().map(|&(p, w)| (p, w.to_bits())).collect();
+        self.orders
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| Arc::new(Orders::draw(weights)))
+            .clone()
+    }
+
+    pub(super) fn answer(&self, key: &[u8], node: &NodeRecords, qtype: u16) -> Answer {
+        let mut w = MessageWriter::with_question(key, qtype);
+        let question_end = w.buf.len();
+        let mut cuts = Vec::new();
+        let mut counts = [0u16; 3];
+        let cut = |w: &MessageWriter, counts: [u16; 3]| Cut {
+            len: (w.buf.len() - question_end) as u32,
+            counts,
+        };
+
+        let rrset = &node.rrsets[&qtype];
+        let weights = node
+            .weighted
+            .as_ref()
+            .and_then(|w| Some((w.max_answers, w.by_type.get(&qtype)?)));
+        if let Some((max_answers, weights)) = weights
+            && rrset.len() >= 2
+            && weights.len() == rrset.len()
+        {
+            return self.shuffled(rrset, weights, max_answers);
+        }
+        let owner = node.name.as_ref().expect("a name with records");
+        for rdata in rrset {
+            self.record(&mut w, owner, rdata);
+            counts[0] += 1;
+            cuts.push(cut(&w, counts));
+        }
+
+        // DNS-SD (RFC 6763 section 12.1): a PTR answer for a service type
+        // carries each instance's SRV and TXT records.
+        let mut glue_for: Vec<(&Name, &NodeRecords)> = Vec::new();
+        let mut glued: HashSet<Vec<u8>> = HashSet::new();
+        let mut srv_targets: Vec<&RData> = Vec::new();
+        for rdata in rrset {
+            if let RData::Ptr(n) = rdata
+                && let Some(target_node) = self.lookup(n)
+                && target_node.rrsets.contains_key(&rtype::TXT)
+            {
+                for t in [rtype::SRV, rtype::TXT] {
+                    if let Some(records) = target_node.rrsets.get(&t) {
+                        for r in records {
+                            self.record(&mut w, n, r);
+                            counts[2] += 1;
+                        }
+                        cuts.push(cut(&w, counts));
+                    }
+                }
+                srv_targets.extend(target_node.rrsets.get(&rtype::SRV).into_iter().flatten());
+            }
+        }
+
+        // Addresses of in-zone targets, so a client needs no second query.
+        for rdata in rrset.iter().chain(srv_targets) {
+            if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata {
+                let key = lower_wire(n);
+                if let Some(target_node) = self.names.get(&key)
+                    && glued.insert(key)
+                {
+                    glue_for.push((n, target_node));
+                }
+            }
+        }
+        for (target, target_node) in glue_for {
+            for t in [rtype::A, rtype::AAAA] {
+                let Some(addrs) = target_node.rrsets.get(&t) else {
+                    continue;
+                };
+                for rdata in addrs {
+                    self.record(&mut w, target, rdata);
+                    counts[2] += 1;
+                }
+                cuts.push(cut(&w, counts));
+            }
+        }
+
+        Answer {
+            body: w.buf[question_end..].into(),
+            cuts: cuts.into(),
+            shuffled: None,
+        }
+    }
+
+    /// A service's addresses: each record encoded alone, with its owner a
+    /// pointer to the question (offset 12), so that records can go out in
+    /// any order and any number.
+    pub(super) fn shuffled(
+        &self,
+        rrset: &[RData],
+        weights: &[(u16, f64)],
+        max: Option<u16>,
+    ) -> Answer {
+        let orders = self.orders(weights);
+        let mut body = Vec::new();
+        let mut cuts = Vec::new();
+        for (i, rdata) in rrset.iter().enumerate() {
+            let (rtype, data): (u16, &[u8]) = match rdata {
+                RData::Addr(IpAddr::V4(a)) => (rtype::A, &a.octets()[..]),
+                RData::Addr(IpAddr::V6(a)) => (rtype::AAAA, &a.octets()[..]),
+                _ => unreachable!("only addresses are weighted"),
+            };
+            body.extend_from_slice(&[0xC0, crate::answer::wire::HEADER_LEN as u8]);
+            body.extend_from_slice(&rtype.to_be_bytes());
+            body.extend_from_slice(&crate::answer::wire::CLASS_IN.to_be_bytes());
+            body.extend_from_slice(&self.zone.ttl.to_be_bytes());
+            body.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            body.extend_from_slice(data);
+            cuts.push(Cut {
+                len: body.len() as u32,
+                counts: [i as u16 + 1, 0, 0],
+            });
+        }
+        let record_len = body.len() / rrset.len();
+        let count = max.map_or(rrset.len(), |m| rrset.len().min(m.into()));
+        Answer {
+            body: body.into(),
+            cuts: cuts.into(),
+            shuffled: Some(Arc::new(Shuffled {
+                record_len,
+                count,
+                orders,
+            })),
+        }
+    }
+
+    pub(super) fn record(&self, w: &mut MessageWriter, owner: &Name, rdata: &RData) {
+        w.record(owner, rdata.rtype(), self.zone.ttl, |w| match rdata {
+            RData::Addr(IpAddr::V4(a)) => w.buf.extend_from_slice(&a.octets()),
+            RData::Addr(IpAddr::V6(a)) => w.buf.extend_from_slice(&a.octets()),
+            RData::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => {
+                w.u16(*priority);
+                w.u16(*weight);
+                w.u16(*port);
+                // RFC 2782: the SRV target is not compressed.
+                w.name_uncompressed(target);
+            }
+            RData::Ns(name) => w.name(name),
+            RData::Soa => self.soa_rdata(w, true),
+            RData::Ptr(name) => w.name(name),
+            RData::Txt(strings) => {
+                for s in strings {
+                    w.buf.push(s.len() as u8);
+                    w.buf.extend_from_slice(s);
+                }
+            }
+        });
+    }
+
+    pub(super) fn soa_rdata(&self, w: &mut MessageWriter, compress: bool) {
+        let soa = &self.zone.soa;
+        if compress {
+            w.name(&soa.mname);
+            w.name(&soa.rname);
+        } else {
+            w.name_uncompressed(&soa.mname);
+            w.name_uncompressed(&soa.rname);
+        }
+        for v in [self.serial, soa.refresh, soa.retry, soa.expire, soa.minimum] {
+            w.u32(v);
+        }
+    }
+}
