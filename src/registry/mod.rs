@@ -918,3 +918,262 @@ fn endpoint_strings(e: &Endpoint) -> (Vec<String>, Option<String>) {
         Endpoint::Target(t) => (Vec::new(), Some(t.to_ascii())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+
+    const ZONE: &str = "zone = \"r.test\"\n[[services]]\nname = \"web\"\nport = 80\n\
+                        [[services.instances]]\nname = \"web-1\"\naddress = \"10.0.0.1\"\n";
+
+    fn file(path: &str, text: &str) -> Change {
+        let zone = crate::sources::zone_file::parse(Path::new(path), text).expect("valid zone");
+        Change::FileLoaded {
+            path: path.into(),
+            zone: Box::new(zone),
+            zone_at: (1, 8),
+        }
+    }
+
+    fn registration(instance: &str, address: &str, ttl: Option<u32>) -> Registration {
+        let mut r = json!({"zone": "r.test", "service": "web", "instance": instance,
+            "address": address, "port": 8080});
+        if let Some(ttl) = ttl {
+            r["ttl"] = ttl.into();
+        }
+        serde_json::from_value(r).expect("a registration")
+    }
+
+    fn key(instance: &str) -> InstanceKey {
+        serde_json::from_value(json!({"zone": "r.test", "service": "web", "instance": instance}))
+            .expect("a key")
+    }
+
+    /// Whether the published snapshot has this name.
+    fn answers(handle: &SnapshotHandle, name: &str) -> bool {
+        let apex = hickory_proto::rr::Name::from_ascii("r.test.").unwrap();
+        let name = hickory_proto::rr::Name::from_ascii(name).unwrap();
+        handle
+            .load()
+            .zone(&lower_wire(&apex))
+            .is_some_and(|z| z.node(&lower_wire(&name)).is_some())
+    }
+
+    fn state(registry: &Registry, instance: &str) -> String {
+        let list = registry.list(Some("r.test"), Instant::now()).unwrap();
+        let i = list
+            .iter()
+            .find(|i| i.instance == instance)
+            .expect("listed");
+        i.state.clone()
+    }
+
+    #[test]
+    fn a_registration_is_answered_after_publish_and_journaled() {
+        let (mut registry, handle) = Registry::new();
+        let now = Instant::now();
+        registry.apply(file("r.toml", ZONE), now).unwrap();
+        registry.publish();
+        let info = registry
+            .apply(
+                Change::Register(registration("web-9", "10.0.0.9", None)),
+                now,
+            )
+            .unwrap()
+            .expect("the instance");
+        assert_eq!(info.state, "serving");
+        assert!(!answers(&handle, "web-9.r.test."), "not before publish");
+        assert!(registry.needs_publish());
+        registry.publish();
+        assert!(answers(&handle, "web-9.r.test."));
+        assert!(
+            matches!(&registry.take_journal()[..], [Record::Set(s)] if s.registration.instance == "web-9")
+        );
+
+        // The same registration again changes nothing and saves nothing.
+        registry
+            .apply(
+                Change::Register(registration("web-9", "10.0.0.9", None)),
+                now,
+            )
+            .unwrap();
+        assert!(registry.take_journal().is_empty());
+
+        registry
+            .apply(Change::Deregister(key("web-9")), now)
+            .unwrap();
+        registry.publish();
+        assert!(!answers(&handle, "web-9.r.test."));
+        assert!(
+            matches!(&registry.take_journal()[..], [Record::Remove(r)] if r.instance == "web-9")
+        );
+    }
+
+    #[test]
+    fn refusals_are_typed_and_change_nothing() {
+        let (mut registry, _) = Registry::new();
+        let now = Instant::now();
+        let unknown = registry.apply(
+            Change::Register(registration("web-9", "10.0.0.9", None)),
+            now,
+        );
+        assert!(
+            matches!(unknown, Err(RegistryError::UnknownZone { served, .. }) if served.is_empty())
+        );
+        registry.apply(file("r.toml", ZONE), now).unwrap();
+        let taken = registry.apply(
+            Change::Register(registration("web-1", "10.0.0.9", None)),
+            now,
+        );
+        assert!(
+            matches!(taken, Err(RegistryError::Conflict(_))),
+            "{taken:?}"
+        );
+        let from_file = registry.apply(Change::Deregister(key("web-1")), now);
+        assert!(
+            matches!(from_file, Err(RegistryError::DefinedByFile { .. })),
+            "{from_file:?}"
+        );
+        let missing = registry.apply(Change::Heartbeat(key("web-7")), now);
+        assert!(
+            matches!(missing, Err(RegistryError::NotRegistered { .. })),
+            "{missing:?}"
+        );
+        let invalid = registry.apply(
+            Change::Register(registration("web_9", "10.0.0.9", None)),
+            now,
+        );
+        assert!(
+            matches!(invalid, Err(RegistryError::Invalid(_))),
+            "{invalid:?}"
+        );
+        assert!(registry.take_journal().is_empty());
+    }
+
+    #[test]
+    fn a_file_that_takes_a_registered_name_shadows_it_until_it_gives_it_back() {
+        let (mut registry, handle) = Registry::new();
+        let now = Instant::now();
+        registry.apply(file("r.toml", ZONE), now).unwrap();
+        registry
+            .apply(
+                Change::Register(registration("web-9", "10.0.0.9", None)),
+                now,
+            )
+            .unwrap();
+        registry.publish();
+        let with_web_9 =
+            format!("{ZONE}[[services.instances]]\nname = \"web-9\"\naddress = \"10.0.0.99\"\n");
+        registry.apply(file("r.toml", &with_web_9), now).unwrap();
+        registry.publish();
+        assert_eq!(state(&registry, "web-9"), "serving", "the file's web-9");
+        let runtime = registry.list(Some("r.test"), now).unwrap();
+        let shadowed = runtime.iter().find(|i| i.source == "runtime").unwrap();
+        assert_eq!(shadowed.state, "shadowed");
+        // The file gives the name back: the registration is served again.
+        registry.apply(file("r.toml", ZONE), now).unwrap();
+        registry.publish();
+        assert_eq!(state(&registry, "web-9"), "serving");
+        assert!(answers(&handle, "web-9.r.test."));
+    }
+
+    #[test]
+    fn an_instance_without_heartbeat_expires_and_a_heartbeat_revives_it() {
+        let (mut registry, handle) = Registry::new();
+        let now = Instant::now();
+        registry.apply(file("r.toml", ZONE), now).unwrap();
+        registry
+            .apply(
+                Change::Register(registration("web-9", "10.0.0.9", Some(5))),
+                now,
+            )
+            .unwrap();
+        registry.publish();
+        registry.take_journal();
+        assert_eq!(registry.next_expiry(), Some(now + Duration::from_secs(5)));
+        assert!(!registry.expire(now + Duration::from_secs(4)));
+        assert!(registry.expire(now + Duration::from_secs(5)));
+        registry.publish();
+        assert!(!answers(&handle, "web-9.r.test."));
+        assert_eq!(state(&registry, "web-9"), "expired");
+        assert_eq!(
+            registry.next_expiry(),
+            None,
+            "an expired instance has no deadline"
+        );
+        // The expired flag is saved, so a restart keeps it out of answers.
+        assert!(matches!(&registry.take_journal()[..], [Record::Set(s)] if s.expired));
+
+        let later = now + Duration::from_secs(6);
+        registry
+            .apply(Change::Heartbeat(key("web-9")), later)
+            .unwrap();
+        registry.publish();
+        assert!(answers(&handle, "web-9.r.test."));
+        assert_eq!(registry.next_expiry(), Some(later + Duration::from_secs(5)));
+        assert!(matches!(&registry.take_journal()[..], [Record::Set(s)] if !s.expired));
+    }
+
+    #[test]
+    fn restored_registrations_keep_their_expired_state_and_wait_for_their_zone() {
+        let (mut registry, handle) = Registry::new();
+        let now = Instant::now();
+        let stored = vec![
+            Stored {
+                registration: registration("web-8", "10.0.0.8", Some(5)),
+                expired: true,
+            },
+            Stored {
+                registration: registration("web-9", "10.0.0.9", Some(5)),
+                expired: false,
+            },
+        ];
+        registry.restore(stored, now).unwrap();
+        assert_eq!(registry.orphaned(), 2, "no file declares r.test yet");
+        registry.apply(file("r.toml", ZONE), now).unwrap();
+        registry.publish();
+        assert_eq!(registry.orphaned(), 0);
+        assert!(!answers(&handle, "web-8.r.test."));
+        assert!(answers(&handle, "web-9.r.test."));
+        assert_eq!(state(&registry, "web-8"), "expired");
+        // The zone file goes: the registrations stay, not served.
+        registry
+            .apply(
+                Change::FileRemoved {
+                    path: "r.toml".into(),
+                },
+                now,
+            )
+            .unwrap();
+        registry.publish();
+        assert!(!answers(&handle, "web-9.r.test."));
+        assert_eq!(registry.orphaned(), 2);
+    }
+
+    #[test]
+    fn a_second_file_for_a_zone_waits_and_takes_it_when_the_first_goes() {
+        let (mut registry, _) = Registry::new();
+        let now = Instant::now();
+        registry.apply(file("a.toml", ZONE), now).unwrap();
+        registry.apply(file("b.toml", ZONE), now).unwrap();
+        let status = registry.status();
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0].source, Path::new("a.toml"));
+        assert!(registry.file_errors[Path::new("b.toml")].contains("already defined by a.toml"));
+        registry
+            .apply(
+                Change::FileRemoved {
+                    path: "a.toml".into(),
+                },
+                now,
+            )
+            .unwrap();
+        let status = registry.status();
+        assert_eq!(status[0].source, Path::new("b.toml"));
+        assert!(registry.file_errors.is_empty());
+    }
+}

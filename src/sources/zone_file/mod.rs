@@ -51,13 +51,15 @@ pub struct LoadedDir {
 }
 
 /// Parses and validates one zone file's text. `path` is only used in errors.
-pub fn parse(path: &Path, text: &str) -> Result<Zone, Vec<ZoneError>> {
+#[cfg(test)]
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Zone, Vec<ZoneError>> {
     parse_inner(path, text).map(|(zone, _)| zone)
 }
 
 /// Reads and parses one file (an I/O error becomes a [`ZoneError`] at 1:1
 /// with the I/O error's message).
-pub fn load_file(path: &Path) -> Result<Zone, Vec<ZoneError>> {
+#[cfg(test)]
+fn load_file(path: &Path) -> Result<Zone, Vec<ZoneError>> {
     load_file_located(path).map(|(zone, _)| zone)
 }
 
