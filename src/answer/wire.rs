@@ -38,6 +38,51 @@ pub mod rtype {
     pub const ANY: u16 = 255;
 }
 
+/// Header flag bits (RFC 1035 section 4.1.1, RFC 4035 section 3.2) in the
+/// 16-bit word after the message ID.
+pub mod flag {
+    /// A response.
+    pub const QR: u16 = 0x8000;
+    /// The opcode's four bits.
+    pub const OPCODE_MASK: u16 = 0x7800;
+    /// Authoritative answer.
+    pub const AA: u16 = 0x0400;
+    /// Truncated.
+    pub const TC: u16 = 0x0200;
+    /// Recursion desired.
+    pub const RD: u16 = 0x0100;
+    /// Recursion available.
+    pub const RA: u16 = 0x0080;
+    /// Checking disabled.
+    pub const CD: u16 = 0x0010;
+    /// The response code's four bits.
+    pub const RCODE_MASK: u16 = 0x000F;
+}
+
+/// Response codes (RFC 1035 section 4.1.1).
+pub mod rcode {
+    /// No error.
+    pub const NOERROR: u8 = 0;
+    /// The query could not be interpreted.
+    pub const FORMERR: u8 = 1;
+    /// The server failed.
+    pub const SERVFAIL: u8 = 2;
+    /// The name does not exist.
+    pub const NXDOMAIN: u8 = 3;
+    /// Not implemented.
+    pub const NOTIMP: u8 = 4;
+    /// Refused by policy.
+    pub const REFUSED: u8 = 5;
+}
+
+/// Sets and clears header flag bits of a message already written.
+pub fn update_flags(message: &mut [u8], set: u16, clear: u16) {
+    if let Some(word) = message.get_mut(2..4) {
+        let flags = (u16::from_be_bytes([word[0], word[1]]) & !clear) | set;
+        word.copy_from_slice(&flags.to_be_bytes());
+    }
+}
+
 /// Class IN.
 pub const CLASS_IN: u16 = 1;
 

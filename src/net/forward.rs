@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::answer::respond::{MAX_UDP_PAYLOAD, Transport};
+use crate::answer::wire::{flag, rcode, update_flags};
 
 /// Longest wait for one upstream before trying the next: short enough that a
 /// dead first upstream leaves time for the second within a stub resolver's
@@ -40,11 +41,6 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 const MAX_CACHE_TTL: u32 = 86_400;
 /// Negative answers at most three hours (RFC 2308 section 5).
 const MAX_NEGATIVE_TTL: u32 = 10_800;
-
-/// Header bits patched in place in a response.
-const RA: u8 = 0x80;
-const RCODE_MASK: u8 = 0x0F;
-const SERVFAIL: u8 = 2;
 
 /// Forwarding settings, validated.
 #[derive(Clone, Debug)]
@@ -386,16 +382,12 @@ impl Forwarder {
 /// Turns the REFUSED response in `out` into SERVFAIL (header and question,
 /// OPT echoed), with RA set.
 pub fn servfail(out: &mut [u8]) {
-    if out.len() >= 4 {
-        out[3] = (out[3] & !RCODE_MASK) | SERVFAIL | RA;
-    }
+    update_flags(out, u16::from(rcode::SERVFAIL) | flag::RA, flag::RCODE_MASK);
 }
 
 /// Sets RA in a response already written.
 pub fn set_recursion_available(out: &mut [u8]) {
-    if out.len() >= 4 {
-        out[3] |= RA;
-    }
+    update_flags(out, flag::RA, 0);
 }
 
 impl ClientQuery {
