@@ -48,7 +48,9 @@ pub const DNS_PORT: u16 = 53;
 /// socket, so that `dig`, resolvers and unmodified programs find them by name;
 /// other names can be forwarded to upstream resolvers.
 #[derive(Debug, Parser)]
-#[command(name = "signpost", version, about, long_about)]
+// `about` and `long_about` come from the doc comment above, so `-h` and
+// `--help` describe the tool in the same words.
+#[command(name = "signpost", version)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -684,6 +684,34 @@ fn the_cli_shows_status_as_a_table_or_json() {
 }
 
 #[test]
+fn a_stale_zone_keeps_the_status_columns_and_says_why_below() {
+    let zones = tempfile::tempdir().unwrap();
+    let file = zones.path().join("svc.example.toml");
+    std::fs::copy(example_zones().join("svc.example.toml"), &file).unwrap();
+    let server = Server::start(zones.path());
+    std::fs::write(&file, "zone = \"svc.example\"\nttl = \"soon\"\n").unwrap();
+    assert!(server.wait_for_log("zone file rejected", Duration::from_secs(10)));
+    let text = stdout(&server.cli(&["status"]));
+    let header = text.lines().find(|l| l.starts_with("ZONE")).unwrap();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("svc.example."))
+        .unwrap();
+    // The row has as many columns as the header: the error is not in it.
+    assert_eq!(
+        row.split_whitespace().count(),
+        header.split_whitespace().count(),
+        "{text}"
+    );
+    assert!(row.contains(" stale "), "{row}");
+    let why = text
+        .lines()
+        .find(|l| l.contains("svc.example.toml:2:"))
+        .expect("the error below the table");
+    assert!(why.starts_with("svc.example.: stale: "), "{why}");
+}
+
+#[test]
 fn cli_errors_go_to_stderr_with_a_non_zero_exit() {
     let server = Server::start(&example_zones());
     let out = server.cli(&[

@@ -255,3 +255,19 @@ fn missing_zones_directory_is_an_error() {
     );
     assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn short_and_long_help_describe_the_tool_alike() {
+    let short = text(&signpost(&["-h"], None).stdout);
+    let long = text(&signpost(&["--help"], None).stdout);
+    // clap drops the final period of the short form.
+    let first = |t: &str| {
+        t.lines()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_string()
+    };
+    assert_eq!(first(&short), first(&long));
+    assert!(first(&short).contains("service discovery"), "{short}");
+}

@@ -184,6 +184,11 @@ port = {flaky_port}
     // Its own name still exists, without addresses.
     assert_nodata(&server, "web-2.h.test.", RecordType::A);
     assert_eq!(health_of(&server, "web-2"), "unhealthy");
+    // The table does not say "serving" for an instance that is not answered.
+    let table = stdout(&server.cli(&["list"]));
+    let row = table.lines().find(|l| l.contains("web-2")).unwrap();
+    assert!(row.contains("not served (unhealthy)"), "{row}");
+    assert!(!row.contains("serving"), "{row}");
     assert!(server.wait_for_log("health check failing", DEADLINE));
     let log = server.log_text();
     let line = log

@@ -358,6 +358,11 @@ fn list_table(instances: &[InstanceInfo]) -> String {
             };
             let state = match &i.reason {
                 Some(r) if i.state != "expired" => format!("{} ({r})", i.state),
+                // Registered and in force, but every address fails its
+                // check: the table must not say it is answered.
+                None if i.state == "serving" && i.health == "unhealthy" => {
+                    "not served (unhealthy)".into()
+                }
                 _ => i.state.clone(),
             };
             vec![
@@ -416,10 +421,7 @@ fn status_table(s: &StatusInfo) -> String {
                 z.zone.clone(),
                 z.file.clone(),
                 z.serial.to_string(),
-                match &z.error {
-                    Some(e) => format!("stale ({e})"),
-                    None => z.state.clone(),
-                },
+                z.state.clone(),
                 z.services.to_string(),
                 z.file_instances.to_string(),
                 z.runtime_instances.to_string(),
@@ -443,6 +445,12 @@ fn status_table(s: &StatusInfo) -> String {
         ],
         rows,
     ));
+    // Errors are long: below the table, so its columns stay aligned.
+    for z in &s.zones {
+        if let Some(e) = &z.error {
+            out.push_str(&format!("{}: {}: {e}\n", z.zone, z.state));
+        }
+    }
     out
 }
 
