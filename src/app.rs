@@ -75,6 +75,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let started = Instant::now();
     let (mut registry, snapshots) = Registry::new();
     registry.set_reverse(config.reverse);
+    registry.set_reap_after(config.reap_expired_after);
 
     // Runtime registrations first, so each zone is built once with them.
     let (state_log, stored) = StateLog::open(&config.state)?;

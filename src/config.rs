@@ -32,6 +32,12 @@ pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 512;
 /// directory like the zones directory: it must survive a reboot, so it does
 /// not go next to the socket in the runtime directory (a tmpfs).
 pub const DEFAULT_STATE: &str = "signpost-state.json";
+/// Default age at which an expired registration is removed: three days, a
+/// long weekend, so a host that was down or a process that was paused comes
+/// back with one heartbeat, while a deployment that registers containers
+/// under fresh names does not grow without bound. Consul's
+/// `deregister_critical_service_after` is the model; 0 turns reaping off.
+pub const DEFAULT_REAP_EXPIRED_AFTER: u64 = 3 * 86_400;
 /// Default total time to get an answer from the upstreams, in seconds: below
 /// the 5 s a glibc stub resolver waits, so the client sees SERVFAIL rather
 /// than a timeout.
@@ -124,6 +130,11 @@ pub struct ServeArgs {
     /// [default: signpost-state.json]
     #[arg(long, value_name = "PATH")]
     pub state: Option<PathBuf>,
+    /// Remove a runtime registration that has been expired (no heartbeat
+    /// within its TTL) for this many seconds; 0 keeps it until it is
+    /// deregistered [default: 259200, three days]
+    #[arg(long, value_name = "SECS")]
+    pub reap_expired_after: Option<u64>,
     /// Upstream resolver for names outside the zones; repeat for several,
     /// tried in order. Port 53 if omitted. Without any, names outside the
     /// zones are refused.
@@ -195,6 +206,8 @@ pub struct ConfigFile {
     pub socket: Option<PathBuf>,
     /// See `--state`.
     pub state: Option<PathBuf>,
+    /// See `--reap-expired-after`.
+    pub reap_expired_after: Option<u64>,
     /// See `--forward`.
     #[serde(default)]
     pub forward: Vec<String>,
@@ -273,6 +286,8 @@ pub struct Config {
     pub forward: Option<ForwardConfig>,
     /// The reverse zones served, from `--reverse` networks.
     pub reverse: ReverseZones,
+    /// How long an expired registration is kept; `None`: until deregistered.
+    pub reap_expired_after: Option<Duration>,
 }
 
 fn read_file(path: Option<&Path>) -> Result<(ConfigFile, PathBuf), ConfigError> {
@@ -355,8 +370,13 @@ impl Config {
             args.reverse.clone()
         };
         let reverse = ReverseZones::new(&reverse).map_err(ConfigError::Invalid)?;
+        let reap = args
+            .reap_expired_after
+            .or(file.reap_expired_after)
+            .unwrap_or(DEFAULT_REAP_EXPIRED_AFTER);
         Ok(Config {
             reverse,
+            reap_expired_after: (reap > 0).then(|| Duration::from_secs(reap)),
             socket,
             state,
             rescan_interval: Duration::from_secs(rescan.max(1)),

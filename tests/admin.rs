@@ -317,6 +317,34 @@ fn a_ttl_instance_expires_without_heartbeats_and_returns_with_one() {
 }
 
 #[test]
+fn an_expired_registration_is_removed_after_the_reaping_age_and_stays_removed() {
+    let admin_dir = tempfile::tempdir().unwrap();
+    let reap = ["--reap-expired-after", "1"];
+    let mut server = Server::start_admin(&example_zones(), admin_dir.path(), &reap);
+    let mut admin = server.admin();
+    admin.ok(
+        json!({"op":"register","zone":"svc.example","service":"web","instance":"web-9",
+        "address":"10.0.0.19","port":8080,"ttl":1}),
+    );
+    admin.ok(register("web-10", "10.0.0.20"));
+    // Expired after 1 s, removed 1 s later, and the log says so.
+    assert!(server.wait_for_log("registration removed", Duration::from_secs(10)));
+    let list = admin.ok(json!({"op":"list"}));
+    assert!(instance(&list, "web-9").is_none(), "{list}");
+    assert!(instance(&list, "web-10").is_some(), "no TTL: never reaped");
+    let e = admin
+        .error(json!({"op":"heartbeat","zone":"svc.example","service":"web","instance":"web-9"}));
+    assert!(e.contains("not registered"), "{e}");
+    drop(admin);
+    assert!(server.stop().success());
+    // The removal was saved: not back after a restart.
+    let server = Server::start_admin(&example_zones(), admin_dir.path(), &reap);
+    let list = server.admin().ok(json!({"op":"list"}));
+    assert!(instance(&list, "web-9").is_none(), "{list}");
+    assert!(instance(&list, "web-10").is_some(), "{list}");
+}
+
+#[test]
 fn registrations_survive_a_restart() {
     let admin_dir = tempfile::tempdir().unwrap();
     let mut server = Server::start_admin(&example_zones(), admin_dir.path(), &[]);

@@ -22,6 +22,7 @@ pub mod registration;
 mod runtime;
 pub mod state_file;
 pub mod store;
+mod timers;
 pub mod writer;
 
 pub use change::{Change, RegistryError, ZoneError};
@@ -36,6 +37,7 @@ use health::{Book, Flip, InstanceHealth, Target};
 use registration::{InstanceInfo, InstanceKey, Registration};
 use runtime::RuntimeInstance;
 use store::{Record, Removed, Stored};
+use timers::{Timer, Timers};
 
 /// The registry: every zone, where it came from, and its serial, and the
 /// runtime registrations that are merged into the zones when they are built.
@@ -62,6 +64,11 @@ pub struct Registry {
     health: Book,
     /// Reverse zones, built from the forward zones' addresses.
     reverse: ReverseZones,
+    /// Expiry and reaping times of runtime instances, earliest first.
+    timers: Timers,
+    /// How long an expired instance is kept before it is removed; `None`:
+    /// until it is deregistered.
+    reap_after: Option<Duration>,
 }
 
 struct ZoneEntry {
@@ -77,8 +84,9 @@ struct RuntimeEntry {
     /// As the client sent it: what the state file keeps.
     request: Registration,
     valid: RuntimeInstance,
-    /// When it expires without a heartbeat (TTL instances only).
-    deadline: Option<Instant>,
+    /// Its pending timer: expiry (TTL instances that are serving) or
+    /// reaping (expired ones, when reaping is on), kept in `Registry::timers`.
+    timer: Option<(Instant, Timer)>,
     /// No heartbeat came within its TTL: registered, not served.
     expired: bool,
     /// Why a zone file now keeps it from being served.
@@ -126,6 +134,8 @@ impl Registry {
             waiting: BTreeMap::new(),
             health: Book::default(),
             reverse: ReverseZones::default(),
+            timers: Timers::default(),
+            reap_after: None,
         };
         (registry, published)
     }
@@ -409,15 +419,17 @@ impl Registry {
                 return Err(RegistryError::Conflict(reason));
             }
         }
-        let deadline = valid.ttl.map(|t| now + Duration::from_secs(t.into()));
+        let timer = expiry(valid.ttl, now);
         let new = RuntimeEntry {
             request,
             valid,
-            deadline,
+            timer,
             expired: false,
             shadowed: None,
         };
         let info = new.info(now);
+        let old_timer = zone.get(&id).and_then(|old| old.timer);
+        self.timers.retime(&key, &id, old_timer, timer);
         let unchanged = zone
             .get(&id)
             .is_some_and(|old| old.request == new.request && old.serving());
@@ -435,6 +447,7 @@ impl Registry {
         let (key, id) = self.find(k)?;
         let zone = self.runtime.get_mut(&key).expect("found");
         if let Some(gone) = zone.remove(&id) {
+            self.timers.retime(&key, &id, gone.timer, None);
             let (zone, instance) = store::key(&gone.request.zone, &gone.request.instance)
                 .map_err(RegistryError::Invalid)?;
             self.journal
@@ -456,7 +469,9 @@ impl Registry {
             .get_mut(&key)
             .and_then(|z| z.get_mut(&id))
             .expect("found");
-        r.deadline = r.valid.ttl.map(|t| now + Duration::from_secs(t.into()));
+        let timer = expiry(r.valid.ttl, now);
+        self.timers.retime(&key, &id, r.timer, timer);
+        r.timer = timer;
         if r.expired {
             r.expired = false;
             info!(zone = %r.valid.apex, instance = %r.valid.instance.name, "heartbeat: serving again");
@@ -579,32 +594,57 @@ impl Registry {
         Ok(out)
     }
 
-    /// Marks runtime instances whose TTL ran out as expired. Returns whether
-    /// any did; [`Registry::publish`] then takes them out of answers.
+    /// Marks runtime instances whose TTL ran out as expired, and removes
+    /// those that stayed expired for the reaping age. Returns whether any
+    /// did; [`Registry::publish`] then takes them out of answers.
     pub fn expire(&mut self, now: Instant) -> bool {
         let mut any = false;
-        for (key, zone) in &mut self.runtime {
-            for r in zone.values_mut() {
-                if !r.expired && r.deadline.is_some_and(|d| d <= now) {
+        while let Some((timer, key, id)) = self.timers.pop_due(now) {
+            let Some(zone) = self.runtime.get_mut(&key) else {
+                continue;
+            };
+            let Some(r) = zone.get_mut(&id) else {
+                continue;
+            };
+            any = true;
+            self.dirty.insert(key.clone());
+            match timer {
+                Timer::Expire => {
                     r.expired = true;
-                    any = true;
+                    r.timer = self.reap_after.map(|age| (now + age, Timer::Reap));
+                    if let Some(t) = r.timer {
+                        self.timers.retime(&key, &id, None, Some(t));
+                    }
                     self.journal.push(Record::Set(r.stored()));
-                    self.dirty.insert(key.clone());
                     info!(zone = %r.valid.apex, instance = %r.valid.instance.name, ttl = r.valid.ttl, "no heartbeat within the TTL; not serving it until the next one");
+                }
+                Timer::Reap => {
+                    let gone = zone.remove(&id).expect("found");
+                    if zone.is_empty() {
+                        self.runtime.remove(&key);
+                    }
+                    if let Ok((zone, instance)) =
+                        store::key(&gone.request.zone, &gone.request.instance)
+                    {
+                        self.journal
+                            .push(Record::Remove(Removed { zone, instance }));
+                    }
+                    info!(zone = %gone.valid.apex, instance = %gone.valid.instance.name, after_secs = self.reap_after.map(|a| a.as_secs()), "expired for the reaping age; registration removed");
                 }
             }
         }
         any
     }
 
-    /// The earliest moment a runtime instance expires, if any will.
+    /// The earliest moment a runtime instance expires or is reaped, if any will.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.runtime
-            .values()
-            .flat_map(|z| z.values())
-            .filter(|r| !r.expired)
-            .filter_map(|r| r.deadline)
-            .min()
+        self.timers.next()
+    }
+
+    /// Removes instances that stay expired for `age` (`None`: keep them
+    /// until they are deregistered). Call before [`Registry::restore`].
+    pub fn set_reap_after(&mut self, age: Option<Duration>) {
+        self.reap_after = age;
     }
 
     /// Fills in a runtime instance's health. One in a file's service has
@@ -709,7 +749,12 @@ impl Registry {
             })?;
             let key = lower_wire(&valid.apex);
             let id = valid.instance.name.to_ascii_lowercase();
-            let deadline = valid.ttl.map(|t| now + Duration::from_secs(t.into()));
+            // Alive: a fresh TTL from now. Expired: the reaping age from now,
+            // since the file does not say when it expired.
+            let timer = match s.expired {
+                false => expiry(valid.ttl, now),
+                true => self.reap_after.map(|age| (now + age, Timer::Reap)),
+            };
             let zone = self.runtime.entry(key.clone()).or_default();
             if zone.contains_key(&id) {
                 return Err(RegistryError::Conflict(format!(
@@ -717,12 +762,13 @@ impl Registry {
                     valid.instance.name, s.registration.zone
                 )));
             }
+            self.timers.retime(&key, &id, None, timer);
             zone.insert(
                 id,
                 RuntimeEntry {
                     request: s.registration,
                     valid,
-                    deadline,
+                    timer,
                     expired: s.expired,
                     shadowed: None,
                 },
@@ -731,6 +777,11 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// The expiry timer of an instance with this TTL, registered or renewed at `now`.
+fn expiry(ttl: Option<u32>, now: Instant) -> Option<(Instant, Timer)> {
+    ttl.map(|t| (now + Duration::from_secs(t.into()), Timer::Expire))
 }
 
 /// Why `k` is not a runtime instance of the zone `e`: a zone file defines
@@ -806,9 +857,9 @@ impl RuntimeEntry {
             ttl: self.valid.ttl,
             state: state.into(),
             reason,
-            expires_in_ms: match self.deadline {
-                Some(d) if !self.expired => {
-                    Some(d.saturating_duration_since(now).as_millis() as u64)
+            expires_in_ms: match self.timer {
+                Some((at, Timer::Expire)) => {
+                    Some(at.saturating_duration_since(now).as_millis() as u64)
                 }
                 _ => None,
             },
@@ -1116,6 +1167,55 @@ mod tests {
         assert!(answers(&handle, "web-9.r.test."));
         assert_eq!(registry.next_expiry(), Some(later + Duration::from_secs(5)));
         assert!(matches!(&registry.take_journal()[..], [Record::Set(s)] if !s.expired));
+    }
+
+    #[test]
+    fn an_instance_expired_for_the_reaping_age_is_removed_unless_it_comes_back() {
+        let (mut registry, _) = Registry::new();
+        registry.set_reap_after(Some(Duration::from_secs(60)));
+        let now = Instant::now();
+        registry.apply(file("r.toml", ZONE), now).unwrap();
+        for id in ["web-8", "web-9"] {
+            registry
+                .apply(Change::Register(registration(id, "10.0.0.9", Some(5))), now)
+                .unwrap();
+        }
+        let secs = |s| now + Duration::from_secs(s);
+        assert!(registry.expire(secs(5)));
+        assert_eq!(registry.next_expiry(), Some(secs(65)), "the reaping time");
+        // web-9 comes back before the reaping age: it is kept.
+        registry
+            .apply(Change::Heartbeat(key("web-9")), secs(30))
+            .unwrap();
+        registry.take_journal();
+        assert_eq!(registry.next_expiry(), Some(secs(35)), "web-9's new TTL");
+        assert!(registry.expire(secs(35)));
+        assert_eq!(
+            registry.next_expiry(),
+            Some(secs(65)),
+            "web-8 is reaped first"
+        );
+        assert!(registry.expire(secs(65)));
+        let listed: Vec<String> = registry
+            .list(Some("r.test"), secs(65))
+            .unwrap()
+            .into_iter()
+            .map(|i| i.instance)
+            .collect();
+        assert!(!listed.contains(&"web-8".to_string()), "{listed:?}");
+        assert!(listed.contains(&"web-9".to_string()), "{listed:?}");
+        let journal = registry.take_journal();
+        assert!(
+            journal
+                .iter()
+                .any(|r| matches!(r, Record::Remove(r) if r.instance == "web-8")),
+            "the removal is saved"
+        );
+        assert_eq!(
+            registry.next_expiry(),
+            Some(secs(95)),
+            "web-9's reaping time"
+        );
     }
 
     #[test]
