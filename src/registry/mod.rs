@@ -32,10 +32,10 @@ use crate::answer::reverse::ReverseZones;
 use crate::answer::snapshot::{Snapshot, SnapshotHandle, ZoneSnapshot};
 use crate::answer::wire::lower_wire;
 use crate::model::names::parse_apex;
-use crate::model::{Endpoint, Zone, effective_check};
+use crate::model::{Endpoint, Protocol, Zone, effective_check};
 use health::{Book, Flip, InstanceHealth, Target};
 use registration::{InstanceInfo, InstanceKey, Registration};
-use runtime::RuntimeInstance;
+use runtime::{FileNames, RuntimeInstance};
 use store::{Record, Removed, Stored};
 use timers::{Timer, Timers};
 
@@ -46,6 +46,9 @@ pub struct Registry {
     zones: BTreeMap<Vec<u8>, ZoneEntry>,
     /// The first problem of each zone file whose current version is invalid.
     file_errors: BTreeMap<PathBuf, String>,
+    /// The instance ids of each runtime service (lowercased name, protocol),
+    /// by zone key: a service's instances without a scan of the zone.
+    services: ServiceIndex,
     /// Runtime registrations by zone key, then by lowercased instance name
     /// (an instance name is a host name, unique in its zone). They outlive
     /// their zone file: a zone whose file goes away and comes back gets them back.
@@ -75,6 +78,8 @@ struct ZoneEntry {
     source: PathBuf,
     /// What the file says; the snapshot is built from this plus the runtime instances.
     zone: Zone,
+    /// The names the file uses, for checking registrations against it.
+    names: FileNames,
     serial: u32,
     built: Arc<ZoneSnapshot>,
 }
@@ -128,6 +133,7 @@ impl Registry {
             zones: BTreeMap::new(),
             file_errors: BTreeMap::new(),
             runtime: BTreeMap::new(),
+            services: BTreeMap::new(),
             dirty: BTreeSet::new(),
             files_changed: false,
             journal: Vec::new(),
@@ -260,9 +266,9 @@ impl Registry {
             return Ok(false);
         }
         // Its runtime instances are merged in, checked against the new file.
+        let names = FileNames::of(&zone);
         let (serial, built) = build_merged(
-            &zone,
-            path,
+            (&zone, &names, path),
             self.runtime.get_mut(&key),
             previous.map(|p| (p.serial, &*p.built)),
             (&key, &mut self.health),
@@ -273,6 +279,7 @@ impl Registry {
             ZoneEntry {
                 source: path.to_path_buf(),
                 zone,
+                names,
                 serial,
                 built,
             },
@@ -381,8 +388,7 @@ impl Registry {
             return;
         };
         let (serial, built) = build_merged(
-            &entry.zone,
-            &entry.source,
+            (&entry.zone, &entry.names, &entry.source),
             self.runtime.get_mut(key),
             Some((entry.serial, &*entry.built)),
             (key, &mut self.health),
@@ -403,12 +409,27 @@ impl Registry {
         let Some(entry) = self.zones.get(&key) else {
             return Err(self.unknown_zone(&request.zone));
         };
-        if let Some(reason) = runtime::file_conflict(&entry.zone, &entry.source, &valid) {
+        if let Some(reason) = runtime::file_conflict(&entry.names, &entry.source, &valid) {
             return Err(RegistryError::Conflict(reason));
         }
         let id = valid.instance.name.to_ascii_lowercase();
         let zone = self.runtime.entry(key.clone()).or_default();
-        for (other_id, other) in zone.iter() {
+        let services = self.services.entry(key.clone()).or_default();
+        // The only registrations this one can collide with: one under its
+        // instance name, one of a service named like the instance, and one
+        // whose instance is named like the service. Found by lookups, so a
+        // registration costs the same in a zone of any size.
+        let service_id = valid.service.to_ascii_lowercase();
+        let named_like_instance = [Protocol::Tcp, Protocol::Udp]
+            .into_iter()
+            .filter_map(|p| services.get(&(id.clone(), p))?.first());
+        let candidates = std::iter::once(&id)
+            .chain(named_like_instance)
+            .chain(std::iter::once(&service_id));
+        for other_id in candidates {
+            let Some(other) = zone.get(other_id) else {
+                continue;
+            };
             let replaces = *other_id == id
                 && other.valid.service.eq_ignore_ascii_case(&valid.service)
                 && other.valid.protocol == valid.protocol;
@@ -438,6 +459,10 @@ impl Registry {
             self.dirty.insert(key.clone());
         }
         info!(zone = %new.request.zone, instance = %new.request.instance, "instance registered");
+        services
+            .entry((service_id, new.valid.protocol))
+            .or_default()
+            .insert(id.clone());
         zone.insert(id, new);
         Ok(info)
     }
@@ -448,6 +473,7 @@ impl Registry {
         let zone = self.runtime.get_mut(&key).expect("found");
         if let Some(gone) = zone.remove(&id) {
             self.timers.retime(&key, &id, gone.timer, None);
+            unindex(&mut self.services, &key, &gone, &id);
             let (zone, instance) = store::key(&gone.request.zone, &gone.request.instance)
                 .map_err(RegistryError::Invalid)?;
             self.journal
@@ -620,6 +646,7 @@ impl Registry {
                 }
                 Timer::Reap => {
                     let gone = zone.remove(&id).expect("found");
+                    unindex(&mut self.services, &key, &gone, &id);
                     if zone.is_empty() {
                         self.runtime.remove(&key);
                     }
@@ -763,6 +790,12 @@ impl Registry {
                 )));
             }
             self.timers.retime(&key, &id, None, timer);
+            self.services
+                .entry(key.clone())
+                .or_default()
+                .entry((valid.service.to_ascii_lowercase(), valid.protocol))
+                .or_default()
+                .insert(id.clone());
             zone.insert(
                 id,
                 RuntimeEntry {
@@ -776,6 +809,26 @@ impl Registry {
             self.dirty.insert(key);
         }
         Ok(())
+    }
+}
+
+/// The ids of each runtime service's instances, by zone key.
+type ServiceIndex = BTreeMap<Vec<u8>, BTreeMap<(String, Protocol), BTreeSet<String>>>;
+
+/// Drops instance `id` of zone `key` from its service's ids.
+fn unindex(services: &mut ServiceIndex, key: &[u8], r: &RuntimeEntry, id: &str) {
+    let Some(zone) = services.get_mut(key) else {
+        return;
+    };
+    let service = (r.valid.service.to_ascii_lowercase(), r.valid.protocol);
+    if let Some(ids) = zone.get_mut(&service) {
+        ids.remove(id);
+        if ids.is_empty() {
+            zone.remove(&service);
+        }
+    }
+    if zone.is_empty() {
+        services.remove(key);
     }
 }
 
@@ -885,8 +938,7 @@ impl RuntimeEntry {
 /// after `previous`'s, reusing its unchanged answers. Runtime instances the file conflicts with are shadowed
 /// (kept, not served): the file wins, and says so in the log.
 fn build_merged(
-    zone: &Zone,
-    source: &Path,
+    (zone, names, source): (&Zone, &FileNames, &Path),
     runtime: Option<&mut BTreeMap<String, RuntimeEntry>>,
     previous: Option<(u32, &ZoneSnapshot)>,
     (key, health): (&[u8], &mut Book),
@@ -899,7 +951,7 @@ fn build_merged(
         return (serial, Arc::new(build_zone(served, serial, previous)));
     };
     for r in runtime.values_mut() {
-        let conflict = runtime::file_conflict(zone, source, &r.valid);
+        let conflict = runtime::file_conflict(names, source, &r.valid);
         if conflict == r.shadowed {
             continue;
         }
@@ -1103,6 +1155,43 @@ mod tests {
             "{invalid:?}"
         );
         assert!(registry.take_journal().is_empty());
+    }
+
+    #[test]
+    fn registrations_that_collide_with_each_other_are_refused() {
+        let (mut registry, _) = Registry::new();
+        let now = Instant::now();
+        registry.apply(file("r.toml", ZONE), now).unwrap();
+        let reg = |instance: &str, service: &str| {
+            let mut r = registration(instance, "10.0.0.9", None);
+            r.service = service.into();
+            Change::Register(r)
+        };
+        registry.apply(reg("web-9", "web"), now).unwrap();
+        registry.apply(reg("q-1", "queue"), now).unwrap();
+        let conflict = |registry: &mut Registry, change| match registry.apply(change, now) {
+            Err(RegistryError::Conflict(reason)) => reason,
+            other => panic!("{other:?}"),
+        };
+        let e = conflict(&mut registry, reg("web-9", "queue"));
+        assert!(e.contains("already registered for service \"web\""), "{e}");
+        let e = conflict(&mut registry, reg("queue", "web"));
+        assert!(
+            e.contains("is the name of registered service \"queue\""),
+            "{e}"
+        );
+        let e = conflict(&mut registry, reg("q-2", "web-9"));
+        assert!(
+            e.contains("is the name of registered instance \"web-9\""),
+            "{e}"
+        );
+        // Replacing an instance of the same service is no collision; once
+        // it is gone, its name is free.
+        registry.apply(reg("web-9", "web"), now).unwrap();
+        registry
+            .apply(Change::Deregister(key("web-9")), now)
+            .unwrap();
+        registry.apply(reg("web-9", "queue"), now).unwrap();
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! registration holds, the file wins and the registration is kept but not
 //! served ("shadowed"), so reverting the file brings it back.
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -164,58 +165,97 @@ pub(super) fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
     })
 }
 
-/// Why the zone file `file` (read from `source`) does not let `r` be served,
-/// if it does not.
-pub(super) fn file_conflict(file: &Zone, source: &Path, r: &RuntimeInstance) -> Option<String> {
-    let source = source.display();
-    let inst = r.instance.name.as_str();
-    let svc = r.service.as_str();
-    for s in &file.services {
-        if let Some(i) = s
-            .instances
-            .iter()
-            .find(|i| i.name.eq_ignore_ascii_case(inst))
-        {
-            return Some(format!(
-                "instance \"{}\" is defined by zone file {source}; change it there",
-                i.name
-            ));
+/// The names a zone file uses, indexed once when the file is loaded, so a
+/// registration is checked against them in constant time.
+#[derive(Default)]
+pub(super) struct FileNames {
+    /// Instance names, lowercased, as written.
+    instances: HashMap<String, String>,
+    /// Service names (any protocol), lowercased, as written.
+    services: HashMap<String, String>,
+    /// Host names, by their first label below the apex, lowercased: a host
+    /// `x.api.<zone>` is under `api`. Each with the first such host.
+    hosts_under: HashMap<String, Name>,
+    /// Host names that are a single label below the apex, lowercased.
+    hosts: HashSet<String>,
+}
+
+impl FileNames {
+    pub(super) fn of(file: &Zone) -> FileNames {
+        let mut names = FileNames::default();
+        for s in &file.services {
+            names
+                .services
+                .entry(s.name.to_ascii_lowercase())
+                .or_insert_with(|| s.name.clone());
+            for i in &s.instances {
+                names
+                    .instances
+                    .entry(i.name.to_ascii_lowercase())
+                    .or_insert_with(|| i.name.clone());
+            }
         }
-        if s.name.eq_ignore_ascii_case(inst) {
-            return Some(format!(
-                "instance name \"{inst}\" is the name of service \"{}\" in zone file {source}",
-                s.name
-            ));
+        let apex_labels = file.apex.num_labels() as usize;
+        for h in &file.hosts {
+            let labels: Vec<&[u8]> = h.name.iter().collect();
+            if labels.len() <= apex_labels {
+                continue;
+            }
+            let top = String::from_utf8_lossy(labels[labels.len() - apex_labels - 1])
+                .to_ascii_lowercase();
+            if labels.len() == apex_labels + 1 {
+                names.hosts.insert(top.clone());
+            }
+            names
+                .hosts_under
+                .entry(top)
+                .or_insert_with(|| h.name.clone());
         }
+        names
     }
-    let host_name = r.apex.prepend_label(inst).ok()?;
-    if file.hosts.iter().any(|h| h.name == host_name) {
+}
+
+/// Why the zone file whose names are `file` (read from `source`) does not
+/// let `r` be served, if it does not.
+pub(super) fn file_conflict(
+    file: &FileNames,
+    source: &Path,
+    r: &RuntimeInstance,
+) -> Option<String> {
+    let source = source.display();
+    let inst = r.instance.name.to_ascii_lowercase();
+    let svc = r.service.to_ascii_lowercase();
+    if let Some(i) = file.instances.get(&inst) {
+        return Some(format!(
+            "instance \"{i}\" is defined by zone file {source}; change it there"
+        ));
+    }
+    if let Some(s) = file.services.get(&inst) {
+        return Some(format!(
+            "instance name \"{}\" is the name of service \"{s}\" in zone file {source}",
+            r.instance.name
+        ));
+    }
+    if file.hosts.contains(&inst) {
+        let host_name = r.apex.prepend_label(r.instance.name.as_str()).ok()?;
         return Some(format!(
             "{host_name} is a host in zone file {source}; choose another instance name"
         ));
     }
     // A service the file already declares (any protocol) owns its name with
     // the file's blessing; a new one must not collide with the file's names.
-    if !file
-        .services
-        .iter()
-        .any(|s| s.name.eq_ignore_ascii_case(svc))
-    {
-        let svc_name = r.apex.prepend_label(svc).ok()?;
-        if let Some(h) = file.hosts.iter().find(|h| svc_name.zone_of(&h.name)) {
+    if !file.services.contains_key(&svc) {
+        let svc_name = r.apex.prepend_label(r.service.as_str()).ok()?;
+        if let Some(h) = file.hosts_under.get(&svc) {
             return Some(format!(
-                "service \"{svc}\" would own {svc_name}, but zone file {source} has host {}",
-                h.name
+                "service \"{}\" would own {svc_name}, but zone file {source} has host {h}",
+                r.service
             ));
         }
-        if file
-            .services
-            .iter()
-            .flat_map(|s| &s.instances)
-            .any(|i| i.name.eq_ignore_ascii_case(svc))
-        {
+        if file.instances.contains_key(&svc) {
             return Some(format!(
-                "service name \"{svc}\" is an instance in zone file {source}"
+                "service name \"{}\" is an instance in zone file {source}",
+                r.service
             ));
         }
     }
@@ -321,7 +361,7 @@ address = "10.0.0.3"
 
     fn conflict(instance: &str, service: &str) -> Option<String> {
         file_conflict(
-            &file(),
+            &FileNames::of(&file()),
             Path::new("z.toml"),
             &validate(&reg(instance, service)).unwrap(),
         )
