@@ -18,7 +18,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
-use crate::model::{Check, Endpoint, Protocol, Zone, effective_check};
+use crate::model::{Check, Endpoint, Protocol, Service, Zone, effective_check};
 
 /// One address of one checked instance: what a probe checks. Names are
 /// lowercased, so that a change of letter case in a file keeps the state.
@@ -79,41 +79,63 @@ impl InstanceHealth {
     }
 }
 
-/// The registry's record of health: the targets of each zone as last built,
-/// the known state of each, and the target sets the checker has not heard of.
+/// The registry's record of health: the targets of each service as last
+/// built, the known state of each, and the target groups the checker has not
+/// heard of. Kept per service, so a change to one service costs what that
+/// service has.
 #[derive(Default)]
 pub struct Book {
-    /// Targets per zone key, as of the zone's last build.
-    zones: HashMap<Vec<u8>, HashSet<Target>>,
+    /// Targets per group (one service of one zone, see [`group_key`]), as of
+    /// the service's last build.
+    groups: HashMap<Vec<u8>, HashSet<Target>>,
+    /// The groups of each zone, by zone key.
+    zones: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
     /// Known states; a target without one has not been probed yet (served).
     states: HashMap<Target, bool>,
-    /// Zones whose target set changed since [`Book::take_updates`].
+    /// Groups whose target set changed since [`Book::take_updates`].
     updates: BTreeSet<Vec<u8>>,
+    /// Targets that left their group since [`Book::take_updates`]: their
+    /// states are forgotten then, unless they came back.
+    left: Vec<Target>,
 }
 
-/// The targets of a (merged) zone: each address of each instance with an
-/// effective check.
-pub fn targets(key: &[u8], zone: &Zone) -> HashSet<Target> {
+/// The checker's key for one service of one zone: the zone key (wire form,
+/// ending in the root label), the service's lowercased name, its protocol.
+fn group_key(zone: &[u8], service: &str, protocol: Protocol) -> Vec<u8> {
+    let mut key = Vec::with_capacity(zone.len() + service.len() + 1);
+    key.extend_from_slice(zone);
+    key.extend_from_slice(service.as_bytes());
+    key.push(protocol as u8);
+    key
+}
+
+impl Target {
+    fn group(&self) -> Vec<u8> {
+        group_key(&self.zone, &self.service, self.protocol)
+    }
+}
+
+/// The targets of one service of a zone: each address of each instance with
+/// an effective check.
+fn service_targets(key: &[u8], s: &Service) -> HashSet<Target> {
     let mut out = HashSet::new();
-    for s in &zone.services {
-        for i in &s.instances {
-            let Endpoint::Addresses(addrs) = &i.endpoint else {
-                continue;
-            };
-            let Some(check) = effective_check(i.check.as_ref(), s.check.as_ref()) else {
-                continue;
-            };
-            for a in addrs {
-                out.insert(Target {
-                    zone: key.to_vec(),
-                    service: s.name.to_ascii_lowercase(),
-                    protocol: s.protocol,
-                    instance: i.name.to_ascii_lowercase(),
-                    address: *a,
-                    port: i.port,
-                    check: check.clone(),
-                });
-            }
+    for i in &s.instances {
+        let Endpoint::Addresses(addrs) = &i.endpoint else {
+            continue;
+        };
+        let Some(check) = effective_check(i.check.as_ref(), s.check.as_ref()) else {
+            continue;
+        };
+        for a in addrs {
+            out.insert(Target {
+                zone: key.to_vec(),
+                service: s.name.to_ascii_lowercase(),
+                protocol: s.protocol,
+                instance: i.name.to_ascii_lowercase(),
+                address: *a,
+                port: i.port,
+                check: check.clone(),
+            });
         }
     }
     out
@@ -121,31 +143,84 @@ pub fn targets(key: &[u8], zone: &Zone) -> HashSet<Target> {
 
 impl Book {
     /// Records the targets of a zone being built from `merged` and returns
-    /// the zone to serve when it differs from `merged`: unhealthy addresses
-    /// left out, instances without a healthy address left out, and their
-    /// names kept as hosts without addresses, so they answer NODATA rather
-    /// than NXDOMAIN.
+    /// the zone to serve when it differs from `merged` (see
+    /// [`Book::service_built`]).
     pub fn zone_built(&mut self, key: &[u8], merged: &Zone) -> Option<Zone> {
-        let now = targets(key, merged);
-        let before = self.zones.get(key);
-        if before != Some(&now) && !(before.is_none() && now.is_empty()) {
-            // States of targets that went away are forgotten only when the
-            // checker is told (take_updates): a target that leaves and comes
-            // back within one batch keeps the state the checker still has.
-            self.updates.insert(key.to_vec());
-            if now.is_empty() {
-                self.zones.remove(key);
-            } else {
-                self.zones.insert(key.to_vec(), now);
+        let mut current = HashSet::new();
+        let mut filtered: Vec<Option<Service>> = Vec::with_capacity(merged.services.len());
+        for s in &merged.services {
+            current.insert(group_key(key, &s.name.to_ascii_lowercase(), s.protocol));
+            filtered.push(self.service_built(key, s));
+        }
+        // Services that left the zone take their targets with them.
+        let gone: Vec<Vec<u8>> = self
+            .zones
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|g| !current.contains(*g))
+            .cloned()
+            .collect();
+        for group in gone {
+            self.set_group(key, group, HashSet::new());
+        }
+        if filtered.iter().all(Option::is_none) {
+            return None;
+        }
+        let mut zone = merged.clone();
+        for (s, f) in zone.services.iter_mut().zip(filtered) {
+            if let Some(f) = f {
+                *s = f;
             }
         }
-        self.filter(key, merged)
+        Some(zone)
+    }
+
+    /// Records the targets of one service being built and returns the
+    /// service to serve when it differs from `service`: unhealthy addresses
+    /// left out, and instances without a healthy address kept with no
+    /// address, so their names answer NODATA rather than NXDOMAIN.
+    pub fn service_built(&mut self, key: &[u8], service: &Service) -> Option<Service> {
+        let group = group_key(key, &service.name.to_ascii_lowercase(), service.protocol);
+        let now = service_targets(key, service);
+        self.set_group(key, group.clone(), now);
+        self.filter(&group, service)
+    }
+
+    /// Replaces a group's targets, noting the change for the checker.
+    fn set_group(&mut self, key: &[u8], group: Vec<u8>, now: HashSet<Target>) {
+        let before = self.groups.get(&group);
+        if before == Some(&now) || (before.is_none() && now.is_empty()) {
+            return;
+        }
+        // States of targets that went away are forgotten only when the
+        // checker is told (take_updates): a target that leaves and comes
+        // back within one batch keeps the state the checker still has.
+        if let Some(before) = before {
+            self.left
+                .extend(before.iter().filter(|t| !now.contains(*t)).cloned());
+        }
+        self.updates.insert(group.clone());
+        let groups = self.zones.entry(key.to_vec()).or_default();
+        if now.is_empty() {
+            self.groups.remove(&group);
+            groups.remove(&group);
+            if groups.is_empty() {
+                self.zones.remove(key);
+            }
+        } else {
+            groups.insert(group.clone());
+            self.groups.insert(group, now);
+        }
     }
 
     /// Forgets a zone that is no longer served.
     pub fn zone_removed(&mut self, key: &[u8]) {
-        if self.zones.remove(key).is_some() {
-            self.updates.insert(key.to_vec());
+        for group in self.zones.remove(key).unwrap_or_default() {
+            if let Some(targets) = self.groups.remove(&group) {
+                self.left.extend(targets);
+            }
+            self.updates.insert(group);
         }
     }
 
@@ -160,9 +235,9 @@ impl Book {
     #[allow(clippy::result_unit_err)]
     pub fn record(&mut self, flip: &Flip) -> Result<Option<bool>, ()> {
         let current = self
-            .zones
-            .get(&flip.target.zone)
-            .is_some_and(|z| z.contains(&flip.target));
+            .groups
+            .get(&flip.target.group())
+            .is_some_and(|g| g.contains(&flip.target));
         if !current {
             return Err(());
         }
@@ -172,35 +247,33 @@ impl Book {
         }
     }
 
-    /// The zones whose targets changed, with their current targets (empty:
-    /// the zone has none now), for the checker.
+    /// The groups (one service of one zone) whose targets changed, with
+    /// their current targets (empty: none now), for the checker.
     pub fn take_updates(&mut self) -> Vec<(Vec<u8>, Vec<Target>)> {
         // The checker drops what is not in these sets; so does the book.
-        if !self.updates.is_empty() {
-            let zones = &self.zones;
-            self.states
-                .retain(|t, _| zones.get(&t.zone).is_some_and(|z| z.contains(t)));
+        for t in std::mem::take(&mut self.left) {
+            if !self.groups.get(&t.group()).is_some_and(|g| g.contains(&t)) {
+                self.states.remove(&t);
+            }
         }
         std::mem::take(&mut self.updates)
             .into_iter()
-            .map(|key| {
+            .map(|group| {
                 let targets = self
-                    .zones
-                    .get(&key)
+                    .groups
+                    .get(&group)
                     .map(|t| t.iter().cloned().collect())
                     .unwrap_or_default();
-                (key, targets)
+                (group, targets)
             })
             .collect()
     }
 
     /// Instances of a zone left out of answers: every address unhealthy.
     pub fn unhealthy_instances(&self, key: &[u8]) -> usize {
-        let Some(targets) = self.zones.get(key) else {
-            return 0;
-        };
         let mut all_down: HashMap<(&str, Protocol, &str), bool> = HashMap::new();
-        for t in targets {
+        let groups = self.zones.get(key).into_iter().flatten();
+        for t in groups.flat_map(|g| self.groups.get(g).into_iter().flatten()) {
             let down = self.states.get(t) == Some(&false);
             *all_down
                 .entry((&t.service, t.protocol, &t.instance))
@@ -235,8 +308,9 @@ impl Book {
             port: instance.port,
             check: check.clone(),
         };
-        // Not among the zone's targets: not served (expired, shadowed), so not probed.
-        let Some(zone) = self.zones.get(key) else {
+        // Not among the service's targets: not served (expired, shadowed),
+        // so not probed.
+        let Some(zone) = self.groups.get(&target.group()) else {
             return (InstanceHealth::Unchecked, Vec::new());
         };
         if let Some(a) = addrs.first() {
@@ -267,42 +341,44 @@ impl Book {
         (health, unhealthy)
     }
 
-    /// `merged` without what is unhealthy; `None` when all is healthy.
-    fn filter(&self, key: &[u8], merged: &Zone) -> Option<Zone> {
-        let targets = self.zones.get(key)?;
+    /// `service` without what is unhealthy; `None` when all is healthy.
+    fn filter(&self, group: &[u8], service: &Service) -> Option<Service> {
+        let targets = self.groups.get(group)?;
         if !targets.iter().any(|t| self.states.get(t) == Some(&false)) {
             return None;
         }
-        let mut zone = merged.clone();
-        for s in &mut zone.services {
-            let service_check = s.check.clone();
-            let (service, protocol) = (s.name.to_ascii_lowercase(), s.protocol);
-            s.instances.retain_mut(|i| {
-                let Some(check) = effective_check(i.check.as_ref(), service_check.as_ref()) else {
-                    return true;
-                };
-                let Endpoint::Addresses(addrs) = &mut i.endpoint else {
-                    return true;
-                };
-                let mut target = Target {
-                    zone: key.to_vec(),
-                    service: service.clone(),
-                    protocol,
-                    instance: i.name.to_ascii_lowercase(),
-                    address: IpAddr::from([0, 0, 0, 0]),
-                    port: i.port,
-                    check: check.clone(),
-                };
-                addrs.retain(|a| {
-                    target.address = *a;
-                    self.states.get(&target) != Some(&false)
-                });
-                // An instance with no address left stays, with an empty
-                // list: the snapshot keeps its names and answers nothing.
-                true
+        let mut service = service.clone();
+        let service_check = service.check.clone();
+        let (name, protocol) = (service.name.to_ascii_lowercase(), service.protocol);
+        let zone = targets
+            .iter()
+            .next()
+            .map(|t| t.zone.clone())
+            .unwrap_or_default();
+        for i in &mut service.instances {
+            let Some(check) = effective_check(i.check.as_ref(), service_check.as_ref()) else {
+                continue;
+            };
+            let Endpoint::Addresses(addrs) = &mut i.endpoint else {
+                continue;
+            };
+            let mut target = Target {
+                zone: zone.clone(),
+                service: name.clone(),
+                protocol,
+                instance: i.name.to_ascii_lowercase(),
+                address: IpAddr::from([0, 0, 0, 0]),
+                port: i.port,
+                check: check.clone(),
+            };
+            // An instance with no address left stays, with an empty list:
+            // the snapshot keeps its names and answers nothing.
+            addrs.retain(|a| {
+                target.address = *a;
+                self.states.get(&target) != Some(&false)
             });
         }
-        Some(zone)
+        Some(service)
     }
 }
 
@@ -325,8 +401,10 @@ mod tests {
         let key = crate::answer::wire::lower_wire(&zone(true).apex);
         let mut book = Book::default();
         book.zone_built(&key, &zone(true));
-        let db_1 = book.zones[&key]
-            .iter()
+        let db_1 = book
+            .groups
+            .values()
+            .flatten()
             .find(|t| t.instance == "db-1")
             .unwrap()
             .clone();
