@@ -309,3 +309,46 @@ fn a_missing_zones_directory_is_a_clear_startup_error() {
         "{stderr}"
     );
 }
+
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn memory_is_returned_after_a_large_zone_shrinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.test.toml");
+    let mut text = String::from("zone = \"big.test\"\n");
+    for s in 0..10_000 {
+        text.push_str(&format!("[[services]]\nname = \"svc-{s}\"\nport = 80\n"));
+        for i in 0..3 {
+            text.push_str(&format!(
+                "[[services.instances]]\nname = \"i-{s}-{i}\"\naddress = \"10.{}.{}.{}\"\n",
+                i,
+                s / 250,
+                s % 250 + 1
+            ));
+        }
+    }
+    std::fs::write(&path, text).unwrap();
+    let server = Server::start(dir.path());
+    let big = rss_kib(server.pid());
+    write_atomically(&path, &zone_text("big.test", "10.0.0.1"));
+    eventually("the small zone is served", || {
+        answers_db(&server, "db.big.test.", "10.0.0.1")
+    });
+    // Freed memory goes back to the system shortly after the reload,
+    // rather than staying with the allocator for the process's life.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rss_kib(server.pid()) > big / 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = rss_kib(server.pid());
+    assert!(
+        after <= big / 2,
+        "RSS {big} KiB with the big zone, {after} KiB after"
+    );
+}

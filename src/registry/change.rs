@@ -50,6 +50,14 @@ impl Change {
     pub fn needs_durability(&self) -> bool {
         matches!(self, Change::Register(_) | Change::Deregister(_))
     }
+
+    /// Whether a zone file was read or removed.
+    pub fn is_file(&self) -> bool {
+        matches!(
+            self,
+            Change::FileLoaded { .. } | Change::FileInvalid { .. } | Change::FileRemoved { .. }
+        )
+    }
 }
 
 /// A problem in a zone file, printed as `path:line:column: message`.
