@@ -53,8 +53,9 @@ pub struct Registry {
     /// (an instance name is a host name, unique in its zone). They outlive
     /// their zone file: a zone whose file goes away and comes back gets them back.
     runtime: BTreeMap<Vec<u8>, BTreeMap<String, RuntimeEntry>>,
-    /// Zones whose runtime instances changed since they were last built.
-    dirty: BTreeSet<Vec<u8>>,
+    /// The services (lowercased name, protocol) whose runtime instances or
+    /// health changed since they were last built, by zone key.
+    dirty: BTreeMap<Vec<u8>, BTreeSet<(String, Protocol)>>,
     /// A zone file change altered what queries see since the last publish.
     files_changed: bool,
     /// Changes to the runtime registrations not yet handed out by
@@ -134,7 +135,7 @@ impl Registry {
             file_errors: BTreeMap::new(),
             runtime: BTreeMap::new(),
             services: BTreeMap::new(),
-            dirty: BTreeSet::new(),
+            dirty: BTreeMap::new(),
             files_changed: false,
             journal: Vec::new(),
             waiting: BTreeMap::new(),
@@ -296,7 +297,7 @@ impl Registry {
     /// Zones whose runtime instances changed are built again first.
     pub fn publish(&mut self) {
         self.files_changed = false;
-        for key in std::mem::take(&mut self.dirty) {
+        for (key, _services) in std::mem::take(&mut self.dirty) {
             self.rebuild(&key);
         }
         // Zones no longer served have nothing to check.
@@ -456,7 +457,7 @@ impl Registry {
             .is_some_and(|old| old.request == new.request && old.serving());
         if !unchanged {
             self.journal.push(Record::Set(new.stored()));
-            self.dirty.insert(key.clone());
+            touch(&mut self.dirty, &key, &new.valid);
         }
         info!(zone = %new.request.zone, instance = %new.request.instance, "instance registered");
         services
@@ -472,6 +473,7 @@ impl Registry {
         let (key, id) = self.find(k)?;
         let zone = self.runtime.get_mut(&key).expect("found");
         if let Some(gone) = zone.remove(&id) {
+            touch(&mut self.dirty, &key, &gone.valid);
             self.timers.retime(&key, &id, gone.timer, None);
             unindex(&mut self.services, &key, &gone, &id);
             let (zone, instance) = store::key(&gone.request.zone, &gone.request.instance)
@@ -483,7 +485,6 @@ impl Registry {
         if self.runtime.get(&key).is_some_and(BTreeMap::is_empty) {
             self.runtime.remove(&key);
         }
-        self.dirty.insert(key);
         Ok(())
     }
 
@@ -504,7 +505,7 @@ impl Registry {
             // The expired flag is saved, so saving again keeps a restart
             // from hiding an instance that is alive.
             self.journal.push(Record::Set(r.stored()));
-            self.dirty.insert(key.clone());
+            touch(&mut self.dirty, &key, &r.valid);
         }
         let r = &self.runtime[&key][&id];
         let mut info = r.info(now);
@@ -633,7 +634,7 @@ impl Registry {
                 continue;
             };
             any = true;
-            self.dirty.insert(key.clone());
+            touch(&mut self.dirty, &key, &r.valid);
             match timer {
                 Timer::Expire => {
                     r.expired = true;
@@ -710,7 +711,11 @@ impl Registry {
             // Unknown addresses are already served: a first passing probe
             // changes no answer, so it costs no rebuild (nor a new serial).
             if before.is_some() || !flip.healthy {
-                self.dirty.insert(flip.target.zone.clone());
+                let t = &flip.target;
+                self.dirty
+                    .entry(t.zone.clone())
+                    .or_default()
+                    .insert((t.service.clone(), t.protocol));
             }
             let t = &flip.target;
             let zone = self
@@ -806,10 +811,21 @@ impl Registry {
                     shadowed: None,
                 },
             );
-            self.dirty.insert(key);
         }
         Ok(())
     }
+}
+
+/// Notes that the service of runtime instance `r` of zone `key` changed.
+fn touch(
+    dirty: &mut BTreeMap<Vec<u8>, BTreeSet<(String, Protocol)>>,
+    key: &[u8],
+    r: &RuntimeInstance,
+) {
+    dirty
+        .entry(key.to_vec())
+        .or_default()
+        .insert((r.service.to_ascii_lowercase(), r.protocol));
 }
 
 /// The ids of each runtime service's instances, by zone key.
