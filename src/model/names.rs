@@ -42,9 +42,11 @@ impl Owner {
 /// fit in 255 bytes under `apex`: `_<service>._tcp.<apex>` for a service,
 /// `<instance>.<apex>` for an instance. Err holds a human message.
 pub fn check_fits(owner: Owner, label: &str, apex: &Name) -> Result<(), String> {
-    let (derived, extra) = match owner {
-        Owner::Service => (format!("_{label}._tcp.{apex}"), 1 + 1 + label.len() + 5),
-        Owner::Instance => (format!("{label}.{apex}"), 1 + label.len()),
+    // Bytes the derived name adds to the apex: `_<service>` and `_tcp`, or
+    // `<instance>`, each label with its length byte.
+    let extra = match owner {
+        Owner::Service => 1 + 1 + label.len() + 5,
+        Owner::Instance => 1 + label.len(),
     };
     if owner == Owner::Service && label.len() > 62 {
         return Err(format!(
@@ -52,7 +54,14 @@ pub fn check_fits(owner: Owner, label: &str, apex: &Name) -> Result<(), String> 
             label.len() + 1
         ));
     }
-    if crate::answer::wire::wire(apex).len() + extra > 255 {
+    // The apex's wire length without building it: a length byte per label,
+    // and the root label.
+    let apex_len = apex.iter().map(|l| l.len() + 1).sum::<usize>() + 1;
+    if apex_len + extra > 255 {
+        let derived = match owner {
+            Owner::Service => format!("_{label}._tcp.{apex}"),
+            Owner::Instance => format!("{label}.{apex}"),
+        };
         return Err(format!(
             "{} \"{label}\" is too long for this zone: {derived} would exceed the 255-byte limit of a DNS name",
             owner.noun()
