@@ -86,6 +86,18 @@ pub enum Command {
     List(crate::api::client::ListArgs),
     /// Show the zones, their sources, serials and counts, and the uptime.
     Status(crate::api::client::StatusArgs),
+    /// Start a program with PORT in its environment and keep it registered
+    /// while it lives.
+    ///
+    /// Picks a free port unless --port is given, passes it as PORT (with
+    /// SIGNPOST_SERVICE and SIGNPOST_INSTANCE), registers the instance once
+    /// the program accepts connections (TCP) or after half a second (UDP),
+    /// and sends heartbeats every third of the TTL. SIGTERM, SIGINT and
+    /// SIGHUP are passed to the program; when it exits the instance is
+    /// deregistered and run exits with its status (128+N after signal N).
+    /// If run is killed, the program is killed too and the TTL takes the
+    /// instance out of answers.
+    Run(crate::api::run::RunArgs),
 }
 
 /// Settings shared by every subcommand that reads zones.

@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         Command::Heartbeat(args) => client::heartbeat(args),
         Command::List(args) => client::list(args),
         Command::Status(args) => client::status(args),
+        Command::Run(args) => signpost::api::run::run(args),
     }
 }
 

@@ -50,7 +50,7 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "ADDR", required_unless_present = "target")]
     pub address: Vec<String>,
     /// A name elsewhere for the SRV record to point at, instead of --address.
-    #[arg(long, value_name = "NAME", conflicts_with = "address")]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["address", "check_tcp", "check_http"])]
     pub target: Option<String>,
     /// Port.
     #[arg(long)]
@@ -70,11 +70,26 @@ pub struct RegisterArgs {
     /// SRV priority [default: 0]
     #[arg(long)]
     pub priority: Option<u16>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub check: CheckArgs,
+    /// DNS-SD metadata, a `key=value` string of the instance's TXT record;
+    /// repeat for several.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub metadata: Vec<(String, String)>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+/// The health check flags of `register` and `run`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
     /// Health check: connect to the port over TCP.
-    #[arg(long, conflicts_with_all = ["target", "check_http"])]
+    #[arg(long, conflicts_with = "check_http")]
     pub check_tcp: bool,
     /// Health check: GET this path over HTTP; 2xx is healthy.
-    #[arg(long, value_name = "PATH", conflicts_with = "target")]
+    #[arg(long, value_name = "PATH")]
     pub check_http: Option<String>,
     /// Seconds between health probes [default: 10]
     #[arg(long, value_name = "SECS")]
@@ -88,13 +103,28 @@ pub struct RegisterArgs {
     /// Consecutive passed probes that bring it back [default: 2]
     #[arg(long, value_name = "N")]
     pub check_successes: Option<u32>,
-    /// DNS-SD metadata, a `key=value` string of the instance's TXT record;
-    /// repeat for several.
-    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
-    pub metadata: Vec<(String, String)>,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub client: ClientArgs,
+}
+
+impl CheckArgs {
+    /// The check to send, if any flag asks for one. Tuning flags without
+    /// --check-tcp or --check-http still send a check, so the server says
+    /// what is missing instead of ignoring them.
+    pub fn spec(&self) -> Option<Box<CheckSpec>> {
+        let tuned = self.check_interval.is_some()
+            || self.check_timeout.is_some()
+            || self.check_failures.is_some()
+            || self.check_successes.is_some();
+        (self.check_tcp || self.check_http.is_some() || tuned).then(|| {
+            Box::new(CheckSpec {
+                tcp: self.check_tcp.then_some(true),
+                http: self.check_http.clone(),
+                interval: self.check_interval,
+                timeout: self.check_timeout,
+                failures: self.check_failures,
+                successes: self.check_successes,
+            })
+        })
+    }
 }
 
 /// `signpost deregister` and `signpost heartbeat`
@@ -148,7 +178,7 @@ impl clap::ValueEnum for Protocol {
 }
 
 /// `KEY=VALUE`, split at the first '='.
-fn parse_meta(text: &str) -> Result<(String, String), String> {
+pub(super) fn parse_meta(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
@@ -156,22 +186,7 @@ fn parse_meta(text: &str) -> Result<(String, String), String> {
 
 /// `signpost register`
 pub fn register(args: RegisterArgs) -> ExitCode {
-    // Tuning flags without --check-tcp or --check-http still send a check,
-    // so the server says what is missing instead of ignoring them.
-    let tuned = args.check_interval.is_some()
-        || args.check_timeout.is_some()
-        || args.check_failures.is_some()
-        || args.check_successes.is_some();
-    let check = (args.check_tcp || args.check_http.is_some() || tuned).then(|| {
-        Box::new(CheckSpec {
-            tcp: args.check_tcp.then_some(true),
-            http: args.check_http.clone(),
-            interval: args.check_interval,
-            timeout: args.check_timeout,
-            failures: args.check_failures,
-            successes: args.check_successes,
-        })
-    });
+    let check = args.check.spec();
     let request = Request::Register(Registration {
         zone: args.zone,
         service: args.service,
