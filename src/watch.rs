@@ -53,6 +53,8 @@ pub struct Scanner {
     /// Files whose last read failed: read again on every scan, since what
     /// they conflicted with (another file's zone) may be gone.
     failing: HashSet<PathBuf>,
+    /// Directory entries skipped at the last scan, each warned about once.
+    skipped: HashSet<String>,
 }
 
 impl Scanner {
@@ -62,6 +64,7 @@ impl Scanner {
             dir: dir.to_path_buf(),
             seen: HashMap::new(),
             failing: HashSet::new(),
+            skipped: HashSet::new(),
         }
     }
 
@@ -70,9 +73,17 @@ impl Scanner {
     pub fn scan(&mut self, force: bool) -> std::io::Result<Vec<Change>> {
         let mut listing_errors = Vec::new();
         let files = zone::zone_files(&self.dir, &mut listing_errors)?;
+        // A FIFO left in the directory is seen on every scan: warn when it
+        // appears, not every time.
+        let mut skipped = HashSet::new();
         for problem in listing_errors {
-            warn!(%problem, "cannot read zones directory entry");
+            let problem = problem.to_string();
+            if !self.skipped.contains(&problem) {
+                warn!(%problem, "zones directory entry skipped");
+            }
+            skipped.insert(problem);
         }
+        self.skipped = skipped;
         let mut changes = Vec::new();
 
         let present: HashSet<&PathBuf> = files.iter().collect();

@@ -255,3 +255,47 @@ fn missing_zones_directory_is_an_error() {
     );
     assert!(text(&out.stderr).contains("nope"), "{}", text(&out.stderr));
 }
+
+/// Runs `signpost check` on `dir`, failing the test if it has not finished
+/// within ten seconds.
+fn check_bounded(dir: &Path) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_signpost"))
+        .args(["check", "--zones", dir.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run signpost");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(out) => out.expect("signpost ran"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("signpost check did not finish");
+        }
+    }
+}
+
+#[test]
+fn a_fifo_is_reported_and_the_other_files_checked() {
+    let dir = zone_dir(&[("a.toml", "zone = \"a.test\"\n[hosts]\ndb = \"10.0.0.1\"\n")]);
+    let fifo = dir.path().join("x.toml");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+
+    let out = check_bounded(dir.path());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("x.toml"))
+        .unwrap_or_else(|| panic!("the FIFO is named: {stderr}"));
+    assert!(line.contains("not a regular file"), "{line}");
+    assert!(text(&out.stdout).contains("a.test"), "{out:?}");
+}
