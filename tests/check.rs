@@ -299,3 +299,23 @@ fn a_fifo_is_reported_and_the_other_files_checked() {
     assert!(line.contains("not a regular file"), "{line}");
     assert!(text(&out.stdout).contains("a.test"), "{out:?}");
 }
+
+#[test]
+fn a_directory_without_zone_files_is_an_error() {
+    let empty = zone_dir(&[]);
+    let misnamed = zone_dir(&[(
+        "svc.example.tml",
+        "zone = \"a.test\"\n[hosts]\ndb = \"10.0.0.1\"\n",
+    )]);
+    for dir in [&empty, &misnamed] {
+        let out = check_bounded(dir.path());
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("no zone file"), "{stderr}");
+        assert!(
+            stderr.contains(&dir.path().display().to_string()),
+            "{stderr}"
+        );
+        assert!(stderr.contains(".toml"), "{stderr}");
+    }
+}
