@@ -402,3 +402,61 @@ fn a_fifo_created_while_running_stalls_nothing() {
         server.log_text()
     );
 }
+
+/// The lines of the log at ERROR level.
+fn errors(server: &Server) -> Vec<String> {
+    server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("ERROR"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_rewrite_in_place_is_not_rejected_while_the_file_is_empty() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    std::fs::write(&file, zone_text("a.test", "10.1.0.1")).unwrap();
+    let server = Server::start(dir.path());
+
+    // What `cp new.toml a.toml` does, slowed down: truncate the file, then
+    // write it some time later.
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&file)
+        .unwrap();
+    let until = Instant::now() + Duration::from_millis(150);
+    while Instant::now() < until {
+        // The last good version keeps serving meanwhile.
+        assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    out.write_all(zone_text("a.test", "10.1.0.2").as_bytes())
+        .unwrap();
+    drop(out);
+    eventually("the rewritten file is served", || {
+        answers_db(&server, "db.a.test.", "10.1.0.2")
+    });
+    assert_eq!(errors(&server), Vec::<String>::new());
+}
+
+#[test]
+fn a_file_that_stays_empty_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    std::fs::write(&file, zone_text("a.test", "10.1.0.1")).unwrap();
+    let server = Server::start(dir.path());
+
+    std::fs::write(&file, "").unwrap();
+    assert!(
+        server.wait_for_log("still serving its last good version", DEADLINE),
+        "log:\n{}",
+        server.log_text()
+    );
+    assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
+}
