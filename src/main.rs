@@ -86,6 +86,15 @@ fn check(dir: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Every file listed gives a zone or an error: with neither, a misnamed
+    // file or a wrong --zones would otherwise pass as a clean check.
+    if loaded.zones.is_empty() && loaded.errors.is_empty() {
+        eprintln!(
+            "signpost: no zone file found in {} (zone files end in .toml)",
+            dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
     for problem in &loaded.errors {
         eprintln!("{problem}");
     }

@@ -271,3 +271,67 @@ fn short_and_long_help_describe_the_tool_alike() {
     assert_eq!(first(&short), first(&long));
     assert!(first(&short).contains("service discovery"), "{short}");
 }
+
+/// Runs `signpost check` on `dir`, failing the test if it has not finished
+/// within ten seconds.
+fn check_bounded(dir: &Path) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_signpost"))
+        .args(["check", "--zones", dir.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run signpost");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(out) => out.expect("signpost ran"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("signpost check did not finish");
+        }
+    }
+}
+
+#[test]
+fn a_fifo_is_reported_and_the_other_files_checked() {
+    let dir = zone_dir(&[("a.toml", "zone = \"a.test\"\n[hosts]\ndb = \"10.0.0.1\"\n")]);
+    let fifo = dir.path().join("x.toml");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+
+    let out = check_bounded(dir.path());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("x.toml"))
+        .unwrap_or_else(|| panic!("the FIFO is named: {stderr}"));
+    assert!(line.contains("not a regular file"), "{line}");
+    assert!(text(&out.stdout).contains("a.test"), "{out:?}");
+}
+
+#[test]
+fn a_directory_without_zone_files_is_an_error() {
+    let empty = zone_dir(&[]);
+    let misnamed = zone_dir(&[(
+        "svc.example.tml",
+        "zone = \"a.test\"\n[hosts]\ndb = \"10.0.0.1\"\n",
+    )]);
+    for dir in [&empty, &misnamed] {
+        let out = check_bounded(dir.path());
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("no zone file"), "{stderr}");
+        assert!(
+            stderr.contains(&dir.path().display().to_string()),
+            "{stderr}"
+        );
+        assert!(stderr.contains(".toml"), "{stderr}");
+    }
+}

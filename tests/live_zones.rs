@@ -352,3 +352,154 @@ fn memory_is_returned_after_a_large_zone_shrinks() {
         "RSS {big} KiB with the big zone, {after} KiB after"
     );
 }
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+}
+
+fn sighup(server: &Server) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_fifo_among_the_zone_files_is_skipped_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    std::fs::write(&file, zone_text("a.test", "10.1.0.1")).unwrap();
+    mkfifo(&dir.path().join("x.toml"));
+    // A symlink to a FIFO is not a regular file either.
+    let outside = tempfile::tempdir().unwrap();
+    mkfifo(&outside.path().join("pipe"));
+    std::os::unix::fs::symlink(outside.path().join("pipe"), dir.path().join("y.toml")).unwrap();
+
+    let server = Server::start(dir.path());
+    assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
+    let log = server.log_text();
+    for name in ["x.toml", "y.toml"] {
+        assert!(
+            log.lines().any(|l| l.contains("WARN")
+                && l.contains(name)
+                && l.contains("not a regular file")),
+            "a warning names {name}; log:\n{log}"
+        );
+    }
+
+    std::fs::write(&file, zone_text("a.test", "10.1.0.2")).unwrap();
+    eventually("the edit is served", || {
+        answers_db(&server, "db.a.test.", "10.1.0.2")
+    });
+}
+
+#[test]
+fn a_fifo_created_while_running_stalls_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.toml");
+    std::fs::write(&a, zone_text("a.test", "10.1.0.1")).unwrap();
+    let server = Server::start(dir.path());
+
+    mkfifo(&dir.path().join("x.toml"));
+    assert!(
+        server.wait_for_log("not a regular file", DEADLINE),
+        "log:\n{}",
+        server.log_text()
+    );
+    std::fs::write(&a, zone_text("a.test", "10.1.0.2")).unwrap();
+    eventually("an edit after the FIFO is served", || {
+        answers_db(&server, "db.a.test.", "10.1.0.2")
+    });
+    write_atomically(&dir.path().join("b.toml"), &zone_text("b.test", "10.2.0.1"));
+    eventually("a new file after the FIFO is served", || {
+        answers_db(&server, "db.b.test.", "10.2.0.1")
+    });
+
+    // SIGHUP reads every file again, and still passes the FIFO by.
+    let hangups_before = server
+        .log_text()
+        .matches("reloading every zone file")
+        .count();
+    sighup(&server);
+    eventually("SIGHUP is seen", || {
+        server
+            .log_text()
+            .matches("reloading every zone file")
+            .count()
+            > hangups_before
+    });
+    std::fs::write(&a, zone_text("a.test", "10.1.0.3")).unwrap();
+    eventually("an edit after SIGHUP is served", || {
+        answers_db(&server, "db.a.test.", "10.1.0.3")
+    });
+    // Warned once, not on every scan.
+    assert_eq!(
+        server.log_text().matches("not a regular file").count(),
+        1,
+        "log:\n{}",
+        server.log_text()
+    );
+}
+
+/// The lines of the log at ERROR level.
+fn errors(server: &Server) -> Vec<String> {
+    server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("ERROR"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_rewrite_in_place_is_not_rejected_while_the_file_is_empty() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    std::fs::write(&file, zone_text("a.test", "10.1.0.1")).unwrap();
+    let server = Server::start(dir.path());
+
+    // What `cp new.toml a.toml` does, slowed down: truncate the file, then
+    // write it some time later.
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&file)
+        .unwrap();
+    let until = Instant::now() + Duration::from_millis(150);
+    while Instant::now() < until {
+        // The last good version keeps serving meanwhile.
+        assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    out.write_all(zone_text("a.test", "10.1.0.2").as_bytes())
+        .unwrap();
+    drop(out);
+    eventually("the rewritten file is served", || {
+        answers_db(&server, "db.a.test.", "10.1.0.2")
+    });
+    assert_eq!(errors(&server), Vec::<String>::new());
+}
+
+#[test]
+fn a_file_that_stays_empty_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.toml");
+    std::fs::write(&file, zone_text("a.test", "10.1.0.1")).unwrap();
+    let server = Server::start(dir.path());
+
+    std::fs::write(&file, "").unwrap();
+    assert!(
+        server.wait_for_log("still serving its last good version", DEADLINE),
+        "log:\n{}",
+        server.log_text()
+    );
+    assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
+}

@@ -23,6 +23,17 @@ use crate::sources::zone_file;
 /// editor's write-then-rename) before scanning.
 pub const DEBOUNCE: Duration = Duration::from_millis(10);
 
+/// How long a zone file that is empty, or that changed while it was read,
+/// may stay so before it is taken as it is. `cp new.toml zone.toml` and a
+/// shell redirection truncate the file and then write it, and a scan can fall
+/// in between: rejecting the empty file would log an error for a write that
+/// is about to complete. The file's last good version serves meanwhile.
+pub const SETTLE: Duration = Duration::from_millis(500);
+
+/// How soon to scan again while a file is not settled. A completed write
+/// sends an event of its own; this catches filesystems that send none.
+const SETTLE_RETRY: Duration = Duration::from_millis(50);
+
 /// What a file looked like when it was last read.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Fingerprint {
@@ -35,14 +46,17 @@ struct Fingerprint {
 
 impl Fingerprint {
     fn of(path: &Path) -> Option<Fingerprint> {
-        let m = std::fs::metadata(path).ok()?;
-        Some(Fingerprint {
+        std::fs::metadata(path).ok().map(|m| Fingerprint::from(&m))
+    }
+
+    fn from(m: &std::fs::Metadata) -> Fingerprint {
+        Fingerprint {
             dev: m.dev(),
             ino: m.ino(),
             len: m.len(),
             mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
             ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
-        })
+        }
     }
 }
 
@@ -53,6 +67,11 @@ pub struct Scanner {
     /// Files whose last read failed: read again on every scan, since what
     /// they conflicted with (another file's zone) may be gone.
     failing: HashSet<PathBuf>,
+    /// Files found empty or changing, with when that was first seen: not
+    /// read as their new version until settled (see [`SETTLE`]).
+    unsettled: HashMap<PathBuf, Instant>,
+    /// Directory entries skipped at the last scan, each warned about once.
+    skipped: HashSet<String>,
 }
 
 impl Scanner {
@@ -62,7 +81,15 @@ impl Scanner {
             dir: dir.to_path_buf(),
             seen: HashMap::new(),
             failing: HashSet::new(),
+            unsettled: HashMap::new(),
+            skipped: HashSet::new(),
         }
+    }
+
+    /// When to scan again without an event: soon while a file is not
+    /// settled, else None.
+    pub fn retry_after(&self) -> Option<Duration> {
+        (!self.unsettled.is_empty()).then_some(SETTLE_RETRY)
     }
 
     /// The changes since the last scan. With `force`, every file is read
@@ -70,9 +97,17 @@ impl Scanner {
     pub fn scan(&mut self, force: bool) -> std::io::Result<Vec<Change>> {
         let mut listing_errors = Vec::new();
         let files = zone_file::zone_files(&self.dir, &mut listing_errors)?;
+        // A FIFO left in the directory is seen on every scan: warn when it
+        // appears, not every time.
+        let mut skipped = HashSet::new();
         for problem in listing_errors {
-            warn!(%problem, "cannot read zones directory entry");
+            let problem = problem.to_string();
+            if !self.skipped.contains(&problem) {
+                warn!(%problem, "zones directory entry skipped");
+            }
+            skipped.insert(problem);
         }
+        self.skipped = skipped;
         let mut changes = Vec::new();
 
         let present: HashSet<&PathBuf> = files.iter().collect();
@@ -87,6 +122,7 @@ impl Scanner {
             self.failing.remove(&path);
             changes.push(Change::FileRemoved { path });
         }
+        self.unsettled.retain(|p, _| present.contains(p));
 
         for path in files {
             let Some(fingerprint) = Fingerprint::of(&path) else {
@@ -98,8 +134,27 @@ impl Scanner {
             if unchanged && !force && !self.failing.contains(&path) {
                 continue;
             }
+            let loaded = match zone_file::read_file(&path) {
+                Ok((text, after)) => {
+                    // Empty, or written to while read: a writer is likely
+                    // still at work. Look again shortly, keeping what is
+                    // served, unless it has been so for SETTLE already.
+                    let moving = text.is_empty() || Fingerprint::from(&after) != fingerprint;
+                    if moving && !unchanged {
+                        let now = Instant::now();
+                        let since = *self.unsettled.entry(path.clone()).or_insert(now);
+                        if now.duration_since(since) < SETTLE {
+                            debug!(path = %path.display(), "zone file not settled; looking again shortly");
+                            continue;
+                        }
+                    }
+                    zone_file::parse_located(&path, &text)
+                }
+                Err(error) => Err(vec![error]),
+            };
+            self.unsettled.remove(&path);
             self.seen.insert(path.clone(), fingerprint);
-            match zone_file::load_file_located(&path) {
+            match loaded {
                 Ok((zone, zone_at)) => {
                     self.failing.remove(&path);
                     changes.push(Change::FileLoaded {
@@ -170,7 +225,8 @@ pub fn spawn(
             // Dropping the watcher stops the events: keep it for the thread's life.
             let _watcher = watcher;
             loop {
-                let force = match rx.recv_timeout(rescan) {
+                let wait = scanner.retry_after().map_or(rescan, |soon| soon.min(rescan));
+                let force = match rx.recv_timeout(wait) {
                     Ok(Wake::Reload) => true,
                     Ok(Wake::Event) => {
                         // Let the burst finish, then take everything it queued.

@@ -98,7 +98,9 @@ pub fn load_dir(dir: &Path) -> std::io::Result<LoadedDir> {
 
 /// The zone files in `dir`: every `*.toml` entry (symlinks followed, so a
 /// Kubernetes ConfigMap's links count) whose name does not start with '.',
-/// sorted by file name. Unreadable entries are reported in `errors`.
+/// sorted by file name. Unreadable entries, and entries that are neither a
+/// regular file nor a directory (a FIFO, a socket, a device), are reported in
+/// `errors` and left out.
 pub fn zone_files(dir: &Path, errors: &mut Vec<ZoneError>) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -117,8 +119,16 @@ pub fn zone_files(dir: &Path, errors: &mut Vec<ZoneError>) -> std::io::Result<Ve
             continue;
         }
         let path = entry.path();
-        if path.is_dir() {
-            continue;
+        // stat, not open: stat never blocks, while opening a FIFO for
+        // reading waits for a writer.
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(m) if !m.is_file() => {
+                errors.push(not_regular(&path, &m.file_type()));
+                continue;
+            }
+            // A regular file, or a dangling symlink whose read reports it.
+            _ => {}
         }
         files.push((name, path));
     }
@@ -129,8 +139,54 @@ pub fn zone_files(dir: &Path, errors: &mut Vec<ZoneError>) -> std::io::Result<Ve
 /// Like [`load_file`], also returning the line and column of the `zone`
 /// value, where a conflict with another file is reported.
 pub fn load_file_located(path: &Path) -> Result<(Zone, (usize, usize)), Vec<ZoneError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| vec![io_error(path, &e)])?;
+    let (text, _) = read_file(path).map_err(|e| vec![e])?;
     parse_inner(path, &text)
+}
+
+/// Like [`parse`], also returning the line and column of the `zone` value.
+pub fn parse_located(path: &Path, text: &str) -> Result<(Zone, (usize, usize)), Vec<ZoneError>> {
+    parse_inner(path, text)
+}
+
+/// Reads a zone file's text, with the file's metadata as it was once read.
+///
+/// The file is opened with O_NONBLOCK and checked with fstat before any
+/// read: a FIFO (or a symlink to one) put where a zone file was, or swapped
+/// in after the directory was listed, must not block the caller, which
+/// would stop every other file from loading. Anything but a regular file is
+/// an error.
+pub fn read_file(path: &Path) -> Result<(String, std::fs::Metadata), ZoneError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| io_error(path, &e))?;
+    let before = file.metadata().map_err(|e| io_error(path, &e))?;
+    if !before.is_file() {
+        return Err(not_regular(path, &before.file_type()));
+    }
+    // O_NONBLOCK changes nothing for a regular file's reads.
+    let mut text = String::with_capacity(before.len() as usize);
+    file.read_to_string(&mut text)
+        .map_err(|e| io_error(path, &e))?;
+    let after = file.metadata().map_err(|e| io_error(path, &e))?;
+    Ok((text, after))
+}
+
+fn not_regular(path: &Path, kind: &std::fs::FileType) -> ZoneError {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if kind.is_fifo() {
+        " (a FIFO)"
+    } else if kind.is_socket() {
+        " (a socket)"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        " (a device)"
+    } else {
+        ""
+    };
+    ZoneError::at(path, (1, 1), format!("not a regular file{what}; skipped"))
 }
 
 fn io_error(path: &Path, e: &std::io::Error) -> ZoneError {
