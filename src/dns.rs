@@ -293,6 +293,14 @@ fn skip_name(msg: &[u8], mut pos: usize) -> Option<usize> {
     }
 }
 
+/// The query's flags a response repeats: the opcode and RD, and CD only for
+/// standard queries (RFC 4035 3.1.6); like Knot DNS, a reply to an unknown
+/// opcode clears it.
+fn echoed_flags(flags: u16) -> u16 {
+    let cd = if flags & OPCODE_MASK == 0 { CD } else { 0 };
+    flags & (OPCODE_MASK | RD | cd)
+}
+
 /// The OPT record of a query whose question section cannot be used, found
 /// by skipping `qdcount` questions; `None` if there is none or the rest of
 /// the message does not parse.
@@ -314,7 +322,7 @@ fn header_only(query: &[u8], flags: u16, rcode: u8, edns: Option<Edns>, out: &mu
         _ => (rcode, 0),
     };
     out.extend_from_slice(&query[..2]);
-    let flags = QR | (flags & (OPCODE_MASK | RD | CD)) | rcode as u16;
+    let flags = QR | echoed_flags(flags) | rcode as u16;
     out.extend_from_slice(&flags.to_be_bytes());
     out.extend_from_slice(&[0; 6]);
     out.extend_from_slice(&(edns.is_some() as u16).to_be_bytes());
@@ -424,7 +432,7 @@ impl Response<'_> {
             Body::Negative(_) => (&[], [0, 1, 0], false),
         };
 
-        let mut flags = QR | (self.flags & (OPCODE_MASK | RD | CD)) | aa | rcode as u16;
+        let mut flags = QR | echoed_flags(self.flags) | aa | rcode as u16;
         if truncated {
             flags |= TC;
         }
@@ -790,6 +798,57 @@ mod tests {
             assert_eq!(count_of(&reply, 3), 1, "{what}");
             let (payload, ext, version, _) = trailing_opt(&reply);
             assert_eq!((payload, ext, version), (MAX_UDP_PAYLOAD, 1, 0), "{what}");
+        }
+    }
+
+    /// Every header flag a query can set besides QR and the opcode: AA, TC,
+    /// RD, RA, Z, AD and CD.
+    const ALL_FLAGS: u16 = 0x07F0;
+
+    #[test]
+    fn error_replies_echo_opcode_and_rd_and_cd_only_for_queries() {
+        let snapshot = example();
+        let q = question("many.svc.example.", rtype::A);
+        let status = 2 << 11;
+        let notify = 4 << 11;
+        for (what, query, flags) in [
+            (
+                "FORMERR",
+                message(ALL_FLAGS, [0, 0, 0, 0], &[]),
+                QR | RD | CD | rcode::FORMERR as u16,
+            ),
+            (
+                "FORMERR, RD and CD clear",
+                message(ALL_FLAGS & !(RD | CD), [0, 0, 0, 0], &[]),
+                QR | rcode::FORMERR as u16,
+            ),
+            (
+                "STATUS without a question",
+                message(status | ALL_FLAGS, [0, 0, 0, 0], &[]),
+                QR | status | RD | rcode::NOTIMP as u16,
+            ),
+            (
+                "NOTIFY with a question",
+                message(notify | ALL_FLAGS, [1, 0, 0, 0], &[&q]),
+                QR | notify | RD | rcode::NOTIMP as u16,
+            ),
+            (
+                "MAILB",
+                message(
+                    ALL_FLAGS,
+                    [1, 0, 0, 0],
+                    &[&question("many.svc.example.", rtype::MAILB)],
+                ),
+                QR | RD | CD | rcode::NOTIMP as u16,
+            ),
+            (
+                "a query",
+                message(ALL_FLAGS, [1, 0, 0, 0], &[&q]),
+                QR | AA | RD | CD,
+            ),
+        ] {
+            let reply = answer(&snapshot, &query, Transport::Tcp);
+            assert_eq!(flags_of(&reply), flags, "{what}: {:#06x}", flags_of(&reply));
         }
     }
 }
