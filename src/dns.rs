@@ -482,10 +482,12 @@ mod tests {
     use crate::model::{Endpoint, Host, Instance, Protocol, Service, Soa, Zone};
     use crate::snapshot::build_zone;
 
-    fn snapshot(apex: &str, mname: &str) -> Snapshot {
+    /// A zone with no names but its apex, whose SOA has `mname` as both the
+    /// primary server and the mailbox.
+    fn empty_zone(apex: &str, mname: &str) -> Zone {
         let apex = Name::from_ascii(apex).unwrap();
         let mname = Name::from_ascii(mname).unwrap();
-        let zone = Zone {
+        Zone {
             apex: apex.clone(),
             ttl: 30,
             nameservers: vec![],
@@ -499,8 +501,11 @@ mod tests {
             },
             hosts: vec![],
             services: vec![],
-        };
-        Snapshot::new([Arc::new(build_zone(&zone, 1, None))])
+        }
+    }
+
+    fn snapshot(apex: &str, mname: &str) -> Snapshot {
+        Snapshot::new([Arc::new(build_zone(&empty_zone(apex, mname), 1, None))])
     }
 
     /// A zone at `svc.example.` with a host of 40 addresses and a service
@@ -721,7 +726,7 @@ mod tests {
                     RD,
                     [0, 1, 0, 1],
                     &[
-                        &a_record(&wire_name("x.svc.example.")),
+                        &a_record(&wire_name("xy.svc.example.")),
                         &opt(512, 0, DO_BIT),
                     ],
                 ),
@@ -850,5 +855,190 @@ mod tests {
             let reply = answer(&snapshot, &query, Transport::Tcp);
             assert_eq!(flags_of(&reply), flags, "{what}: {:#06x}", flags_of(&reply));
         }
+    }
+
+    #[test]
+    fn the_question_name_may_be_255_bytes_and_no_longer() {
+        let snapshot = example();
+        // 3 labels of 63 bytes, one of 49, then svc.example: 192 + 50 + 13.
+        let name = |last: usize| {
+            let long = "a".repeat(63);
+            format!("{long}.{long}.{long}.{}.svc.example.", "b".repeat(last))
+        };
+        let longest = name(49);
+        assert_eq!(wire_name(&longest).len(), 255);
+        let query = message(0, [1, 0, 0, 0], &[&question(&longest, rtype::A)]);
+        let reply = answer(&snapshot, &query, Transport::Tcp);
+        assert_eq!(flags_of(&reply) & 0xF, rcode::NXDOMAIN as u16);
+        assert_eq!(&reply[HEADER_LEN..query.len()], &query[HEADER_LEN..]);
+
+        let query = message(0, [1, 0, 0, 0], &[&question(&name(50), rtype::A)]);
+        let reply = answer(&snapshot, &query, Transport::Tcp);
+        assert_eq!(flags_of(&reply) & 0xF, rcode::FORMERR as u16);
+        assert_eq!(reply.len(), HEADER_LEN);
+    }
+
+    #[test]
+    fn records_before_the_opt_record_are_skipped() {
+        let snapshot = example();
+        let q = question("many.svc.example.", rtype::A);
+        // Owners uncompressed with labels of several lengths, and a pointer.
+        let answer_rr = a_record(&wire_name("yz.x.svc.example."));
+        let authority_rr = a_record(&[0xC0, 12]);
+        let additional_rr = a_record(&wire_name("abc.d."));
+        let query = message(
+            RD,
+            [1, 1, 1, 2],
+            &[
+                &q,
+                &answer_rr,
+                &authority_rr,
+                &additional_rr,
+                &opt(1232, 0, DO_BIT),
+            ],
+        );
+        let reply = answer(&snapshot, &query, Transport::Udp);
+        assert_eq!(flags_of(&reply) & 0xF, rcode::NOERROR as u16);
+        assert_eq!(count_of(&reply, 1), 40);
+        assert_eq!(count_of(&reply, 3), 1);
+        assert_eq!(trailing_opt(&reply), (MAX_UDP_PAYLOAD, 0, 0, DO_BIT));
+
+        // Without an OPT record: an answer with none.
+        let query = message(RD, [1, 1, 0, 1], &[&q, &answer_rr, &authority_rr]);
+        let reply = answer(&snapshot, &query, Transport::Tcp);
+        assert_eq!(flags_of(&reply) & 0xF, rcode::NOERROR as u16);
+        assert_eq!(count_of(&reply, 3), 0);
+        assert_eq!(reply.len(), HEADER_LEN + q.len() + 40 * 16);
+    }
+
+    #[test]
+    fn a_misplaced_or_repeated_opt_record_is_a_format_error() {
+        let snapshot = example();
+        let q = question("many.svc.example.", rtype::A);
+        let mut named_opt = wire_name("xy.");
+        named_opt.extend_from_slice(&opt(1232, 0, 0)[1..]);
+        let two = [opt(1232, 0, 0), opt(1232, 0, 0)].concat();
+        for (what, query) in [
+            (
+                "owner not the root",
+                message(RD, [1, 0, 0, 1], &[&q, &named_opt]),
+            ),
+            ("two OPT records", message(RD, [1, 0, 0, 2], &[&q, &two])),
+            (
+                "cut short",
+                message(RD, [1, 0, 0, 1], &[&q, &opt(1232, 0, 0)[..10]]),
+            ),
+        ] {
+            let reply = answer(&snapshot, &query, Transport::Udp);
+            assert_eq!(flags_of(&reply) & 0xF, rcode::FORMERR as u16, "{what}");
+            assert_eq!(reply.len(), HEADER_LEN, "{what}");
+        }
+        // An OPT record outside the additional section is not EDNS.
+        let query = message(RD, [1, 1, 0, 0], &[&q, &opt(1232, 0, 0)]);
+        let reply = answer(&snapshot, &query, Transport::Udp);
+        assert_eq!(flags_of(&reply) & 0xF, rcode::NOERROR as u16);
+        assert_eq!(count_of(&reply, 3), 0);
+    }
+
+    #[test]
+    fn meta_query_types_get_formerr_or_notimp() {
+        let snapshot = example();
+        for (qtype, rcode) in [
+            (rtype::OPT, rcode::FORMERR),
+            (rtype::MAILA, rcode::NOTIMP),
+            (rtype::MAILB, rcode::NOTIMP),
+        ] {
+            let query = message(0, [1, 0, 0, 0], &[&question("many.svc.example.", qtype)]);
+            let reply = answer(&snapshot, &query, Transport::Udp);
+            assert_eq!(flags_of(&reply), QR | rcode as u16, "type {qtype}");
+            assert_eq!(&reply[HEADER_LEN..], &query[HEADER_LEN..], "type {qtype}");
+            assert_eq!(count_of(&reply, 0), 1);
+        }
+    }
+
+    /// Asks `name` over TCP to learn the full reply's size, then over UDP
+    /// with exactly that EDNS payload size (it fits) and one byte less.
+    fn fits_exactly(snapshot: &Snapshot, name: &str, qtype: u16) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let ask = |payload: u16, transport| {
+            let query = message(
+                0,
+                [1, 0, 0, 1],
+                &[&question(name, qtype), &opt(payload, 0, 0)],
+            );
+            answer(snapshot, &query, transport)
+        };
+        let full = ask(MAX_UDP_PAYLOAD, Transport::Tcp);
+        let size = full.len() as u16;
+        assert!((513..MAX_UDP_PAYLOAD).contains(&size), "{size}");
+        (
+            full,
+            ask(size, Transport::Udp),
+            ask(size - 1, Transport::Udp),
+        )
+    }
+
+    #[test]
+    fn an_answer_exactly_as_big_as_the_udp_payload_size_is_not_truncated() {
+        let snapshot = example();
+        // A service's addresses (sent in a shuffled order) and a host's.
+        for name in ["web.svc.example.", "many.svc.example."] {
+            let (full, fits, over) = fits_exactly(&snapshot, name, rtype::A);
+            assert_eq!(flags_of(&fits) & TC, 0, "{name}");
+            assert_eq!(fits.len(), full.len(), "{name}");
+            assert_eq!(count_of(&fits, 1), 40, "{name}");
+            assert_ne!(flags_of(&over) & TC, 0, "{name}");
+            assert_eq!(count_of(&over, 1), 0, "{name}");
+            assert_eq!(count_of(&over, 3), 1, "{name}: the OPT stays");
+        }
+    }
+
+    #[test]
+    fn a_negative_answer_exactly_as_big_as_the_udp_payload_size_is_not_truncated() {
+        let long = |c: &str| [c.repeat(60), c.repeat(60), c.repeat(60)].join(".");
+        let mut zone = empty_zone("svc.example.", &format!("{}.example.", long("m")));
+        zone.soa.rname = Name::from_ascii(format!("{}.example.", long("r"))).unwrap();
+        let snapshot = Snapshot::new([Arc::new(build_zone(&zone, 1, None))]);
+        let name = format!("{}.svc.example.", "x".repeat(60));
+        let (full, fits, over) = fits_exactly(&snapshot, &name, rtype::A);
+        assert_eq!(flags_of(&fits), QR | AA | rcode::NXDOMAIN as u16);
+        assert_eq!(fits, full);
+        assert_eq!(flags_of(&over), QR | AA | TC | rcode::NXDOMAIN as u16);
+        assert_eq!(count_of(&over, 2), 0);
+    }
+
+    #[test]
+    fn random_numbers_follow_xorshift32() {
+        RANDOM.with(|state| state.set(1));
+        let got: Vec<u32> = (0..4).map(|_| next_random()).collect();
+        assert_eq!(got, [270369, 67634689, 2647435461, 307599695]);
+    }
+
+    #[test]
+    fn random_numbers_differ_and_spread_over_every_bit() {
+        let values: Vec<u32> = (0..4096).map(|_| next_random()).collect();
+        let distinct: std::collections::BTreeSet<_> = values.iter().collect();
+        assert_eq!(distinct.len(), values.len());
+        for bit in 0..32 {
+            let set = values.iter().filter(|&&v| v >> bit & 1 == 1).count();
+            assert!((1648..2448).contains(&set), "bit {bit} set {set} times");
+        }
+    }
+
+    #[test]
+    fn threads_start_from_different_random_states() {
+        // Both threads live at once, so their stacks differ.
+        let barrier = std::sync::Barrier::new(2);
+        let [a, b] = std::thread::scope(|scope| {
+            [(); 2]
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        (next_random(), next_random())
+                    })
+                })
+                .map(|handle| handle.join().unwrap())
+        });
+        assert_ne!(a, b);
+        assert_ne!(a.0, a.1);
     }
 }
