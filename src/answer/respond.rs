@@ -9,7 +9,8 @@
 //! grown to its working size.
 
 use crate::answer::snapshot::{Answer, Snapshot, ZoneSnapshot};
-use crate::answer::wire::{CLASS_IN, HEADER_LEN, rtype};
+use crate::answer::wire::flag::{AA, CD, OPCODE_MASK, QR, RD, TC};
+use crate::answer::wire::{CLASS_IN, HEADER_LEN, rcode, rtype};
 
 /// The largest UDP payload this server sends, whatever the client offers: the
 /// DNS Flag Day 2020 value, which avoids IP fragmentation on common paths.
@@ -35,22 +36,6 @@ pub enum Outcome {
     /// Send nothing: not a query (too short to answer, or a response).
     Drop,
 }
-
-mod rcode {
-    pub(super) const NOERROR: u8 = 0;
-    pub(super) const FORMERR: u8 = 1;
-    pub(super) const NXDOMAIN: u8 = 3;
-    pub(super) const NOTIMP: u8 = 4;
-    pub(super) const REFUSED: u8 = 5;
-}
-
-/// Header flag bits (RFC 1035 4.1.1) in the second 16-bit word.
-const QR: u16 = 0x8000;
-const OPCODE_MASK: u16 = 0x7800;
-const AA: u16 = 0x0400;
-const TC: u16 = 0x0200;
-const RD: u16 = 0x0100;
-const CD: u16 = 0x0010;
 
 /// The EDNS DO bit in the OPT record's TTL field (RFC 3225).
 const DO_BIT: u16 = 0x8000;
