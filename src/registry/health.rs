@@ -18,7 +18,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
-use crate::model::{Check, Endpoint, Protocol, Service, Zone, effective_check};
+use crate::model::{Check, Endpoint, Protocol, Service, effective_check};
 
 /// One address of one checked instance: what a probe checks. Names are
 /// lowercased, so that a change of letter case in a file keeps the state.
@@ -142,17 +142,12 @@ fn service_targets(key: &[u8], s: &Service) -> HashSet<Target> {
 }
 
 impl Book {
-    /// Records the targets of a zone being built from `merged` and returns
-    /// the zone to serve when it differs from `merged` (see
-    /// [`Book::service_built`]).
-    pub fn zone_built(&mut self, key: &[u8], merged: &Zone) -> Option<Zone> {
-        let mut current = HashSet::new();
-        let mut filtered: Vec<Option<Service>> = Vec::with_capacity(merged.services.len());
-        for s in &merged.services {
-            current.insert(group_key(key, &s.name.to_ascii_lowercase(), s.protocol));
-            filtered.push(self.service_built(key, s));
-        }
-        // Services that left the zone take their targets with them.
+    /// Forgets the targets of the services of zone `key` that are not
+    /// among `services` (they left the zone).
+    pub fn retain_services<'a>(&mut self, key: &[u8], services: impl Iterator<Item = &'a Service>) {
+        let current: HashSet<Vec<u8>> = services
+            .map(|s| group_key(key, &s.name.to_ascii_lowercase(), s.protocol))
+            .collect();
         let gone: Vec<Vec<u8>> = self
             .zones
             .get(key)
@@ -164,16 +159,6 @@ impl Book {
         for group in gone {
             self.set_group(key, group, HashSet::new());
         }
-        if filtered.iter().all(Option::is_none) {
-            return None;
-        }
-        let mut zone = merged.clone();
-        for (s, f) in zone.services.iter_mut().zip(filtered) {
-            if let Some(f) = f {
-                *s = f;
-            }
-        }
-        Some(zone)
     }
 
     /// Records the targets of one service being built and returns the
@@ -396,11 +381,12 @@ mod tests {
                  address = \"10.0.0.2\"\n",
                 if with_db_1 { db_1 } else { "" }
             );
-            crate::sources::zone_file::parse(std::path::Path::new("h.toml"), &text).unwrap()
+            let zone = crate::sources::zone_file::parse(std::path::Path::new("h.toml"), &text);
+            zone.unwrap().services.remove(0)
         };
-        let key = crate::answer::wire::lower_wire(&zone(true).apex);
+        let key = b"\x01h\x04test\x00".to_vec();
         let mut book = Book::default();
-        book.zone_built(&key, &zone(true));
+        book.service_built(&key, &zone(true));
         let db_1 = book
             .groups
             .values()
@@ -418,17 +404,17 @@ mod tests {
 
         // Gone and back before the checker hears of it: still unhealthy,
         // as the checker (which never saw it leave) believes.
-        book.zone_built(&key, &zone(false));
+        book.service_built(&key, &zone(false));
         let filtered = book
-            .zone_built(&key, &zone(true))
+            .service_built(&key, &zone(true))
             .expect("db-1 is filtered");
-        let hidden = &filtered.services[0].instances[0];
+        let hidden = &filtered.instances[0];
         assert_eq!(hidden.endpoint, Endpoint::Addresses(vec![]));
         book.take_updates();
         assert_eq!(book.states.get(&db_1), Some(&false));
 
         // Gone when the checker is told: forgotten by both.
-        book.zone_built(&key, &zone(false));
+        book.service_built(&key, &zone(false));
         book.take_updates();
         assert_eq!(book.states.get(&db_1), None);
     }

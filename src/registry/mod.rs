@@ -17,9 +17,11 @@ use arc_swap::ArcSwap;
 use tracing::{error, info, warn};
 
 pub mod change;
+mod entries;
 pub mod health;
 pub mod registration;
 mod runtime;
+mod served;
 pub mod state_file;
 pub mod store;
 mod timers;
@@ -27,15 +29,15 @@ pub mod writer;
 
 pub use change::{Change, RegistryError, ZoneError};
 
-use crate::answer::build::build_zone;
 use crate::answer::reverse::ReverseZones;
-use crate::answer::snapshot::{Snapshot, SnapshotHandle, ZoneSnapshot};
+use crate::answer::snapshot::{Snapshot, SnapshotHandle};
 use crate::answer::wire::lower_wire;
 use crate::model::names::parse_apex;
 use crate::model::{Endpoint, Protocol, Zone, effective_check};
-use health::{Book, Flip, InstanceHealth, Target};
+use entries::{RuntimeEntry, ServiceIds, ZoneEntry, instance_info};
+use health::{Book, Flip, Target};
 use registration::{InstanceInfo, InstanceKey, Registration};
-use runtime::{FileNames, RuntimeInstance};
+use runtime::RuntimeInstance;
 use store::{Record, Removed, Stored};
 use timers::{Timer, Timers};
 
@@ -73,30 +75,6 @@ pub struct Registry {
     /// How long an expired instance is kept before it is removed; `None`:
     /// until it is deregistered.
     reap_after: Option<Duration>,
-}
-
-struct ZoneEntry {
-    source: PathBuf,
-    /// What the file says; the snapshot is built from this plus the runtime instances.
-    zone: Zone,
-    /// The names the file uses, for checking registrations against it.
-    names: FileNames,
-    serial: u32,
-    built: Arc<ZoneSnapshot>,
-}
-
-/// One runtime registration and its health.
-struct RuntimeEntry {
-    /// As the client sent it: what the state file keeps.
-    request: Registration,
-    valid: RuntimeInstance,
-    /// Its pending timer: expiry (TTL instances that are serving) or
-    /// reaping (expired ones, when reaping is on), kept in `Registry::timers`.
-    timer: Option<(Instant, Timer)>,
-    /// No heartbeat came within its TTL: registered, not served.
-    expired: bool,
-    /// Why a zone file now keeps it from being served.
-    shadowed: Option<String>,
 }
 
 /// What `status` reports of one zone.
@@ -266,25 +244,21 @@ impl Registry {
         if previous.is_some_and(|p| p.zone == zone) {
             return Ok(false);
         }
-        // Its runtime instances are merged in, checked against the new file.
-        let names = FileNames::of(&zone);
-        let (serial, built) = build_merged(
-            (&zone, &names, path),
+        // Its runtime instances are merged in, checked against the new file;
+        // the previous version lends its serial and its unchanged answers.
+        let mut entry = ZoneEntry::new(path, zone);
+        if let Some(p) = previous {
+            entry.serial = p.serial;
+            entry.built = p.built.clone();
+        }
+        entry.build(
             self.runtime.get_mut(&key),
-            previous.map(|p| (p.serial, &*p.built)),
+            self.services.get(&key),
             (&key, &mut self.health),
+            true,
         );
         self.dirty.remove(&key);
-        self.zones.insert(
-            key,
-            ZoneEntry {
-                source: path.to_path_buf(),
-                zone,
-                names,
-                serial,
-                built,
-            },
-        );
+        self.zones.insert(key, entry);
         Ok(true)
     }
 
@@ -325,7 +299,7 @@ impl Registry {
         let snapshot = Snapshot::new(
             zones
                 .values()
-                .map(|e| e.built.clone())
+                .map(|e| e.snapshot().clone())
                 .chain(self.reverse.snapshots(|k| zones.contains_key(k))),
         );
         self.published.store(Arc::new(snapshot));
@@ -388,14 +362,12 @@ impl Registry {
         let Some(entry) = self.zones.get_mut(key) else {
             return;
         };
-        let (serial, built) = build_merged(
-            (&entry.zone, &entry.names, &entry.source),
+        entry.build(
             self.runtime.get_mut(key),
-            Some((entry.serial, &*entry.built)),
+            self.services.get(key),
             (key, &mut self.health),
+            false,
         );
-        entry.serial = serial;
-        entry.built = built;
     }
 
     /// Adds or replaces a runtime instance. It is served after the next
@@ -829,7 +801,7 @@ fn touch(
 }
 
 /// The ids of each runtime service's instances, by zone key.
-type ServiceIndex = BTreeMap<Vec<u8>, BTreeMap<(String, Protocol), BTreeSet<String>>>;
+type ServiceIndex = BTreeMap<Vec<u8>, ServiceIds>;
 
 /// Drops instance `id` of zone `key` from its service's ids.
 fn unindex(services: &mut ServiceIndex, key: &[u8], r: &RuntimeEntry, id: &str) {
@@ -875,128 +847,6 @@ fn not_registered(k: &InstanceKey, e: &ZoneEntry) -> RegistryError {
     }
 }
 
-/// What `list` says of any instance, wherever it comes from; the caller adds
-/// its source, state and health.
-fn instance_info(
-    apex: &hickory_proto::rr::Name,
-    service: &str,
-    protocol: crate::model::Protocol,
-    i: &crate::model::Instance,
-) -> InstanceInfo {
-    let (address, target) = endpoint_strings(&i.endpoint);
-    InstanceInfo {
-        zone: apex.to_ascii(),
-        service: service.to_string(),
-        protocol,
-        instance: i.name.clone(),
-        address,
-        target,
-        port: i.port,
-        weight: i.weight,
-        priority: i.priority,
-        tags: i.tags.clone(),
-        metadata: i.metadata.iter().cloned().collect(),
-        ..InstanceInfo::default()
-    }
-}
-
-impl RuntimeEntry {
-    fn stored(&self) -> Stored {
-        Stored {
-            registration: self.request.clone(),
-            expired: self.expired,
-        }
-    }
-
-    fn serving(&self) -> bool {
-        !self.expired && self.shadowed.is_none()
-    }
-
-    fn info(&self, now: Instant) -> InstanceInfo {
-        let i = &self.valid.instance;
-        let (state, reason) = if let Some(reason) = &self.shadowed {
-            ("shadowed", Some(reason.clone()))
-        } else if self.expired {
-            ("expired", Some("no heartbeat within its TTL".to_string()))
-        } else {
-            ("serving", None)
-        };
-        InstanceInfo {
-            source: "runtime".into(),
-            ttl: self.valid.ttl,
-            state: state.into(),
-            reason,
-            expires_in_ms: match self.timer {
-                Some((at, Timer::Expire)) => {
-                    Some(at.saturating_duration_since(now).as_millis() as u64)
-                }
-                _ => None,
-            },
-            // Not probed yet; `list` and `heartbeat` say what the checks found.
-            health: match i.check {
-                Some(_) if self.serving() => InstanceHealth::Unknown,
-                _ => InstanceHealth::Unchecked,
-            }
-            .as_str()
-            .into(),
-            unhealthy_address: Vec::new(),
-            ..instance_info(
-                &self.valid.apex,
-                &self.valid.service,
-                self.valid.protocol,
-                i,
-            )
-        }
-    }
-}
-
-/// Builds a zone from its file and its runtime instances, with the serial
-/// after `previous`'s, reusing its unchanged answers. Runtime instances the file conflicts with are shadowed
-/// (kept, not served): the file wins, and says so in the log.
-fn build_merged(
-    (zone, names, source): (&Zone, &FileNames, &Path),
-    runtime: Option<&mut BTreeMap<String, RuntimeEntry>>,
-    previous: Option<(u32, &ZoneSnapshot)>,
-    (key, health): (&[u8], &mut Book),
-) -> (u32, Arc<ZoneSnapshot>) {
-    let serial = crate::model::serial::next(previous.map(|(s, _)| s));
-    let previous = previous.map(|(_, built)| built);
-    let Some(runtime) = runtime else {
-        let served = health.zone_built(key, zone);
-        let served = served.as_ref().unwrap_or(zone);
-        return (serial, Arc::new(build_zone(served, serial, previous)));
-    };
-    for r in runtime.values_mut() {
-        let conflict = runtime::file_conflict(names, source, &r.valid);
-        if conflict == r.shadowed {
-            continue;
-        }
-        match &conflict {
-            Some(reason) => warn!(
-                zone = %zone.apex,
-                instance = %r.valid.instance.name,
-                %reason,
-                "the zone file now owns this name; the registration is kept but not served"
-            ),
-            None => info!(
-                zone = %zone.apex,
-                instance = %r.valid.instance.name,
-                "the registration no longer conflicts with the zone file; serving it again"
-            ),
-        }
-        r.shadowed = conflict;
-    }
-    let merged = runtime::merge(
-        zone,
-        runtime.values().filter(|r| r.serving()).map(|r| &r.valid),
-    );
-    // Health checks follow the zone as built: its targets are recorded for
-    // the checker, and unhealthy addresses are left out.
-    let served = health.zone_built(key, &merged);
-    let served = served.as_ref().unwrap_or(&merged);
-    (serial, Arc::new(build_zone(served, serial, previous)))
-}
-
 /// How a check is named in the log: `tcp` or `http /healthz`.
 fn check_name(t: &Target) -> String {
     match &t.check.kind {
@@ -1029,13 +879,6 @@ fn zone_addresses(
         }
     }
     out
-}
-
-fn endpoint_strings(e: &Endpoint) -> (Vec<String>, Option<String>) {
-    match e {
-        Endpoint::Addresses(a) => (a.iter().map(ToString::to_string).collect(), None),
-        Endpoint::Target(t) => (Vec::new(), Some(t.to_ascii())),
-    }
 }
 
 #[cfg(test)]

@@ -291,33 +291,6 @@ pub(super) fn runtime_conflict(r: &RuntimeInstance, other: &RuntimeInstance) -> 
     None
 }
 
-/// The zone a file describes with the runtime instances added: to services
-/// the file declares, or to new services after the file's.
-pub(super) fn merge<'a>(
-    file: &Zone,
-    runtime: impl IntoIterator<Item = &'a RuntimeInstance>,
-) -> Zone {
-    let mut zone = file.clone();
-    for r in runtime {
-        let existing = zone
-            .services
-            .iter_mut()
-            .find(|s| s.name.eq_ignore_ascii_case(&r.service) && s.protocol == r.protocol);
-        match existing {
-            Some(s) => s.instances.push(r.instance.clone()),
-            None => zone.services.push(crate::model::Service {
-                name: r.service.clone(),
-                protocol: r.protocol,
-                tags: Vec::new(),
-                check: None,
-                instances: vec![r.instance.clone()],
-                max_answers: None,
-            }),
-        }
-    }
-    zone
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,130 @@
+//! What the registry keeps of each zone and of each runtime registration.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::health::InstanceHealth;
+use super::registration::{InstanceInfo, Registration};
+use super::runtime::{FileNames, RuntimeInstance};
+use super::store::Stored;
+use super::timers::Timer;
+use crate::answer::snapshot::ZoneSnapshot;
+use crate::model::{Endpoint, Protocol, Zone};
+
+/// A service in its zone: its lowercased name and its protocol.
+pub(super) type ServiceId = (String, Protocol);
+
+/// The runtime instance ids of each service of a zone.
+pub(super) type ServiceIds = BTreeMap<ServiceId, BTreeSet<String>>;
+
+/// One zone: its file, what the file names, and its snapshot as built.
+pub(super) struct ZoneEntry {
+    pub(super) source: PathBuf,
+    /// What the file says; the snapshot is built from this plus the runtime instances.
+    pub(super) zone: Zone,
+    /// The names the file uses, for checking registrations against it.
+    pub(super) names: FileNames,
+    /// Where each service of the file is in `zone.services`.
+    pub(super) file_services: HashMap<ServiceId, usize>,
+    pub(super) serial: u32,
+    /// The snapshot as last built; `None` only before the first build.
+    pub(super) built: Option<Arc<ZoneSnapshot>>,
+}
+
+/// One runtime registration and its health.
+pub(super) struct RuntimeEntry {
+    /// As the client sent it: what the state file keeps.
+    pub(super) request: Registration,
+    pub(super) valid: RuntimeInstance,
+    /// Its pending timer: expiry (TTL instances that are serving) or
+    /// reaping (expired ones, when reaping is on), kept in `Registry::timers`.
+    pub(super) timer: Option<(Instant, Timer)>,
+    /// No heartbeat came within its TTL: registered, not served.
+    pub(super) expired: bool,
+    /// Why a zone file now keeps it from being served.
+    pub(super) shadowed: Option<String>,
+}
+
+/// What `list` says of any instance, wherever it comes from; the caller adds
+/// its source, state and health.
+pub(super) fn instance_info(
+    apex: &hickory_proto::rr::Name,
+    service: &str,
+    protocol: crate::model::Protocol,
+    i: &crate::model::Instance,
+) -> InstanceInfo {
+    let (address, target) = endpoint_strings(&i.endpoint);
+    InstanceInfo {
+        zone: apex.to_ascii(),
+        service: service.to_string(),
+        protocol,
+        instance: i.name.clone(),
+        address,
+        target,
+        port: i.port,
+        weight: i.weight,
+        priority: i.priority,
+        tags: i.tags.clone(),
+        metadata: i.metadata.iter().cloned().collect(),
+        ..InstanceInfo::default()
+    }
+}
+
+impl RuntimeEntry {
+    pub(super) fn stored(&self) -> Stored {
+        Stored {
+            registration: self.request.clone(),
+            expired: self.expired,
+        }
+    }
+
+    pub(super) fn serving(&self) -> bool {
+        !self.expired && self.shadowed.is_none()
+    }
+
+    pub(super) fn info(&self, now: Instant) -> InstanceInfo {
+        let i = &self.valid.instance;
+        let (state, reason) = if let Some(reason) = &self.shadowed {
+            ("shadowed", Some(reason.clone()))
+        } else if self.expired {
+            ("expired", Some("no heartbeat within its TTL".to_string()))
+        } else {
+            ("serving", None)
+        };
+        InstanceInfo {
+            source: "runtime".into(),
+            ttl: self.valid.ttl,
+            state: state.into(),
+            reason,
+            expires_in_ms: match self.timer {
+                Some((at, Timer::Expire)) => {
+                    Some(at.saturating_duration_since(now).as_millis() as u64)
+                }
+                _ => None,
+            },
+            // Not probed yet; `list` and `heartbeat` say what the checks found.
+            health: match i.check {
+                Some(_) if self.serving() => InstanceHealth::Unknown,
+                _ => InstanceHealth::Unchecked,
+            }
+            .as_str()
+            .into(),
+            unhealthy_address: Vec::new(),
+            ..instance_info(
+                &self.valid.apex,
+                &self.valid.service,
+                self.valid.protocol,
+                i,
+            )
+        }
+    }
+}
+
+fn endpoint_strings(e: &Endpoint) -> (Vec<String>, Option<String>) {
+    match e {
+        Endpoint::Addresses(a) => (a.iter().map(ToString::to_string).collect(), None),
+        Endpoint::Target(t) => (Vec::new(), Some(t.to_ascii())),
+    }
+}

@@ -1,0 +1,163 @@
+//! What a zone serves: each service of its file with the runtime instances
+//! registered into it, runtime services after them, and what health checks
+//! leave of both. Worked out one service at a time, so a change to one
+//! service looks at that service only.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::entries::{RuntimeEntry, ServiceId, ServiceIds, ZoneEntry};
+use super::health::Book;
+use super::runtime::{self, FileNames};
+use crate::answer::build::build_zone;
+use crate::answer::snapshot::ZoneSnapshot;
+use crate::model::{Service, Zone};
+
+/// Where each service of a zone file is in its `services`.
+pub(super) fn file_services(zone: &Zone) -> HashMap<ServiceId, usize> {
+    zone.services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ((s.name.to_ascii_lowercase(), s.protocol), i))
+        .collect()
+}
+
+impl ZoneEntry {
+    /// The zone as a file `zone` at `source` describes it, not built yet.
+    pub(super) fn new(source: &std::path::Path, zone: Zone) -> ZoneEntry {
+        ZoneEntry {
+            source: source.to_path_buf(),
+            names: FileNames::of(&zone),
+            file_services: file_services(&zone),
+            zone,
+            serial: 0,
+            built: None,
+        }
+    }
+
+    /// The zone's snapshot, as last built.
+    pub(super) fn snapshot(&self) -> &Arc<ZoneSnapshot> {
+        self.built
+            .as_ref()
+            .expect("a zone is built when it is added")
+    }
+
+    /// Service `id` as it is served, before health checks: the file's
+    /// service (if the file declares it) with the serving runtime instances
+    /// added, in the order of their ids; `None` when neither has it.
+    fn merged_service(
+        &self,
+        runtime: Option<&BTreeMap<String, RuntimeEntry>>,
+        ids: Option<&BTreeSet<String>>,
+        id: &ServiceId,
+    ) -> Option<Service> {
+        let mut instances = ids
+            .into_iter()
+            .flatten()
+            .filter_map(|i| runtime?.get(i))
+            .filter(|r| r.serving())
+            .map(|r| &r.valid)
+            .peekable();
+        let mut service = match self.file_services.get(id) {
+            Some(&i) => self.zone.services[i].clone(),
+            None => {
+                let first = instances.peek()?;
+                Service {
+                    name: first.service.clone(),
+                    protocol: first.protocol,
+                    tags: Vec::new(),
+                    check: None,
+                    instances: Vec::new(),
+                    max_answers: None,
+                }
+            }
+        };
+        service
+            .instances
+            .extend(instances.map(|r| r.instance.clone()));
+        Some(service)
+    }
+
+    /// Builds the zone again from its file and its runtime instances, with
+    /// the serial after the current one, reusing unchanged answers.
+    /// `shadow`: the file is new, so which registrations it now owns the
+    /// names of (shadowed: kept, not served; the file wins) is worked out
+    /// again, and said in the log.
+    pub(super) fn build(
+        &mut self,
+        runtime: Option<&mut BTreeMap<String, RuntimeEntry>>,
+        ids: Option<&ServiceIds>,
+        (key, health): (&[u8], &mut Book),
+        shadow: bool,
+    ) {
+        let mut runtime = runtime;
+        if shadow && let Some(runtime) = runtime.as_deref_mut() {
+            self.shadow(runtime);
+        }
+        let runtime = runtime.as_deref();
+        // File services, then runtime ones: one canonical order, by id.
+        let ids_of: BTreeSet<&ServiceId> = self
+            .file_services
+            .keys()
+            .chain(ids.into_iter().flat_map(|i| i.keys()))
+            .collect();
+        let mut services = Vec::with_capacity(ids_of.len());
+        for id in ids_of {
+            let service_ids = ids.and_then(|i| i.get(id));
+            let Some(merged) = self.merged_service(runtime, service_ids, id) else {
+                continue;
+            };
+            // Health checks follow the service as built: its targets are
+            // recorded for the checker, and unhealthy addresses left out.
+            services.push(health.service_built(key, &merged).unwrap_or(merged));
+        }
+        health.retain_services(key, services.iter());
+        let zone = Zone {
+            services,
+            ..self.zone_meta()
+        };
+        let previous = (self.serial != 0).then_some(self.serial);
+        self.serial = crate::model::serial::next(previous);
+        let built = build_zone(&zone, self.serial, self.built.as_deref());
+        self.built = Some(Arc::new(built));
+    }
+
+    /// The file's zone without its services.
+    fn zone_meta(&self) -> Zone {
+        Zone {
+            apex: self.zone.apex.clone(),
+            ttl: self.zone.ttl,
+            nameservers: self.zone.nameservers.clone(),
+            soa: self.zone.soa.clone(),
+            hosts: self.zone.hosts.clone(),
+            services: Vec::new(),
+        }
+    }
+
+    /// Marks the registrations whose names the file now owns as shadowed,
+    /// and those it gave back as served again.
+    fn shadow(&self, runtime: &mut BTreeMap<String, RuntimeEntry>) {
+        for r in runtime.values_mut() {
+            let conflict = runtime::file_conflict(&self.names, &self.source, &r.valid);
+            if conflict == r.shadowed {
+                continue;
+            }
+            match &conflict {
+                Some(reason) => warn!(
+                    zone = %self.zone.apex,
+                    instance = %r.valid.instance.name,
+                    %reason,
+                    "the zone file now owns this name; the registration is kept but not served"
+                ),
+                None => info!(
+                    zone = %self.zone.apex,
+                    instance = %r.valid.instance.name,
+                    "the registration no longer conflicts with the zone file; serving it again"
+                ),
+            }
+            r.shadowed = conflict;
+        }
+    }
+}
