@@ -124,10 +124,11 @@ pub struct ServeArgs {
     /// Worker threads, and UDP sockets per address [default: number of CPUs]
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Close TCP connections idle for this many seconds [default: 10]
+    /// Close TCP connections idle for this many seconds (1 when over 3/4 of the
+    /// connections are open) [default: 10]
     #[arg(long, value_name = "SECS")]
     pub tcp_idle_timeout: Option<u64>,
-    /// Most concurrent TCP connections; more are closed on accept [default: 512]
+    /// Most concurrent TCP connections; beyond this a new one replaces the idlest [default: 512]
     #[arg(long, value_name = "N")]
     pub max_tcp_connections: Option<usize>,
     /// Rescan the zones directory every SECS seconds even without file

@@ -878,3 +878,32 @@ fn a_registration_whose_names_would_not_fit_is_refused_and_the_server_stays_up()
     let reply = server.udp(&query(&format!("i.{apex}."), RecordType::A));
     assert_eq!(reply.answers.len(), 1);
 }
+
+#[test]
+fn idle_connections_cannot_lock_the_admin_socket_out() {
+    let server = Server::start(&example_zones());
+    // More idle connections than the server serves at once (64), each made
+    // and kept open, sending nothing.
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..80)
+        .map(|_| std::os::unix::net::UnixStream::connect(&server.socket).unwrap())
+        .collect();
+    // The server has seen every one of them before the requests below.
+    let mut last = server.admin();
+    last.ok(json!({"op":"status"}));
+
+    let out = server.cli(&["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut fresh = server.admin();
+    fresh.ok(register("web-9", "10.0.0.19"));
+    // The connection that was in use a moment ago is still served.
+    last.ok(json!({"op":"status"}));
+
+    // The idlest, the first one, was closed to make room.
+    use std::io::Read;
+    let mut first = &idle[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    assert_eq!(first.read(&mut buf).unwrap(), 0, "closed without a reply");
+}

@@ -10,6 +10,12 @@
 //! is handed to a task (bounded by [`forward::MAX_IN_FLIGHT`]) so that waiting
 //! for an upstream never stalls authoritative answers.
 //!
+//! TCP connections share [`TcpSlots`] (RFC 7766 section 6.2.3): above three
+//! quarters of `--max-tcp-connections` idle connections get a short timeout,
+//! and at the limit a newcomer takes the slot of the connection idle the
+//! longest, so a flood of idle, slow or never-reading clients cannot shut
+//! legitimate TCP out.
+//!
 //! hickory-server's `Server` is not used for serving: it spawns a task per UDP
 //! query and decodes every request into an allocated message, and it has no
 //! cap on concurrent TCP connections. The loops below are small and keep the
@@ -18,13 +24,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -38,10 +44,182 @@ use crate::net::udp_batch::{Outgoing, Received};
 /// Limits of the TCP listener (RFC 7766 section 6.2).
 #[derive(Clone, Copy, Debug)]
 pub struct TcpLimits {
-    /// A connection with no complete query for this long is closed.
+    /// A connection with no complete query for this long is closed (sooner
+    /// when slots run short: see [`CROWDED_IDLE_TIMEOUT`]).
     pub idle_timeout: Duration,
-    /// Connections beyond this many are closed as soon as they are accepted.
+    /// Most connections open at once; a newcomer beyond this many replaces
+    /// the connection idle the longest.
     pub max_connections: usize,
+}
+
+/// The idle timeout once more than three quarters of the TCP slots are taken
+/// (RFC 7766 section 6.2.3: be more aggressive about closing idle
+/// connections as the limit nears). A resolver asking again reconnects in a
+/// round trip; a flood of idle connections is cleared every second instead
+/// of every `--tcp-idle-timeout`, which leaves room before eviction has to
+/// start.
+pub const CROWDED_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a connection waiting for a query looks at its deadline again,
+/// which moves closer when the slots become crowded.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+/// The TCP connections open on all listeners. The table is locked only on
+/// connect, disconnect and eviction; a query only stores its arrival time
+/// in its connection's atomic.
+struct TcpSlots {
+    max: usize,
+    idle_timeout: Duration,
+    /// Connections open, read without the lock to pick the idle timeout.
+    open: AtomicUsize,
+    table: Mutex<Table>,
+    /// What [`TcpConn::active`] counts milliseconds from.
+    epoch: Instant,
+}
+
+#[derive(Default)]
+struct Table {
+    slots: Vec<Option<Arc<TcpConn>>>,
+    free: Vec<usize>,
+}
+
+/// One connection's share of [`TcpSlots`].
+struct TcpConn {
+    /// Milliseconds since the epoch of the last complete query (or of the
+    /// accept), or [`BUSY`] while a forwarded query waits for an upstream.
+    active: AtomicU64,
+    /// Closes the connection when it is evicted.
+    evict: CancellationToken,
+}
+
+/// [`TcpConn::active`] of a connection that is waiting for an upstream: not
+/// idle, never evicted.
+const BUSY: u64 = u64::MAX;
+
+impl TcpSlots {
+    fn new(limits: TcpLimits) -> TcpSlots {
+        TcpSlots {
+            max: limits.max_connections,
+            idle_timeout: limits.idle_timeout,
+            open: AtomicUsize::new(0),
+            table: Mutex::new(Table::default()),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The idle timeout now: the configured one, or a short one when more
+    /// than three quarters of the slots are taken.
+    fn idle_timeout(&self) -> Duration {
+        if self.open.load(Ordering::Relaxed) * 4 > self.max * 3 {
+            self.idle_timeout.min(CROWDED_IDLE_TIMEOUT)
+        } else {
+            self.idle_timeout
+        }
+    }
+
+    /// Takes a slot for a new connection, closing the connection idle the
+    /// longest if every slot is taken. None only when every connection is
+    /// waiting for an upstream.
+    fn admit(self: &Arc<Self>, peer: SocketAddr) -> Option<TcpSlot> {
+        let now = self.now_ms();
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if self.open.load(Ordering::Relaxed) >= self.max {
+            // A scan of at most max_connections atomics, on accept only.
+            let (index, active) = table
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.as_ref().map(|c| (i, c.active.load(Ordering::Relaxed))))
+                .filter(|&(_, active)| active != BUSY)
+                .min_by_key(|&(_, active)| active)?;
+            let evicted = table.slots[index].take().expect("found above");
+            table.free.push(index);
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            evicted.evict.cancel();
+            debug!(%peer, idle_ms = now.saturating_sub(active), "TCP connection limit reached; closed the connection idle the longest");
+        }
+        let conn = Arc::new(TcpConn {
+            active: AtomicU64::new(now),
+            evict: CancellationToken::new(),
+        });
+        let index = match table.free.pop() {
+            Some(i) => {
+                table.slots[i] = Some(conn.clone());
+                i
+            }
+            None => {
+                table.slots.push(Some(conn.clone()));
+                table.slots.len() - 1
+            }
+        };
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(TcpSlot {
+            slots: self.clone(),
+            index,
+            conn,
+        })
+    }
+}
+
+/// A connection's slot, given back when dropped (unless it was evicted,
+/// which gave it back already).
+struct TcpSlot {
+    slots: Arc<TcpSlots>,
+    index: usize,
+    conn: Arc<TcpConn>,
+}
+
+impl TcpSlot {
+    /// Records a complete query: the connection is not idle.
+    fn active(&self) {
+        self.conn
+            .active
+            .store(self.slots.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Marks the connection as waiting for an upstream.
+    fn busy(&self) {
+        self.conn.active.store(BUSY, Ordering::Relaxed);
+    }
+
+    /// Returns when the connection has had no complete query for the idle
+    /// timeout in force, looking again every [`IDLE_CHECK`] since the
+    /// timeout shortens when slots become crowded. Covers a client that
+    /// sends nothing, one that sends a query byte by byte, and one that does
+    /// not read its answers alike.
+    async fn idle_expired(&self) {
+        loop {
+            let active = self.conn.active.load(Ordering::Relaxed);
+            let timeout = self.slots.idle_timeout();
+            let idle = if active == BUSY {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(self.slots.now_ms().saturating_sub(active))
+            };
+            if idle >= timeout {
+                return;
+            }
+            tokio::time::sleep((timeout - idle).min(IDLE_CHECK)).await;
+        }
+    }
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        let mut table = self.slots.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = table.slots[self.index]
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &self.conn));
+        if mine {
+            table.slots[self.index] = None;
+            table.free.push(self.index);
+            self.slots.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Sockets bound for one listen address.
@@ -127,7 +305,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let mut tasks = JoinSet::new();
-    let tcp_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let tcp_slots = Arc::new(TcpSlots::new(limits));
     for b in bound {
         info!(addr = %b.addr, "listening on UDP and TCP");
         for socket in b.udp {
@@ -138,7 +316,6 @@ pub async fn run(
         tasks.spawn(tcp_accept_loop(
             listener,
             snapshots.clone(),
-            limits,
             tcp_slots.clone(),
             forwarder.clone(),
             shutdown.clone(),
@@ -242,8 +419,7 @@ fn answer_udp(
 async fn tcp_accept_loop(
     listener: TcpListener,
     snapshots: SnapshotHandle,
-    limits: TcpLimits,
-    slots: Arc<Semaphore>,
+    slots: Arc<TcpSlots>,
     forwarder: Option<Arc<Forwarder>>,
     shutdown: CancellationToken,
 ) {
@@ -263,27 +439,23 @@ async fn tcp_accept_loop(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, "TCP connection limit reached; closing new connection");
+        let Some(slot) = slots.admit(peer) else {
+            debug!(%peer, "TCP connection limit reached, every connection busy; closing new connection");
             continue;
         };
         let snapshots = snapshots.clone();
         let shutdown = shutdown.clone();
         let forwarder = forwarder.clone();
         connections.spawn(async move {
-            let connection = tcp_connection(
-                stream,
-                peer,
-                &snapshots,
-                forwarder.as_deref(),
-                limits.idle_timeout,
-            );
+            let connection = tcp_connection(stream, peer, &snapshots, forwarder.as_deref(), &slot);
             tokio::select! {
                 result = connection => {
                     if let Err(error) = result {
                         debug!(%error, %peer, "TCP connection closed");
                     }
                 }
+                () = slot.idle_expired() => {}
+                () = slot.conn.evict.cancelled() => {}
                 () = shutdown.cancelled() => {}
             }
             drop(slot);
@@ -294,31 +466,28 @@ async fn tcp_accept_loop(
 }
 
 /// Answers length-prefixed queries on one connection, in order, until the
-/// client closes it or is idle for `idle_timeout`. A forwarded query is
-/// resolved inline: the connection's later queries wait for it, as they would
-/// on a single-threaded resolver, and other connections are unaffected.
+/// client closes it. The caller closes it when `slot` is idle too long or
+/// evicted. A forwarded query is resolved inline: the connection's later
+/// queries wait for it, as they would on a single-threaded resolver, and
+/// other connections are unaffected.
 async fn tcp_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     snapshots: &SnapshotHandle,
     forwarder: Option<&Forwarder>,
-    idle_timeout: Duration,
+    slot: &TcpSlot,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut query = vec![0u8; 65535];
     let mut response = Vec::with_capacity(4096);
     let mut framed = Vec::with_capacity(4096);
     loop {
-        let len = match tokio::time::timeout(idle_timeout, stream.read_u16()).await {
-            Err(_) => return Ok(()),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(r) => r? as usize,
+        let len = match stream.read_u16().await {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            r => r? as usize,
         };
-        tokio::time::timeout(idle_timeout, stream.read_exact(&mut query[..len]))
-            .await
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, "query not completed in time")
-            })??;
+        stream.read_exact(&mut query[..len]).await?;
+        slot.active();
         let outcome = respond::respond(
             &snapshots.load(),
             &query[..len],
@@ -334,8 +503,10 @@ async fn tcp_connection(
                 if f.allows(peer.ip())
                     && !f.answer_cached(&query[..len], Transport::Tcp, &mut response) =>
             {
+                slot.busy();
                 f.resolve(&query[..len], Transport::Tcp, &mut response)
                     .await;
+                slot.active();
             }
             _ => {}
         }
@@ -343,11 +514,9 @@ async fn tcp_connection(
         framed.clear();
         framed.extend_from_slice(&(response.len() as u16).to_be_bytes());
         framed.extend_from_slice(&response);
-        // A client that stops reading must not hold its connection slot
-        // forever: a write that cannot finish within the idle timeout ends
-        // the connection.
-        tokio::time::timeout(idle_timeout, stream.write_all(&framed))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client not reading answers"))??;
+        // A client that stops reading does not hold its slot: the write
+        // stalls, no query completes, and the idle timeout or an eviction
+        // ends the connection.
+        stream.write_all(&framed).await?;
     }
 }

@@ -7,15 +7,21 @@
 //! gets `{"ok":false,"error":...}` and the connection stays open. Only a line
 //! longer than [`MAX_REQUEST`] closes the connection (after its error reply),
 //! since the rest of that line cannot be told apart from the next request.
+//!
+//! Connections that send nothing must not lock the socket out: one idle for
+//! [`IDLE_TIMEOUT`] is closed, and when all [`MAX_CONNECTIONS`] slots are
+//! taken a newcomer takes the slot of the connection idle the longest.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -24,9 +30,94 @@ use crate::api::proto::{self, MAX_REQUEST, Reply, Request, StatusInfo, ZoneInfo,
 use crate::registry::Change;
 use crate::registry::writer::{Command, Outcome, Status, WriterHandle};
 
-/// Most admin connections served at once; more get an error reply and are
-/// closed. Clients send a request and wait, so a few are plenty.
+/// Most admin connections served at once. Clients send a request and wait,
+/// so a few are plenty; beyond this a newcomer replaces the connection idle
+/// the longest, and gets an error reply only if every connection is waiting
+/// for the registry.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// A connection with no request for this long is closed. Clients (the CLI,
+/// an agent that registers and heartbeats) send a request and read the
+/// reply at once, so a connection silent this long is one that was left
+/// open: it would hold a slot for good. Generous, since an agent may keep
+/// one connection for heartbeats every few seconds.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The open connections, for eviction: touched on connect, on disconnect
+/// and around each request, never while a request is served.
+#[derive(Default)]
+struct Slots {
+    next: u64,
+    open: HashMap<u64, Slot>,
+}
+
+struct Slot {
+    /// Since when the connection has had nothing to do; None while its
+    /// request waits for the registry (such a connection is never evicted).
+    idle_since: Option<Instant>,
+    /// Closes the connection.
+    evict: CancellationToken,
+}
+
+impl Slots {
+    /// Admits a connection, evicting the one idle the longest if every slot
+    /// is taken. None when all are busy with requests.
+    fn admit(slots: &Arc<Mutex<Slots>>) -> Option<SlotGuard> {
+        let mut this = slots.lock().unwrap_or_else(|e| e.into_inner());
+        if this.open.len() >= MAX_CONNECTIONS {
+            let idlest = this
+                .open
+                .iter()
+                .filter_map(|(id, slot)| slot.idle_since.map(|since| (since, *id)))
+                .min()?;
+            let evicted = this.open.remove(&idlest.1).expect("listed above");
+            evicted.evict.cancel();
+            debug!(
+                idle_ms = idlest.0.elapsed().as_millis() as u64,
+                "admin connection limit reached; closed the connection idle the longest"
+            );
+        }
+        let id = this.next;
+        this.next += 1;
+        let evict = CancellationToken::new();
+        this.open.insert(
+            id,
+            Slot {
+                idle_since: Some(Instant::now()),
+                evict: evict.clone(),
+            },
+        );
+        Some(SlotGuard {
+            slots: slots.clone(),
+            id,
+            evict,
+        })
+    }
+}
+
+/// A connection's slot, given back when dropped.
+struct SlotGuard {
+    slots: Arc<Mutex<Slots>>,
+    id: u64,
+    evict: CancellationToken,
+}
+
+impl SlotGuard {
+    /// Marks the connection busy (a request in progress) or idle.
+    fn set_busy(&self, busy: bool) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.open.get_mut(&self.id) {
+            slot.idle_since = if busy { None } else { Some(Instant::now()) };
+        }
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.open.remove(&self.id);
+    }
+}
 
 /// Why the admin socket could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +239,7 @@ pub async fn run(
 ) -> io::Result<()> {
     let listener = UnixListener::from_std(socket.listener.try_clone()?)?;
     info!(path = %socket.path.display(), "admin socket ready");
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Mutex::new(Slots::default()));
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -163,9 +254,9 @@ pub async fn run(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some(slot) = Slots::admit(&slots) else {
             let reply = line(&Reply::error(format!(
-                "too many admin connections (limit {MAX_CONNECTIONS}); try again"
+                "too many admin connections (limit {MAX_CONNECTIONS}), all busy; try again"
             )));
             connections.spawn(async move {
                 let _ = stream.write_all(&reply).await;
@@ -176,11 +267,12 @@ pub async fn run(
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             tokio::select! {
-                result = connection(stream, &writer) => {
+                result = connection(stream, &writer, &slot) => {
                     if let Err(error) = result {
                         debug!(%error, "admin connection closed");
                     }
                 }
+                () = slot.evict.cancelled() => {}
                 () = shutdown.cancelled() => {}
             }
             drop(slot);
@@ -194,7 +286,7 @@ pub async fn run(
 }
 
 /// Serves one connection: a reply line for every request line.
-async fn connection(stream: UnixStream, writer: &WriterHandle) -> io::Result<()> {
+async fn connection(stream: UnixStream, writer: &WriterHandle, slot: &SlotGuard) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut buf = Vec::with_capacity(1024);
@@ -202,10 +294,15 @@ async fn connection(stream: UnixStream, writer: &WriterHandle) -> io::Result<()>
         buf.clear();
         // At most one byte past the limit is read, so an endless line costs
         // no more memory than a long one.
-        let n = (&mut reader)
-            .take(MAX_REQUEST as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .await?;
+        let mut limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
+        let read = limited.read_until(b'\n', &mut buf);
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, read).await {
+            Ok(n) => n?,
+            Err(_) => {
+                debug!("admin connection idle; closing it");
+                return Ok(());
+            }
+        };
         if n == 0 {
             return Ok(());
         }
@@ -222,11 +319,17 @@ async fn connection(stream: UnixStream, writer: &WriterHandle) -> io::Result<()>
         if request.is_empty() {
             continue;
         }
+        slot.set_busy(true);
         let reply = match parse_request(request) {
             Ok(request) => ask(writer, request).await,
             Err(message) => Reply::error(message),
         };
-        write.write_all(&line(&reply)).await?;
+        // A client that does not read its reply is idle from here on, and
+        // closed once the reply has waited IDLE_TIMEOUT to be taken.
+        slot.set_busy(false);
+        tokio::time::timeout(IDLE_TIMEOUT, write.write_all(&line(&reply)))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client not reading replies"))??;
     }
 }
 
