@@ -14,6 +14,14 @@
 //! written to `<file>.tmp`, fsynced, renamed over the file, and the directory
 //! fsynced, so a reader sees the old log or the new one, never a mix.
 //!
+//! One server per state file: [`StateLock`] holds an exclusive `flock` on
+//! `<file>.lock` for the server's life, taken before the state file is read.
+//! The lock is on a file of its own because compaction renames a new inode
+//! over the state file's path, and a lock on the old inode would no longer
+//! guard the path. [`StateLog::open`] only reads; the first write comes from
+//! [`StateLog::prepare`], once everything else that can stop a start has been
+//! checked, so a refused start leaves the state file as it found it.
+//!
 //! A file that exists but cannot be read back completely (an incomplete or
 //! malformed line, an unknown version) stops the server with an error naming
 //! the file and the line: starting without those registrations would drop
@@ -23,7 +31,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +76,104 @@ pub enum StateError {
         /// Why.
         source: io::Error,
     },
+    /// Another server holds its lock.
+    #[error(
+        "state file {} is in use by another signpost server{} (it holds the lock on {}); stop that server, or give this one another --state",
+        path.display(),
+        holder.map(|pid| format!(" (process {pid})")).unwrap_or_default(),
+        lock.display()
+    )]
+    InUse {
+        /// The state file.
+        path: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+        /// The process that holds it, as it wrote in the lock file.
+        holder: Option<u32>,
+    },
+    /// Its lock file could not be created or locked.
+    #[error("cannot lock state file {}: {}: {source}", path.display(), lock.display())]
+    Lock {
+        /// The state file.
+        path: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// The exclusive lock on a state file, held while the server runs. Its
+/// file, `<state>.lock`, holds the owner's process ID and is removed when
+/// the lock is dropped (a `kill -9` leaves it, unlocked and harmless).
+pub struct StateLock {
+    path: PathBuf,
+    file: File,
+}
+
+impl StateLock {
+    /// Locks the state file at `state`, or says which server has it.
+    pub fn acquire(state: &Path) -> Result<StateLock, StateError> {
+        let mut name = state.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        let path = state.with_file_name(name);
+        let lock_error = |source| StateError::Lock {
+            path: state.to_path_buf(),
+            lock: path.clone(),
+            source,
+        };
+        loop {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .open(&path)
+                .map_err(lock_error)?;
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::WouldBlock {
+                    return Err(lock_error(error));
+                }
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                return Err(StateError::InUse {
+                    path: state.to_path_buf(),
+                    lock: path,
+                    holder: text.trim().parse().ok(),
+                });
+            }
+            // A server that stopped removes its lock file: if it did so
+            // between our open and our lock, ours is locked but unlinked, and
+            // the next server would create and lock another. Start again.
+            let ours = file.metadata().map_err(lock_error)?;
+            match fs::metadata(&path) {
+                Ok(m) if (m.dev(), m.ino()) == (ours.dev(), ours.ino()) => {}
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(lock_error(e)),
+            }
+            // Only for the error message of a second server: a full disk
+            // must not stop this one.
+            let _ = file
+                .set_len(0)
+                .and_then(|()| writeln!(file, "{}", std::process::id()));
+            return Ok(StateLock { path, file });
+        }
+    }
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        // Removed while still locked, and only if it is still ours.
+        if let (Ok(m), Ok(ours)) = (fs::metadata(&self.path), self.file.metadata())
+            && (m.dev(), m.ino()) == (ours.dev(), ours.ino())
+        {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -78,28 +186,37 @@ struct Header {
 /// The open state file.
 pub struct StateLog {
     path: PathBuf,
-    file: File,
+    /// Open for appending; none until [`StateLog::prepare`].
+    file: Option<File>,
     /// Lines in the log after the header.
     lines: usize,
     /// An append failed part-way: the tail may hold a partial line, so the
     /// next save rewrites the whole file instead of appending after it.
     broken: bool,
+    /// Held as long as the log is open.
+    _lock: StateLock,
 }
 
 impl StateLog {
     /// Reads the registrations in `path` (none if it does not exist: the
-    /// first start) and rewrites it compacted, which also checks that it is
-    /// writable.
-    pub fn open(path: &Path) -> Result<(StateLog, Vec<Stored>), StateError> {
+    /// first start), under `lock`. Nothing is written until
+    /// [`StateLog::prepare`].
+    pub fn open(path: &Path, lock: StateLock) -> Result<(StateLog, Vec<Stored>), StateError> {
         let stored = read(path)?;
-        let file = rewrite(path, &stored)?;
         let log = StateLog {
             path: path.to_path_buf(),
-            file,
+            file: None,
             lines: stored.len(),
             broken: false,
+            _lock: lock,
         };
         Ok((log, stored))
+    }
+
+    /// Makes the log ready for appending: rewrites it compacted, which also
+    /// checks that it is writable. `live` lists the registrations.
+    pub fn prepare(&mut self, live: impl FnOnce() -> Vec<Stored>) -> Result<(), StateError> {
+        self.compact(&live())
     }
 
     /// Appends `records` durably: when this returns Ok they survive a crash
@@ -130,9 +247,9 @@ impl StateLog {
                 serde_json::to_writer(&mut bytes, r).expect("records serialize");
                 bytes.push(b'\n');
             }
-            self.file
-                .write_all(&bytes)
-                .and_then(|()| self.file.sync_data())
+            let file = self.file.as_mut().expect("prepared before the first save");
+            file.write_all(&bytes)
+                .and_then(|()| file.sync_data())
                 .map_err(Some)
         };
         match result {
@@ -162,7 +279,7 @@ impl StateLog {
     }
 
     fn compact(&mut self, live: &[Stored]) -> Result<(), StateError> {
-        self.file = rewrite(&self.path, live)?;
+        self.file = Some(rewrite(&self.path, live)?);
         self.lines = live.len();
         self.broken = false;
         Ok(())
@@ -295,6 +412,13 @@ mod tests {
     use crate::registry::registration::Registration;
     use crate::registry::store::Removed;
 
+    /// Opens as the server does: lock, read, prepare.
+    fn open(path: &Path) -> Result<(StateLog, Vec<Stored>), StateError> {
+        let (mut log, stored) = StateLog::open(path, StateLock::acquire(path)?)?;
+        log.prepare(|| stored.clone())?;
+        Ok((log, stored))
+    }
+
     fn stored(instance: &str, expired: bool) -> Stored {
         Stored {
             registration: Registration {
@@ -325,7 +449,7 @@ mod tests {
     fn the_log_replays_to_the_live_set() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let (mut log, none) = StateLog::open(&path).unwrap();
+        let (mut log, none) = open(&path).unwrap();
         assert!(none.is_empty());
         let records = [
             Record::Set(stored("a", false)),
@@ -336,7 +460,7 @@ mod tests {
         ];
         log.append(&records, 0, Vec::new).unwrap();
         drop(log);
-        let (_, live) = StateLog::open(&path).unwrap();
+        let (_, live) = open(&path).unwrap();
         assert_eq!(live, vec![stored("a", true), stored("c", false)]);
         // Opening compacted it.
         assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 3);
@@ -346,12 +470,12 @@ mod tests {
     fn after_a_failed_save_even_an_empty_batch_rewrites_the_whole_state() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let (mut log, _) = StateLog::open(&path).unwrap();
+        let (mut log, _) = open(&path).unwrap();
         // As after an append that failed (disk full): "a" is in memory only.
         log.broken = true;
         log.append(&[], 1, || vec![stored("a", false)]).unwrap();
         assert!(!log.is_behind());
-        let (_, replayed) = StateLog::open(&path).unwrap();
+        let replayed = read(&path).unwrap();
         assert_eq!(replayed.len(), 1, "the retried change reached the disk");
     }
 
@@ -359,13 +483,14 @@ mod tests {
     fn a_truncated_or_damaged_file_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let (mut log, _) = StateLog::open(&path).unwrap();
+        let (mut log, _) = open(&path).unwrap();
         log.append(&[Record::Set(stored("a", false))], 0, Vec::new)
             .unwrap();
         let full = fs::read(&path).unwrap();
 
+        drop(log);
         fs::write(&path, &full[..full.len() - 5]).unwrap();
-        let e = StateLog::open(&path).err().unwrap().to_string();
+        let e = open(&path).err().unwrap().to_string();
         assert!(
             e.contains("state.json is corrupt: line 2 is incomplete"),
             "{e}"
@@ -374,22 +499,45 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), &full[..full.len() - 5]);
 
         fs::write(&path, "").unwrap();
-        let e = StateLog::open(&path).err().unwrap().to_string();
+        let e = open(&path).err().unwrap().to_string();
         assert!(e.contains("empty"), "{e}");
 
         let mut damaged = full.clone();
         let at = damaged.len() - 10;
         damaged[at] = b'#';
         fs::write(&path, &damaged).unwrap();
-        let e = StateLog::open(&path).err().unwrap().to_string();
+        let e = open(&path).err().unwrap().to_string();
         assert!(e.contains("line 2:"), "{e}");
 
         fs::write(&path, "{\"signpost-state\":9}\n").unwrap();
-        let e = StateLog::open(&path).err().unwrap().to_string();
+        let e = open(&path).err().unwrap().to_string();
         assert!(e.contains("version 9"), "{e}");
 
         fs::write(&path, "{\"version\":1}\n").unwrap();
-        let e = StateLog::open(&path).err().unwrap().to_string();
+        let e = open(&path).err().unwrap().to_string();
         assert!(e.contains("line 1 is not a signpost state header"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_is_refused_naming_the_file_and_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let lock = StateLock::acquire(&path).unwrap();
+        let e = StateLock::acquire(&path).err().unwrap().to_string();
+        let expected = format!(
+            "state file {} is in use by another signpost server (process {})",
+            path.display(),
+            std::process::id()
+        );
+        assert!(e.contains(&expected), "{e}");
+        assert!(e.contains("state.json.lock"), "{e}");
+        drop(lock);
+        assert!(!dir.path().join("state.json.lock").exists());
+        let _again = StateLock::acquire(&path).unwrap();
     }
 }
