@@ -164,3 +164,102 @@ fn a_start_refused_for_a_missing_zones_directory_leaves_no_file_behind() {
     assert!(stderr.contains("cannot read zones directory"), "{stderr}");
     assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
 }
+
+/// A small tmpfs, unmounted when dropped (after the servers using it, if
+/// declared before them).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (as in CI): {status}"
+        );
+        Tmpfs(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount").arg(self.0.path()).status();
+        if !unmounted.is_ok_and(|s| s.success()) {
+            let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+        }
+    }
+}
+
+/// Fills the filesystem holding `dir` with one file; returns its path.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let block = vec![0u8; 4096];
+    loop {
+        match file.write(&block) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling {}: {e}", dir.display()),
+        }
+    }
+    path
+}
+
+#[test]
+fn a_full_disk_refuses_registrations_and_the_server_restarts_without_them() {
+    let zones = zones_copy();
+    let disk = Tmpfs::mount("64k");
+    let mut server = Server::start_admin(zones.path(), disk.path(), &[]);
+    server.admin().ok(register("web-9", "10.0.0.19"));
+    let filler = fill(disk.path());
+
+    // What fits in the state file's last page is saved; then one is refused.
+    let mut admin = server.admin();
+    let mut saved = vec!["web-9".to_string()];
+    let refused = (100..200)
+        .map(|i| format!("web-{i}"))
+        .find(|name| {
+            let reply = admin.request(register(name, "10.0.0.30"));
+            if reply["ok"] == true {
+                saved.push(name.clone());
+                return false;
+            }
+            let error = reply["error"].as_str().unwrap();
+            assert!(error.contains("not saved"), "{error}");
+            assert!(error.contains("No space left on device"), "{error}");
+            true
+        })
+        .expect("a registration is refused on a full disk");
+    drop(admin);
+    assert!(server.stop().success());
+    saved.sort();
+
+    // The disk is still full: reading the state needs no free space.
+    let mut server = Server::start_admin(zones.path(), disk.path(), &[]);
+    let mut names = listed(&server);
+    names.sort();
+    assert_eq!(names, saved, "{refused} was refused");
+    assert!(server.stop().success());
+
+    // With space again, the refused change stays gone and new ones are saved.
+    std::fs::remove_file(filler).unwrap();
+    let mut server = Server::start_admin(zones.path(), disk.path(), &[]);
+    server.admin().ok(register("web-300", "10.0.0.31"));
+    assert!(server.stop().success());
+    let server = Server::start_admin(zones.path(), disk.path(), &[]);
+    let mut names = listed(&server);
+    names.sort();
+    saved.push("web-300".into());
+    saved.sort();
+    assert_eq!(names, saved, "{refused} was refused");
+}

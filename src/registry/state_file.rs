@@ -10,9 +10,22 @@
 //! `fdatasync` before any of its requests is acknowledged, so the cost of a
 //! registration does not grow with the number of registrations (rewriting a
 //! whole file per change did). When the log holds many more lines than live
-//! registrations, and at every start, it is compacted: the live set is
-//! written to `<file>.tmp`, fsynced, renamed over the file, and the directory
-//! fsynced, so a reader sees the old log or the new one, never a mix.
+//! registrations (checked after a save and at start), it is compacted: the
+//! live set is written to `<file>.tmp`, fsynced, renamed over the file, and
+//! the directory fsynced, so a reader sees the old log or the new one, never
+//! a mix. A compaction that fails (a full disk) leaves the old log in use;
+//! start-up only reads the log unless it needs compacting, so a server
+//! starts, and serves its registrations, on a full disk.
+//!
+//! A save that fails (a full disk) is cut back with `ftruncate` to where the
+//! last good line ended, so the file reads as it did: a restart needs no
+//! repair and never sees the refused changes. Those stay in effect in memory
+//! (the registry keeps them; it has no undo), and the next save that
+//! succeeds appends whatever memory holds and the file does not, read back
+//! from the file. That keeps "ok" durable for a request retried after the
+//! refusal, which changes nothing in memory and so has nothing of its own to
+//! append. A refused change is therefore saved with the next successful
+//! save, or gone if the server restarts first.
 //!
 //! One server per state file: [`StateLock`] holds an exclusive `flock` on
 //! `<file>.lock` for the server's life, taken before the state file is read.
@@ -38,7 +51,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::store::{Record, Store, StoreError, Stored, key};
+use super::store::{Record, Removed, Store, StoreError, Stored, key};
 
 /// The state file format's version.
 pub const FORMAT_VERSION: u64 = 1;
@@ -67,6 +80,17 @@ pub enum StateError {
         path: PathBuf,
         /// What is wrong, and where.
         message: String,
+    },
+    /// A save could not be appended; the file was cut back to what it held.
+    #[error(
+        "cannot write state file {}: {source} (the file holds what it held before this change; the change is saved with the next change that is saved)",
+        path.display()
+    )]
+    Append {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
     },
     /// It could not be written.
     #[error("cannot write state file {}: {source}", path.display())]
@@ -188,10 +212,17 @@ pub struct StateLog {
     path: PathBuf,
     /// Open for appending; none until [`StateLog::prepare`].
     file: Option<File>,
+    /// Where the last complete, durable line ends: a failed append is cut
+    /// back to here.
+    len: u64,
     /// Lines in the log after the header.
     lines: usize,
-    /// An append failed part-way: the tail may hold a partial line, so the
-    /// next save rewrites the whole file instead of appending after it.
+    /// A save failed: memory holds changes the file does not, and the next
+    /// save appends whatever differs, so a retried request that changes
+    /// nothing in memory is still saved before it is acknowledged.
+    behind: bool,
+    /// A failed append could not be cut back: the tail may hold a partial
+    /// line, so the next save rewrites the whole file.
     broken: bool,
     /// Held as long as the log is open.
     _lock: StateLock,
@@ -199,29 +230,55 @@ pub struct StateLog {
 
 impl StateLog {
     /// Reads the registrations in `path` (none if it does not exist: the
-    /// first start), under `lock`. Nothing is written until
-    /// [`StateLog::prepare`].
+    /// first start), under `lock`, and opens it for appending, which checks
+    /// that it is writable. Nothing is written until [`StateLog::prepare`].
     pub fn open(path: &Path, lock: StateLock) -> Result<(StateLog, Vec<Stored>), StateError> {
-        let stored = read(path)?;
+        let (stored, lines) = read(path)?;
+        let write_error = |source| StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = match OpenOptions::new().append(true).open(path) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(write_error(e)),
+        };
+        let len = match &file {
+            Some(f) => f.metadata().map_err(write_error)?.len(),
+            None => 0,
+        };
         let log = StateLog {
             path: path.to_path_buf(),
-            file: None,
-            lines: stored.len(),
+            file,
+            len,
+            lines,
+            behind: false,
             broken: false,
             _lock: lock,
         };
         Ok((log, stored))
     }
 
-    /// Makes the log ready for appending: rewrites it compacted, which also
-    /// checks that it is writable. `live` lists the registrations.
+    /// Makes the log ready for appending: creates it on the first start,
+    /// and compacts it if it has grown enough to need it. A compaction that
+    /// fails (a full disk) leaves the file as it is, in use: the server
+    /// starts from a file it can read without any free space.
     pub fn prepare(&mut self, live: impl FnOnce() -> Vec<Stored>) -> Result<(), StateError> {
-        self.compact(&live())
+        if self.file.is_none() {
+            return self.compact(&[]);
+        }
+        let live = live();
+        if self.lines > live.len() * 2 + COMPACT_SLACK
+            && let Err(problem) = self.compact(&live)
+        {
+            tracing::warn!(%problem, "state file not compacted; will try again");
+        }
+        Ok(())
     }
 
     /// Appends `records` durably: when this returns Ok they survive a crash
     /// or a power loss. `live` gives every registration, for when the log is
-    /// compacted or rewritten after a failed append.
+    /// compacted or has to catch up after a failed save.
     ///
     /// `live_count` is how many registrations there are: the log is compacted
     /// when it has grown to twice that, and only then is `live` called, since
@@ -231,59 +288,96 @@ impl StateLog {
         &mut self,
         records: &[Record],
         live_count: usize,
-        live: impl FnOnce() -> Vec<Stored>,
+        live: impl Fn() -> Vec<Stored>,
     ) -> Result<(), StateError> {
-        // After a failed save, memory is ahead of the disk: even a request
-        // that changes nothing must not be acknowledged until the whole
-        // state has been rewritten.
-        if records.is_empty() && !self.broken {
+        if self.broken {
+            return self.compact(&live());
+        }
+        let catch_up;
+        let records = if self.behind {
+            catch_up = self.differences(live())?;
+            &catch_up[..]
+        } else {
+            records
+        };
+        if records.is_empty() {
+            self.behind = false;
             return Ok(());
         }
-        let result = if self.broken {
-            Err(None)
-        } else {
-            let mut bytes = Vec::new();
-            for r in records {
-                serde_json::to_writer(&mut bytes, r).expect("records serialize");
-                bytes.push(b'\n');
-            }
-            let file = self.file.as_mut().expect("prepared before the first save");
-            file.write_all(&bytes)
+        let mut bytes = Vec::new();
+        for r in records {
+            serde_json::to_writer(&mut bytes, r).expect("records serialize");
+            bytes.push(b'\n');
+        }
+        let file = self.file.as_mut().expect("prepared before the first save");
+        if let Err(source) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
+            // Cut a partial line (a full disk) back off, so the file reads
+            // as it did: a restart needs no repair, and never sees a change
+            // that was refused. Shrinking needs no free space.
+            if file
+                .set_len(self.len)
                 .and_then(|()| file.sync_data())
-                .map_err(Some)
-        };
-        match result {
-            Ok(()) => {
-                self.lines += records.len();
-                if self.lines > live_count * 2 + COMPACT_SLACK {
-                    // The records are already durable: a failed compaction
-                    // leaves the old file, which is still correct, in use.
-                    if let Err(problem) = self.compact(&live()) {
-                        tracing::warn!(%problem, "state file not compacted; will try again");
-                    }
-                }
-                Ok(())
-            }
-            Err(error) => {
+                .is_err()
+            {
                 self.broken = true;
-                if let Some(source) = error {
-                    // Keep the caller's error; the next save rewrites.
-                    return Err(StateError::Write {
-                        path: self.path.clone(),
-                        source,
-                    });
-                }
-                self.compact(&live())
+            }
+            self.behind = true;
+            return Err(StateError::Append {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        self.len += bytes.len() as u64;
+        self.lines += records.len();
+        self.behind = false;
+        if self.lines > live_count * 2 + COMPACT_SLACK {
+            // The records are already durable: a failed compaction
+            // leaves the old file, which is still correct, in use.
+            if let Err(problem) = self.compact(&live()) {
+                tracing::warn!(%problem, "state file not compacted; will try again");
             }
         }
+        Ok(())
+    }
+
+    /// What to append for the file to hold `live`: the file is read back,
+    /// since after a failed save it is the only record of what it holds.
+    fn differences(&self, live: Vec<Stored>) -> Result<Vec<Record>, StateError> {
+        let mut on_disk: BTreeMap<(String, String), Stored> = BTreeMap::new();
+        for s in read(&self.path)?.0 {
+            on_disk.insert(stored_key(&s), s);
+        }
+        let mut records = Vec::new();
+        for s in live {
+            if on_disk.remove(&stored_key(&s)).as_ref() != Some(&s) {
+                records.push(Record::Set(s));
+            }
+        }
+        for (zone, instance) in on_disk.into_keys() {
+            records.push(Record::Remove(Removed { zone, instance }));
+        }
+        Ok(records)
     }
 
     fn compact(&mut self, live: &[Stored]) -> Result<(), StateError> {
-        self.file = Some(rewrite(&self.path, live)?);
+        let (file, len) = rewrite(&self.path, live)?;
+        self.file = Some(file);
+        self.len = len;
         self.lines = live.len();
+        self.behind = false;
         self.broken = false;
         Ok(())
     }
+}
+
+/// The name a stored registration is kept under.
+fn stored_key(s: &Stored) -> (String, String) {
+    key(&s.registration.zone, &s.registration.instance).unwrap_or_else(|_| {
+        (
+            s.registration.zone.to_ascii_lowercase(),
+            s.registration.instance.to_ascii_lowercase(),
+        )
+    })
 }
 
 impl Store for StateLog {
@@ -297,7 +391,7 @@ impl Store for StateLog {
     }
 
     fn is_behind(&self) -> bool {
-        self.broken
+        self.behind || self.broken
     }
 
     fn location(&self) -> String {
@@ -305,11 +399,12 @@ impl Store for StateLog {
     }
 }
 
-/// Reads and replays the log.
-fn read(path: &Path) -> Result<Vec<Stored>, StateError> {
+/// Reads and replays the log: the live registrations, and how many lines
+/// follow the header.
+fn read(path: &Path) -> Result<(Vec<Stored>, usize), StateError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(source) => {
             return Err(StateError::Read {
                 path: path.to_path_buf(),
@@ -365,11 +460,12 @@ fn read(path: &Path) -> Result<Vec<Stored>, StateError> {
     }
     let mut out: Vec<(usize, Stored)> = live.into_values().collect();
     out.sort_by_key(|(order, _)| *order);
-    Ok(out.into_iter().map(|(_, s)| s).collect())
+    Ok((out.into_iter().map(|(_, s)| s).collect(), lines.len() - 1))
 }
 
-/// Writes `live` as a fresh log, atomically, and opens it for appending.
-fn rewrite(path: &Path, live: &[Stored]) -> Result<File, StateError> {
+/// Writes `live` as a fresh log, atomically, and opens it for appending;
+/// returns it and its length.
+fn rewrite(path: &Path, live: &[Stored]) -> Result<(File, u64), StateError> {
     let write_error = |source| StateError::Write {
         path: path.to_path_buf(),
         source,
@@ -386,7 +482,7 @@ fn rewrite(path: &Path, live: &[Stored]) -> Result<File, StateError> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    (|| {
+    let written = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
@@ -398,12 +494,17 @@ fn rewrite(path: &Path, live: &[Stored]) -> Result<File, StateError> {
             _ => Path::new("."),
         };
         File::open(dir)?.sync_all()
-    })()
-    .map_err(write_error)?;
-    OpenOptions::new()
+    })();
+    if let Err(e) = written {
+        // A partial copy only takes space (a full disk is a likely cause).
+        let _ = fs::remove_file(&tmp);
+        return Err(write_error(e));
+    }
+    let file = OpenOptions::new()
         .append(true)
         .open(path)
-        .map_err(write_error)
+        .map_err(write_error)?;
+    Ok((file, bytes.len() as u64))
 }
 
 #[cfg(test)]
@@ -460,22 +561,63 @@ mod tests {
         ];
         log.append(&records, 0, Vec::new).unwrap();
         drop(log);
+        let inode = fs::metadata(&path).unwrap().ino();
         let (_, live) = open(&path).unwrap();
         assert_eq!(live, vec![stored("a", true), stored("c", false)]);
-        // Opening compacted it.
-        assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 3);
+        // Opening wrote nothing: a small log is compacted only once it grows.
+        assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 6);
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
     }
 
     #[test]
-    fn after_a_failed_save_even_an_empty_batch_rewrites_the_whole_state() {
+    fn a_grown_log_is_compacted_when_opened() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let (mut log, _) = open(&path).unwrap();
-        // As after an append that failed (disk full): "a" is in memory only.
+        let records: Vec<Record> = (0..COMPACT_SLACK + 10)
+            .map(|_| Record::Set(stored("a", false)))
+            .collect();
+        log.append(&records, usize::MAX / 4, Vec::new).unwrap();
+        drop(log);
+        let (_, live) = open(&path).unwrap();
+        assert_eq!(live, vec![stored("a", false)]);
+        assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 2);
+    }
+
+    #[test]
+    fn after_a_failed_save_the_next_save_appends_what_memory_holds_and_the_file_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (mut log, _) = open(&path).unwrap();
+        let saved = [
+            Record::Set(stored("a", false)),
+            Record::Set(stored("b", false)),
+            Record::Set(stored("c", false)),
+        ];
+        log.append(&saved, 0, Vec::new).unwrap();
+        // As after an append that failed and was cut back: memory has "a"
+        // expired, "b" gone and "d" new; the file has none of it.
+        log.behind = true;
+        let memory = || vec![stored("a", true), stored("c", false), stored("d", false)];
+        log.append(&[], 3, memory).unwrap();
+        assert!(!log.is_behind());
+        let (replayed, lines) = read(&path).unwrap();
+        assert_eq!(replayed, memory());
+        // Only the differences: "a", "d" and the removal of "b".
+        assert_eq!(lines, 6);
+    }
+
+    #[test]
+    fn after_a_failed_save_that_could_not_be_cut_back_the_whole_state_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (mut log, _) = open(&path).unwrap();
+        // As after an append that failed and could not be cut back: "a" is
+        // in memory only, and the file may end in a partial line.
         log.broken = true;
         log.append(&[], 1, || vec![stored("a", false)]).unwrap();
         assert!(!log.is_behind());
-        let replayed = read(&path).unwrap();
+        let (replayed, _) = read(&path).unwrap();
         assert_eq!(replayed.len(), 1, "the retried change reached the disk");
     }
 
