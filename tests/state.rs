@@ -263,3 +263,55 @@ fn a_full_disk_refuses_registrations_and_the_server_restarts_without_them() {
     saved.sort();
     assert_eq!(names, saved, "{refused} was refused");
 }
+
+#[test]
+fn a_changed_character_in_a_line_is_refused_naming_the_line() {
+    let zones = zones_copy();
+    let admin_dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_admin(zones.path(), admin_dir.path(), &[]);
+    server.admin().ok(register("web-9", "10.0.0.19"));
+    server.admin().ok(register("web-10", "10.0.0.20"));
+    assert!(server.stop().success());
+    let state = server.state.clone();
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(text.starts_with("{\"signpost-state\":2}\n"), "{text}");
+    let damaged = text.replacen("\"web-9\"", "\"web-8\"", 1);
+    assert_ne!(damaged, text);
+    std::fs::write(&state, &damaged).unwrap();
+
+    let (status, stderr) = serve_failure(zones.path(), admin_dir.path(), &[]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!(
+            "state file {} is corrupt: line 2 fails its checksum",
+            state.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), damaged);
+}
+
+#[test]
+fn a_state_file_of_the_first_format_is_read_and_upgraded() {
+    let zones = zones_copy();
+    let admin_dir = tempfile::tempdir().unwrap();
+    let (_, state) = admin_paths(admin_dir.path());
+    std::fs::write(
+        &state,
+        concat!(
+            "{\"signpost-state\":1}\n",
+            "{\"set\":{\"registration\":{\"zone\":\"svc.example\",\"service\":\"web\",",
+            "\"instance\":\"web-9\",\"address\":[\"10.0.0.19\"],\"port\":8080}}}\n",
+        ),
+    )
+    .unwrap();
+    let server = Server::start_admin(zones.path(), admin_dir.path(), &[]);
+    assert_eq!(listed(&server), ["web-9"]);
+    server.admin().ok(register("web-10", "10.0.0.20"));
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(text.starts_with("{\"signpost-state\":2}\n"), "{text}");
+    assert!(
+        text.lines().skip(1).all(|l| l.contains("\"crc\":")),
+        "{text}"
+    );
+}

@@ -2,9 +2,17 @@
 //! a restart and a `kill -9`.
 //!
 //! The file is an append-only log of JSON lines. The first line names the
-//! format (`{"signpost-state":1}`); each later line sets one registration
+//! format (`{"signpost-state":2}`); each later line sets one registration
 //! (`{"set":{...}}`, the whole registration) or removes one
 //! (`{"remove":{"zone":...,"instance":...}}`). The last line for a name wins.
+//!
+//! In format 2 each of those lines ends with its checksum, so that a line
+//! damaged on disk is refused rather than read as another registration:
+//! `{"set":{...},"crc":"1a2b3c4d"}`, where the checksum is the CRC32C, in 8
+//! lowercase hex digits, of the line without it (`{"set":{...}}`, the bytes
+//! before `,"crc":` followed by `}`). Format 1, the same lines without
+//! checksums, is still read, appended to in its own format, and rewritten in
+//! format 2 at the first compaction (tried at every start).
 //!
 //! A batch of changes is appended with one `write` and made durable with one
 //! `fdatasync` before any of its requests is acknowledged, so the cost of a
@@ -36,7 +44,8 @@
 //! checked, so a refused start leaves the state file as it found it.
 //!
 //! A file that exists but cannot be read back completely (an incomplete or
-//! malformed line, an unknown version) stops the server with an error naming
+//! malformed line, a line that fails its checksum, an unknown version) stops
+//! the server with an error naming
 //! the file and the line: starting without those registrations would drop
 //! them silently. A line is acknowledged only after it is complete on disk,
 //! so an incomplete last line (a power loss during a write) was never
@@ -53,8 +62,18 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{Record, Removed, Store, StoreError, Stored, key};
 
-/// The state file format's version.
-pub const FORMAT_VERSION: u64 = 1;
+/// The state file format's version, as written.
+pub const FORMAT_VERSION: u64 = 2;
+
+/// The oldest version still read (lines without checksums).
+const FIRST_VERSION: u64 = 1;
+
+/// The checksum of a line: CRC32C (Castagnoli), as in iSCSI and ext4.
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+/// What follows a line's record in format 2: `,"crc":"` 8 hex digits `"}`.
+const CRC_PREFIX: &str = ",\"crc\":\"";
+const CRC_SUFFIX_LEN: usize = CRC_PREFIX.len() + 8 + 2;
 
 /// Compact when the log has this many more lines than live registrations.
 const COMPACT_SLACK: usize = 1024;
@@ -217,6 +236,8 @@ pub struct StateLog {
     len: u64,
     /// Lines in the log after the header.
     lines: usize,
+    /// The format of the file's lines; appends keep to it.
+    version: u64,
     /// A save failed: memory holds changes the file does not, and the next
     /// save appends whatever differs, so a retried request that changes
     /// nothing in memory is still saved before it is acknowledged.
@@ -233,7 +254,7 @@ impl StateLog {
     /// first start), under `lock`, and opens it for appending, which checks
     /// that it is writable. Nothing is written until [`StateLog::prepare`].
     pub fn open(path: &Path, lock: StateLock) -> Result<(StateLog, Vec<Stored>), StateError> {
-        let (stored, lines) = read(path)?;
+        let (stored, lines, version) = read(path)?;
         let write_error = |source| StateError::Write {
             path: path.to_path_buf(),
             source,
@@ -252,6 +273,7 @@ impl StateLog {
             file,
             len,
             lines,
+            version,
             behind: false,
             broken: false,
             _lock: lock,
@@ -260,15 +282,16 @@ impl StateLog {
     }
 
     /// Makes the log ready for appending: creates it on the first start,
-    /// and compacts it if it has grown enough to need it. A compaction that
-    /// fails (a full disk) leaves the file as it is, in use: the server
-    /// starts from a file it can read without any free space.
+    /// and compacts it if it has grown enough to need it or is in an older
+    /// format. A compaction that fails (a full disk) leaves the file as it
+    /// is, in use: the server starts from a file it can read without any
+    /// free space.
     pub fn prepare(&mut self, live: impl FnOnce() -> Vec<Stored>) -> Result<(), StateError> {
         if self.file.is_none() {
             return self.compact(&[]);
         }
         let live = live();
-        if self.lines > live.len() * 2 + COMPACT_SLACK
+        if (self.lines > live.len() * 2 + COMPACT_SLACK || self.version < FORMAT_VERSION)
             && let Err(problem) = self.compact(&live)
         {
             tracing::warn!(%problem, "state file not compacted; will try again");
@@ -306,8 +329,7 @@ impl StateLog {
         }
         let mut bytes = Vec::new();
         for r in records {
-            serde_json::to_writer(&mut bytes, r).expect("records serialize");
-            bytes.push(b'\n');
+            encode(r, self.version, &mut bytes);
         }
         let file = self.file.as_mut().expect("prepared before the first save");
         if let Err(source) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
@@ -364,6 +386,7 @@ impl StateLog {
         self.file = Some(file);
         self.len = len;
         self.lines = live.len();
+        self.version = FORMAT_VERSION;
         self.behind = false;
         self.broken = false;
         Ok(())
@@ -399,12 +422,53 @@ impl Store for StateLog {
     }
 }
 
-/// Reads and replays the log: the live registrations, and how many lines
-/// follow the header.
-fn read(path: &Path) -> Result<(Vec<Stored>, usize), StateError> {
+/// Appends `record` as one line of the format `version` to `out`.
+fn encode(record: &Record, version: u64, out: &mut Vec<u8>) {
+    let start = out.len();
+    serde_json::to_writer(&mut *out, record).expect("records serialize");
+    if version >= 2 {
+        let crc = CRC32C.checksum(&out[start..]);
+        // The object's closing brace moves after the checksum.
+        out.pop();
+        write!(out, "{CRC_PREFIX}{crc:08x}\"}}").expect("writing to a Vec");
+    }
+    out.push(b'\n');
+}
+
+/// The record in one line of the format `version`, checked against its
+/// checksum; the error says what is wrong, to follow "line N".
+fn decode(line: &str, version: u64) -> Result<Record, String> {
+    if version < 2 {
+        return serde_json::from_str(line).map_err(invalid);
+    }
+    let Some(split) = line.len().checked_sub(CRC_SUFFIX_LEN) else {
+        return Err("has no checksum (,\"crc\":\"...\" at its end)".into());
+    };
+    let (body, suffix) = (line.as_bytes()[..split].to_vec(), &line[split..]);
+    let hex = suffix
+        .strip_prefix(CRC_PREFIX)
+        .and_then(|s| s.strip_suffix("\"}"))
+        .ok_or("has no checksum (,\"crc\":\"...\" at its end)")?;
+    let mut body = body;
+    body.push(b'}');
+    if u32::from_str_radix(hex, 16).ok() != Some(CRC32C.checksum(&body)) {
+        return Err("fails its checksum: it changed after it was written (a disk error, or an edit by hand); restore it, or delete it to drop that change".into());
+    }
+    serde_json::from_slice(&body).map_err(invalid)
+}
+
+fn invalid(e: serde_json::Error) -> String {
+    format!("is not a valid record: {e}")
+}
+
+/// Reads and replays the log: the live registrations, how many lines follow
+/// the header, and the format version.
+fn read(path: &Path) -> Result<(Vec<Stored>, usize, u64), StateError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok((Vec::new(), 0, FORMAT_VERSION));
+        }
         Err(source) => {
             return Err(StateError::Read {
                 path: path.to_path_buf(),
@@ -436,9 +500,9 @@ fn read(path: &Path) -> Result<(Vec<Stored>, usize), StateError> {
             "line 1 is not a signpost state header ({{\"signpost-state\":{FORMAT_VERSION}}})"
         ))
     })?;
-    if header.version != FORMAT_VERSION {
+    if !(FIRST_VERSION..=FORMAT_VERSION).contains(&header.version) {
         return Err(corrupt(format!(
-            "format version {} is not supported (this build reads version {FORMAT_VERSION})",
+            "format version {} is not supported (this build reads versions {FIRST_VERSION} to {FORMAT_VERSION})",
             header.version
         )));
     }
@@ -446,7 +510,8 @@ fn read(path: &Path) -> Result<(Vec<Stored>, usize), StateError> {
     let mut live: BTreeMap<(String, String), (usize, Stored)> = BTreeMap::new();
     for (i, line) in lines.iter().enumerate().skip(1) {
         let at = |message: String| corrupt(format!("line {}: {message}", i + 1));
-        let record: Record = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
+        let record =
+            decode(line, header.version).map_err(|e| corrupt(format!("line {} {e}", i + 1)))?;
         match record {
             Record::Set(s) => {
                 let k = key(&s.registration.zone, &s.registration.instance).map_err(at)?;
@@ -460,7 +525,11 @@ fn read(path: &Path) -> Result<(Vec<Stored>, usize), StateError> {
     }
     let mut out: Vec<(usize, Stored)> = live.into_values().collect();
     out.sort_by_key(|(order, _)| *order);
-    Ok((out.into_iter().map(|(_, s)| s).collect(), lines.len() - 1))
+    Ok((
+        out.into_iter().map(|(_, s)| s).collect(),
+        lines.len() - 1,
+        header.version,
+    ))
 }
 
 /// Writes `live` as a fresh log, atomically, and opens it for appending;
@@ -476,8 +545,7 @@ fn rewrite(path: &Path, live: &[Stored]) -> Result<(File, u64), StateError> {
     .expect("the header serializes");
     bytes.push(b'\n');
     for s in live {
-        serde_json::to_writer(&mut bytes, &Record::Set(s.clone())).expect("records serialize");
-        bytes.push(b'\n');
+        encode(&Record::Set(s.clone()), FORMAT_VERSION, &mut bytes);
     }
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
@@ -570,6 +638,37 @@ mod tests {
     }
 
     #[test]
+    fn a_file_of_the_first_format_is_read_and_rewritten_in_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut v1 = b"{\"signpost-state\":1}\n".to_vec();
+        for r in [
+            Record::Set(stored("a", false)),
+            Record::Set(stored("b", true)),
+        ] {
+            encode(&r, 1, &mut v1);
+        }
+        assert!(!String::from_utf8_lossy(&v1).contains("crc"));
+        fs::write(&path, &v1).unwrap();
+
+        // Read, and appended to in its own format while it is not rewritten.
+        let (mut log, live) = StateLog::open(&path, StateLock::acquire(&path).unwrap()).unwrap();
+        assert_eq!(live, vec![stored("a", false), stored("b", true)]);
+        log.append(&[remove("a")], 1, Vec::new).unwrap();
+        assert_eq!(read(&path).unwrap(), (vec![stored("b", true)], 3, 1));
+
+        // Rewritten at the next start.
+        log.prepare(|| vec![stored("b", true)]).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("{\"signpost-state\":2}\n"), "{text}");
+        assert!(
+            text.ends_with("\"}\n") && text.contains(",\"crc\":\""),
+            "{text}"
+        );
+        assert_eq!(read(&path).unwrap(), (vec![stored("b", true)], 1, 2));
+    }
+
+    #[test]
     fn a_grown_log_is_compacted_when_opened() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
@@ -601,7 +700,7 @@ mod tests {
         let memory = || vec![stored("a", true), stored("c", false), stored("d", false)];
         log.append(&[], 3, memory).unwrap();
         assert!(!log.is_behind());
-        let (replayed, lines) = read(&path).unwrap();
+        let (replayed, lines, _) = read(&path).unwrap();
         assert_eq!(replayed, memory());
         // Only the differences: "a", "d" and the removal of "b".
         assert_eq!(lines, 6);
@@ -617,7 +716,7 @@ mod tests {
         log.broken = true;
         log.append(&[], 1, || vec![stored("a", false)]).unwrap();
         assert!(!log.is_behind());
-        let (replayed, _) = read(&path).unwrap();
+        let (replayed, ..) = read(&path).unwrap();
         assert_eq!(replayed.len(), 1, "the retried change reached the disk");
     }
 
@@ -649,7 +748,14 @@ mod tests {
         damaged[at] = b'#';
         fs::write(&path, &damaged).unwrap();
         let e = open(&path).err().unwrap().to_string();
-        assert!(e.contains("line 2:"), "{e}");
+        assert!(e.contains("line 2 fails its checksum"), "{e}");
+
+        // A line without its checksum is refused too.
+        let text = String::from_utf8(full.clone()).unwrap();
+        let at = text.rfind(",\"crc\":").unwrap();
+        fs::write(&path, format!("{}}}\n", &text[..at])).unwrap();
+        let e = open(&path).err().unwrap().to_string();
+        assert!(e.contains("line 2 has no checksum"), "{e}");
 
         fs::write(&path, "{\"signpost-state\":9}\n").unwrap();
         let e = open(&path).err().unwrap().to_string();
