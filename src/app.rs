@@ -1,5 +1,7 @@
-//! Wiring: load the zones, start the registry's owner task and the zones
-//! watcher, bind, and serve until told to stop.
+//! Wiring: lock the state file and bind (so a start that cannot succeed
+//! stops before it loads or writes anything), load the state and the zones,
+//! start the registry's owner task and the zones watcher, and serve until
+//! told to stop.
 
 use std::io;
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::net::forward::{self, ForwardError, Forwarder};
 use crate::net::server;
-use crate::registry::state_file::{StateError, StateLog};
+use crate::registry::state_file::{StateError, StateLock, StateLog};
 use crate::registry::writer::{self, Command};
 use crate::registry::{Registry, RegistryError};
 use crate::sources::admin::{self, AdminSocket, SocketError};
@@ -77,8 +79,44 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     registry.set_reverse(config.reverse);
     registry.set_reap_after(config.reap_expired_after);
 
+    // Everything that can refuse a start is checked before anything is
+    // loaded or written, cheapest first: a second server started by mistake
+    // stops here, without scanning the zones, and leaves every file as it
+    // found it. The lock comes first: another server on the same state file
+    // is refused even with its own socket and port.
+    let lock = StateLock::acquire(&config.state)?;
+    // A missing directory is reported as such, before the watcher would
+    // report it in its own words.
+    std::fs::read_dir(&config.zones).map_err(|source| ServeError::ZonesDir {
+        path: config.zones.clone(),
+        source,
+    })?;
+    // Removes its socket when dropped, so a start refused from here on
+    // leaves none behind.
+    let admin = AdminSocket::bind(&config.socket)?;
+    // Bound, not yet served: queries wait in the sockets' queues until the
+    // zones below are loaded, so the first query sees every valid zone.
+    let mut bound = Vec::new();
+    for addr in &config.listen {
+        let b = server::bind(*addr, config.threads).map_err(|source| ServeError::Bind {
+            addr: *addr,
+            source,
+        })?;
+        bound.push(b);
+    }
+    let forwarder = match &config.forward {
+        None => None,
+        Some(forward) => {
+            // Checked against the addresses actually bound, so port 0 is resolved.
+            let listen: Vec<_> = bound.iter().map(|b| b.addr).collect();
+            forward::check_loop(&forward.upstreams, &listen)?;
+            info!(upstreams = ?forward.upstreams, "forwarding names outside the zones");
+            Some(Arc::new(Forwarder::new(forward, &listen)))
+        }
+    };
+
     // Runtime registrations first, so each zone is built once with them.
-    let (state_log, stored) = StateLog::open(&config.state)?;
+    let (mut state_log, stored) = StateLog::open(&config.state, lock)?;
     let restored = stored.len();
     registry
         .restore(stored, started)
@@ -88,14 +126,6 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         })?;
     info!(file = %config.state.display(), registrations = restored, "state file read");
 
-    // The first scan happens before any socket is bound, so the first query
-    // already sees every valid zone.
-    // A missing directory is reported as such, before the watcher would
-    // report it in its own words.
-    std::fs::read_dir(&config.zones).map_err(|source| ServeError::ZonesDir {
-        path: config.zones.clone(),
-        source,
-    })?;
     let watching = watch::watch(&config.zones).map_err(|source| ServeError::Watch {
         path: config.zones.clone(),
         source,
@@ -121,10 +151,20 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         );
     }
 
-    // Before any DNS socket: a second server started by mistake stops here.
-    let admin = AdminSocket::bind(&config.socket)?;
-
     let (writer, inbox) = mpsc::unbounded_channel();
+    let to_writer = writer.clone();
+    let reload = watch::spawn(watching, scanner, config.rescan_interval, move |changes| {
+        to_writer.send(Command::Apply(changes)).is_ok()
+    })?;
+    // Installed before the sockets are served (and the log says so), so a
+    // SIGHUP sent as soon as the server listens never meets the default
+    // action, which would end the process.
+    let hangups = signal(SignalKind::hangup())?;
+
+    // The first write to the state file, once nothing else can refuse the start.
+    state_log.prepare(|| registry.stored())?;
+
+    tokio::spawn(reload_on_sighup(hangups, reload));
     // The checker reports state flips to the registry's writer, which tells
     // it the targets of each zone it builds, starting with the first ones.
     let flips_to = writer.clone();
@@ -146,34 +186,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         Box::new(move |targets| checker.update(targets)),
     ));
     let admin_task = tokio::spawn(admin::run(admin, writer.clone(), shutdown.clone()));
-    let to_writer = writer.clone();
-    let reload = watch::spawn(watching, scanner, config.rescan_interval, move |changes| {
-        to_writer.send(Command::Apply(changes)).is_ok()
-    })?;
-    // Installed before the sockets are bound (and the log says so), so a
-    // SIGHUP sent as soon as the server listens never meets the default
-    // action, which would end the process.
-    let hangups = signal(SignalKind::hangup())?;
-    tokio::spawn(reload_on_sighup(hangups, reload));
 
-    let mut bound = Vec::new();
-    for addr in &config.listen {
-        let b = server::bind(*addr, config.threads).map_err(|source| ServeError::Bind {
-            addr: *addr,
-            source,
-        })?;
-        bound.push(b);
-    }
-    let forwarder = match &config.forward {
-        None => None,
-        Some(forward) => {
-            // Checked against the addresses actually bound, so port 0 is resolved.
-            let listen: Vec<_> = bound.iter().map(|b| b.addr).collect();
-            forward::check_loop(&forward.upstreams, &listen)?;
-            info!(upstreams = ?forward.upstreams, "forwarding names outside the zones");
-            Some(Arc::new(Forwarder::new(forward, &listen)))
-        }
-    };
     server::run(bound, snapshots, config.tcp, forwarder, shutdown).await?;
     // The admin server removes its socket once it sees the shutdown.
     if let Ok(Err(error)) = admin_task.await {

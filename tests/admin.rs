@@ -507,9 +507,14 @@ fn the_server_refuses_a_socket_path_that_is_not_a_stale_socket() {
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
     std::fs::remove_file(&socket).unwrap();
 
-    // A socket with a live server behind it.
-    let _first = Server::start_admin(&example_zones(), admin_dir.path(), &[]);
-    let (status, stderr) = serve_failure(&example_zones(), admin_dir.path(), &[]);
+    // A socket with a live server behind it. The second server has a state
+    // file of its own (the lock on a shared one would stop it first), and
+    // reaches the same socket through a hard link.
+    let first = Server::start_admin(&example_zones(), admin_dir.path(), &[]);
+    let second_dir = tempfile::tempdir().unwrap();
+    let (second_socket, _) = admin_paths(second_dir.path());
+    std::fs::hard_link(&first.socket, &second_socket).unwrap();
+    let (status, stderr) = serve_failure(&example_zones(), second_dir.path(), &[]);
     assert!(!status.success());
     assert!(stderr.contains("in use by a running server"), "{stderr}");
 }

@@ -251,12 +251,31 @@ pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Bound> {
 }
 
 fn try_bind(addr: SocketAddr, workers: usize) -> io::Result<Bound> {
+    // With a fixed port, TCP first: its bind fails when another server has
+    // the port, before a UDP socket (SO_REUSEPORT would let it share the
+    // port) takes any of that server's queries.
+    let early_tcp = match addr.port() {
+        0 => None,
+        _ => Some(tcp_listener(addr)?),
+    };
     let first = udp_socket(addr)?;
     let addr = first.local_addr()?.as_socket().expect("an IP socket");
     let mut udp = vec![first.into()];
     for _ in 1..workers {
         udp.push(udp_socket(addr)?.into());
     }
+    let tcp = match early_tcp {
+        Some(tcp) => tcp,
+        None => tcp_listener(addr)?,
+    };
+    Ok(Bound {
+        addr,
+        udp,
+        tcp: tcp.into(),
+    })
+}
+
+fn tcp_listener(addr: SocketAddr) -> io::Result<Socket> {
     let tcp = Socket::new(
         Domain::for_address(addr),
         Type::STREAM,
@@ -269,11 +288,7 @@ fn try_bind(addr: SocketAddr, workers: usize) -> io::Result<Bound> {
     tcp.bind(&addr.into())?;
     tcp.listen(1024)?;
     tcp.set_nonblocking(true)?;
-    Ok(Bound {
-        addr,
-        udp,
-        tcp: tcp.into(),
-    })
+    Ok(tcp)
 }
 
 fn udp_socket(addr: SocketAddr) -> io::Result<Socket> {

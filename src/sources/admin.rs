@@ -151,7 +151,8 @@ pub enum SocketError {
 }
 
 /// The bound admin socket. [`AdminSocket::remove`] deletes the path, if it
-/// is still this socket, on a clean shutdown.
+/// is still this socket, on a clean shutdown; so does dropping it, so a
+/// start refused after the socket was bound leaves none behind.
 pub struct AdminSocket {
     path: PathBuf,
     listener: std::os::unix::net::UnixListener,
@@ -228,6 +229,12 @@ impl AdminSocket {
         {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+impl Drop for AdminSocket {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
