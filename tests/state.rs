@@ -240,27 +240,26 @@ fn a_full_disk_refuses_registrations_and_the_server_restarts_without_them() {
             true
         })
         .expect("a registration is refused on a full disk");
+    // Refused means nothing changed: not listed, not answered.
+    assert!(
+        !listed(&server).contains(&refused),
+        "{refused} is not served"
+    );
+
+    // Room again: a new registration is saved, and the refused one is not
+    // saved along with it.
+    std::fs::remove_file(filler).unwrap();
+    admin.ok(register("web-300", "10.0.0.31"));
+    saved.push("web-300".into());
+    saved.sort();
     drop(admin);
     assert!(server.stop().success());
-    saved.sort();
 
-    // The disk is still full: reading the state needs no free space.
-    let mut server = Server::start_admin(zones.path(), disk.path(), &[]);
-    let mut names = listed(&server);
-    names.sort();
-    assert_eq!(names, saved, "{refused} was refused");
-    assert!(server.stop().success());
-
-    // With space again, the refused change stays gone and new ones are saved.
-    std::fs::remove_file(filler).unwrap();
-    let mut server = Server::start_admin(zones.path(), disk.path(), &[]);
-    server.admin().ok(register("web-300", "10.0.0.31"));
-    assert!(server.stop().success());
+    // The disk is full again: reading the state needs no free space.
+    fill(disk.path());
     let server = Server::start_admin(zones.path(), disk.path(), &[]);
     let mut names = listed(&server);
     names.sort();
-    saved.push("web-300".into());
-    saved.sort();
     assert_eq!(names, saved, "{refused} was refused");
 }
 

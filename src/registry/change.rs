@@ -87,7 +87,7 @@ impl ZoneError {
 }
 
 /// A change the registry refused, or a read it could not answer. Nothing
-/// changed when one is returned, except for [`RegistryError::NotSaved`].
+/// changed when one is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
     /// Two files describe the same zone: the one that had it first keeps
@@ -154,7 +154,7 @@ pub enum RegistryError {
         /// Its protocol.
         registered: Protocol,
     },
-    /// The change is in effect but the store could not make it durable.
-    #[error("not saved: {0}; the change is in effect until the server restarts")]
+    /// The store could not make the change durable, so it was taken back.
+    #[error("not saved: {0}; nothing changed")]
     NotSaved(String),
 }

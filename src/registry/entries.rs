@@ -34,6 +34,7 @@ pub(super) struct ZoneEntry {
 }
 
 /// One runtime registration and its health.
+#[derive(Clone)]
 pub(super) struct RuntimeEntry {
     /// As the client sent it: what the state file keeps.
     pub(super) request: Registration,

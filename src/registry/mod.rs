@@ -77,6 +77,15 @@ pub struct Registry {
     reap_after: Option<Duration>,
 }
 
+/// What a registration or removal replaced: kept until the store has made
+/// the change durable, so that a change the store refuses is taken back and
+/// memory never holds what the store does not.
+pub struct Undo {
+    key: Vec<u8>,
+    id: String,
+    before: Option<RuntimeEntry>,
+}
+
 /// What `status` reports of one zone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZoneStatus {
@@ -146,6 +155,49 @@ impl Registry {
                 self.files_changed |= self.apply_file(file);
                 Ok(None)
             }
+        }
+    }
+
+    /// What `change` (a registration or a removal) is about to replace, for
+    /// [`Registry::undo`]; `None` for other changes.
+    pub fn undo_point(&self, change: &Change) -> Option<Undo> {
+        let (zone, instance) = match change {
+            Change::Register(r) => (&r.zone, &r.instance),
+            Change::Deregister(k) => (&k.zone, &k.instance),
+            _ => return None,
+        };
+        let key = lower_wire(&parse_apex(zone).ok()?);
+        let id = instance.to_ascii_lowercase();
+        let before = self.runtime.get(&key).and_then(|z| z.get(&id)).cloned();
+        Some(Undo { key, id, before })
+    }
+
+    /// Takes back a change the store refused: the instance is as it was
+    /// before it, and [`Registry::publish`] serves that again.
+    pub fn undo(&mut self, undo: Undo) {
+        let Undo { key, id, before } = undo;
+        let zone = self.runtime.entry(key.clone()).or_default();
+        if let Some(now) = zone.remove(&id) {
+            self.timers.retime(&key, &id, now.timer, None);
+            unindex(&mut self.services, &key, &now, &id);
+            touch(&mut self.dirty, &key, &now.valid);
+        }
+        if let Some(before) = before {
+            self.timers.retime(&key, &id, None, before.timer);
+            self.services
+                .entry(key.clone())
+                .or_default()
+                .entry((
+                    before.valid.service.to_ascii_lowercase(),
+                    before.valid.protocol,
+                ))
+                .or_default()
+                .insert(id.clone());
+            touch(&mut self.dirty, &key, &before.valid);
+            zone.insert(id, before);
+        }
+        if self.runtime.get(&key).is_some_and(BTreeMap::is_empty) {
+            self.runtime.remove(&key);
         }
     }
 
@@ -1014,6 +1066,39 @@ mod tests {
             "{invalid:?}"
         );
         assert!(registry.take_journal().is_empty());
+    }
+
+    #[test]
+    fn an_undone_change_leaves_the_registry_as_it_was() {
+        let (mut registry, handle) = Registry::new();
+        let now = Instant::now();
+        registry.apply(file("r.toml", ZONE), now).unwrap();
+        let first = Change::Register(registration("web-9", "10.0.0.9", Some(5)));
+        registry.apply(first, now).unwrap();
+        registry.publish();
+        // A replacement, then a removal, both taken back, latest first.
+        let replace = Change::Register(registration("web-9", "10.0.0.99", None));
+        let undo_replace = registry.undo_point(&replace).unwrap();
+        registry.apply(replace, now).unwrap();
+        let remove = Change::Deregister(key("web-9"));
+        let undo_remove = registry.undo_point(&remove).unwrap();
+        registry.apply(remove, now).unwrap();
+        registry.undo(undo_remove);
+        registry.undo(undo_replace);
+        registry.publish();
+        assert!(answers(&handle, "web-9.r.test."));
+        let list = registry.list(Some("r.test"), now).unwrap();
+        let web_9 = list.iter().find(|i| i.instance == "web-9").unwrap();
+        assert_eq!(web_9.address, ["10.0.0.9"]);
+        assert_eq!(registry.next_expiry(), Some(now + Duration::from_secs(5)));
+        // A new registration taken back is gone, timer and all.
+        let new = Change::Register(registration("web-7", "10.0.0.7", Some(1)));
+        let undo_new = registry.undo_point(&new).unwrap();
+        registry.apply(new, now).unwrap();
+        registry.undo(undo_new);
+        registry.publish();
+        assert!(!answers(&handle, "web-7.r.test."));
+        assert_eq!(registry.next_expiry(), Some(now + Duration::from_secs(5)));
     }
 
     #[test]

@@ -27,13 +27,12 @@
 //!
 //! A save that fails (a full disk) is cut back with `ftruncate` to where the
 //! last good line ended, so the file reads as it did: a restart needs no
-//! repair and never sees the refused changes. Those stay in effect in memory
-//! (the registry keeps them; it has no undo), and the next save that
-//! succeeds appends whatever memory holds and the file does not, read back
-//! from the file. That keeps "ok" durable for a request retried after the
-//! refusal, which changes nothing in memory and so has nothing of its own to
-//! append. A refused change is therefore saved with the next successful
-//! save, or gone if the server restarts first.
+//! repair and never sees the refused changes. The writer takes the refused
+//! registrations and removals back in memory too, so a refusal means that
+//! nothing changed. What else memory holds that the file does not (an
+//! expiry, a heartbeat that revived an instance) is appended by the next save
+//! that succeeds, read back from the file: the file catches up without a
+//! whole rewrite.
 //!
 //! One server per state file: [`StateLock`] holds an exclusive `flock` on
 //! `<file>.lock` for the server's life, taken before the state file is read.
@@ -102,7 +101,7 @@ pub enum StateError {
     },
     /// A save could not be appended; the file was cut back to what it held.
     #[error(
-        "cannot write state file {}: {source} (the file holds what it held before this change; the change is saved with the next change that is saved)",
+        "cannot write state file {}: {source} (the file holds what it held before this change)",
         path.display()
     )]
     Append {

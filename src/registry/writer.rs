@@ -16,7 +16,7 @@ use tracing::error;
 use super::health::Target;
 use super::registration::InstanceInfo;
 use super::store::Store;
-use super::{Change, Registry, RegistryError, ZoneStatus};
+use super::{Change, Registry, RegistryError, Undo, ZoneStatus};
 
 /// What becomes of a change a source waits on: the instance as now
 /// registered (none for a removal), or why it was refused.
@@ -72,8 +72,9 @@ pub type HealthTargets = Box<dyn Fn(Vec<(Vec<u8>, Vec<Target>)>) + Send>;
 
 /// A reply waiting for the end of its batch.
 enum Pending {
-    /// A change: as is only if the store's write that follows succeeds.
-    Durable(oneshot::Sender<Outcome>, Outcome),
+    /// A change: as is only if the store's write that follows succeeds;
+    /// else taken back with its undo.
+    Durable(oneshot::Sender<Outcome>, Outcome, Option<Box<Undo>>),
     /// Nothing to save; sent as is.
     Done(oneshot::Sender<Outcome>, Outcome),
     /// A read: answered after the batch, so it sees it.
@@ -126,6 +127,15 @@ pub async fn run(
             if let Err(problem) = saved {
                 error!(%problem, "runtime registrations not saved; refusing the changes of this batch");
                 save_error = Some(problem.to_string());
+                // Refused means nothing changed: memory goes back to what
+                // the store holds, latest change first.
+                for p in pending.iter_mut().rev() {
+                    if let Pending::Durable(_, _, undo) = p
+                        && let Some(undo) = undo.take()
+                    {
+                        registry.undo(*undo);
+                    }
+                }
             }
         }
         if registry.needs_publish() {
@@ -138,7 +148,7 @@ pub async fn run(
         health(registry.take_health_updates());
         for p in pending {
             match p {
-                Pending::Durable(tx, outcome) => {
+                Pending::Durable(tx, outcome, _) => {
                     let outcome = match (&save_error, outcome) {
                         (Some(problem), Ok(_)) => Err(RegistryError::NotSaved(problem.clone())),
                         (_, outcome) => outcome,
@@ -220,10 +230,11 @@ fn handle(registry: &mut Registry, command: Command, now: Instant, pending: &mut
             }
         }
         Command::Ask { change, reply } => {
+            let undo = registry.undo_point(&change).map(Box::new);
             let durable = change.needs_durability();
             let outcome = registry.apply(change, now);
             pending.push(if durable && outcome.is_ok() {
-                Pending::Durable(reply, outcome)
+                Pending::Durable(reply, outcome, undo)
             } else {
                 Pending::Done(reply, outcome)
             });
