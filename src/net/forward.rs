@@ -27,7 +27,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use crate::answer::respond::{MAX_UDP_PAYLOAD, Transport};
+use crate::answer::respond::{MAX_UDP_PAYLOAD, Outcome, Transport};
 use crate::answer::wire::{flag, rcode, update_flags};
 
 /// Longest wait for one upstream before trying the next: short enough that a
@@ -376,6 +376,44 @@ impl Forwarder {
             }
         }
         last_error_answer
+    }
+}
+
+/// What the server loop does with a response once [`respond`] wrote it.
+///
+/// [`respond`]: crate::answer::respond::respond
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Send it.
+    Send,
+    /// Send nothing.
+    Drop,
+    /// Ask the upstreams, and send what they answer.
+    Resolve,
+}
+
+/// The forwarding decision, one for UDP and TCP: an authoritative answer
+/// gets RA for a client that may recurse through this server; a name
+/// outside every zone, from a client allowed to forward and not answered
+/// from the cache, goes upstream.
+pub fn after_respond(
+    outcome: Outcome,
+    forwarder: Option<&Forwarder>,
+    (client, query, transport): (IpAddr, &[u8], Transport),
+    response: &mut Vec<u8>,
+) -> Next {
+    match (outcome, forwarder) {
+        (Outcome::Drop, _) => Next::Drop,
+        (Outcome::Reply, Some(f)) if f.recursion_available(client) => {
+            set_recursion_available(response);
+            Next::Send
+        }
+        (Outcome::NotAuthoritative, Some(f))
+            if f.allows(client) && !f.answer_cached(query, transport, response) =>
+        {
+            Next::Resolve
+        }
+        _ => Next::Send,
     }
 }
 

@@ -35,10 +35,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::answer::respond::{self, Outcome, Transport};
+use crate::answer::respond::{self, Transport};
 use crate::answer::snapshot::Snapshot;
 use crate::answer::snapshot::SnapshotHandle;
-use crate::net::forward::{self, Forwarder};
+use crate::net::forward::{self, Forwarder, Next};
 use crate::net::udp_batch::{Outgoing, Received};
 
 /// Limits of the TCP listener (RFC 7766 section 6.2).
@@ -398,35 +398,32 @@ fn answer_udp(
     response: &mut Vec<u8>,
 ) -> bool {
     let outcome = respond::respond(snapshot, query, Transport::Udp, response);
-    match (outcome, forwarder) {
-        (Outcome::Drop, _) => return false,
-        (Outcome::Reply, None) | (Outcome::NotAuthoritative, None) => {}
-        (Outcome::Reply, Some(f)) => {
-            if f.recursion_available(peer.ip()) {
-                forward::set_recursion_available(response);
-            }
-        }
-        (Outcome::NotAuthoritative, Some(f)) => {
-            if f.allows(peer.ip()) && !f.answer_cached(query, Transport::Udp, response) {
-                match f.in_flight.clone().try_acquire_owned() {
-                    Ok(slot) => {
-                        let (f, socket) = (f.clone(), socket.clone());
-                        let query = query.to_vec();
-                        let mut out = response.clone();
-                        tokio::spawn(async move {
-                            f.resolve(&query, Transport::Udp, &mut out).await;
-                            drop(slot);
-                            if let Err(error) = socket.send_to(&out, peer).await {
-                                debug!(%error, %peer, "UDP send failed");
-                            }
-                        });
-                        return false;
+    let next = forward::after_respond(
+        outcome,
+        forwarder.map(|f| &**f),
+        (peer.ip(), query, Transport::Udp),
+        response,
+    );
+    match (next, forwarder) {
+        (Next::Drop, _) => return false,
+        (Next::Resolve, Some(f)) => match f.in_flight.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let (f, socket) = (f.clone(), socket.clone());
+                let query = query.to_vec();
+                let mut out = response.clone();
+                tokio::spawn(async move {
+                    f.resolve(&query, Transport::Udp, &mut out).await;
+                    drop(slot);
+                    if let Err(error) = socket.send_to(&out, peer).await {
+                        debug!(%error, %peer, "UDP send failed");
                     }
-                    // Too many queries waiting for upstreams: fail fast.
-                    Err(_) => forward::servfail(response),
-                }
+                });
+                return false;
             }
-        }
+            // Too many queries waiting for upstreams: fail fast.
+            Err(_) => forward::servfail(response),
+        },
+        _ => {}
     }
     true
 }
@@ -509,15 +506,15 @@ async fn tcp_connection(
             Transport::Tcp,
             &mut response,
         );
-        match (outcome, forwarder) {
-            (Outcome::Drop, _) => return Ok(()),
-            (Outcome::Reply, Some(f)) if f.recursion_available(peer.ip()) => {
-                forward::set_recursion_available(&mut response);
-            }
-            (Outcome::NotAuthoritative, Some(f))
-                if f.allows(peer.ip())
-                    && !f.answer_cached(&query[..len], Transport::Tcp, &mut response) =>
-            {
+        let next = forward::after_respond(
+            outcome,
+            forwarder,
+            (peer.ip(), &query[..len], Transport::Tcp),
+            &mut response,
+        );
+        match (next, forwarder) {
+            (Next::Drop, _) => return Ok(()),
+            (Next::Resolve, Some(f)) => {
                 slot.busy();
                 f.resolve(&query[..len], Transport::Tcp, &mut response)
                     .await;
