@@ -61,6 +61,20 @@ pub struct RegisterArgs {
     /// Leave answers when no heartbeat comes within SECS seconds.
     #[arg(long, value_name = "SECS")]
     pub ttl: Option<u32>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub describe: DescribeArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub check: CheckArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+/// How an instance is described and weighted, for `register` and `run`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
     /// A tag; repeat for several.
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
@@ -70,16 +84,10 @@ pub struct RegisterArgs {
     /// SRV priority [default: 0]
     #[arg(long)]
     pub priority: Option<u16>,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub check: CheckArgs,
     /// DNS-SD metadata, a `key=value` string of the instance's TXT record;
     /// repeat for several.
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
     pub metadata: Vec<(String, String)>,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub client: ClientArgs,
 }
 
 /// The health check flags of `register` and `run`.
@@ -178,7 +186,7 @@ impl clap::ValueEnum for Protocol {
 }
 
 /// `KEY=VALUE`, split at the first '='.
-pub(super) fn parse_meta(text: &str) -> Result<(String, String), String> {
+fn parse_meta(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
@@ -195,12 +203,12 @@ pub fn register(args: RegisterArgs) -> ExitCode {
         address: args.address,
         target: args.target,
         port: args.port,
-        weight: args.weight,
-        priority: args.priority,
-        tags: args.tags,
+        weight: args.describe.weight,
+        priority: args.describe.priority,
+        tags: args.describe.tags,
         ttl: args.ttl,
         check,
-        metadata: args.metadata.into_iter().collect(),
+        metadata: args.describe.metadata.into_iter().collect(),
     });
     run(&args.client, &request, |reply| {
         if let Some(i) = &reply.instance {

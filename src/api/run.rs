@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::client::{CheckArgs, ClientArgs, exchange, parse_meta};
+use super::client::{CheckArgs, ClientArgs, DescribeArgs, exchange};
 use super::proto::{InstanceKey, Protocol, Registration, Reply, Request, default_socket};
 
 /// Default TTL: 10 s. Heartbeats go every third of it, so two may be lost
@@ -72,18 +72,9 @@ pub struct RunArgs {
     /// one that does not is reported, left running, and not registered.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_LISTEN_TIMEOUT)]
     pub listen_timeout: u64,
-    /// A tag; repeat for several.
-    #[arg(long = "tag", value_name = "TAG")]
-    pub tags: Vec<String>,
-    /// DNS-SD metadata, `key=value`; repeat for several.
-    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
-    pub metadata: Vec<(String, String)>,
-    /// SRV weight [default: 1]
-    #[arg(long)]
-    pub weight: Option<u16>,
-    /// SRV priority [default: 0]
-    #[arg(long)]
-    pub priority: Option<u16>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub describe: DescribeArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub check: CheckArgs,
@@ -138,12 +129,12 @@ pub fn run(args: RunArgs) -> ExitCode {
         address: addresses.iter().map(ToString::to_string).collect(),
         target: None,
         port,
-        weight: args.weight,
-        priority: args.priority,
-        tags: args.tags.clone(),
+        weight: args.describe.weight,
+        priority: args.describe.priority,
+        tags: args.describe.tags.clone(),
         ttl: Some(args.ttl),
         check: args.check.spec(),
-        metadata: args.metadata.iter().cloned().collect(),
+        metadata: args.describe.metadata.iter().cloned().collect(),
     };
 
     // Handlers first, so a signal that arrives while the program starts is
