@@ -12,7 +12,7 @@ use hickory_proto::rr::Name;
 // Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
 use foldhash::{HashMap, HashSet, HashSetExt};
 
-use super::snapshot::{Answer, Cut, Fingerprint, Shuffled};
+use super::snapshot::{Answer, Cut, Entry, Fingerprint, Node, Shuffled};
 use super::weighted::{Orders, Weighted};
 use crate::answer::wire::{MessageWriter, lower_wire, lower_wire_into, rtype};
 use crate::model::Zone;
@@ -35,7 +35,7 @@ pub(super) enum RData {
 
 /// What makes two records the same, cheap to hash: names as lowercased wire
 /// bytes (hashing a `Name` feeds the hasher one byte at a time).
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(super) enum RecordKey {
     Addr(IpAddr),
     Srv(u16, u16, u16, Vec<u8>),
@@ -62,6 +62,29 @@ impl RData {
         }
     }
 
+    /// Equal with the letter case of names too (`==` ignores it, as DNS
+    /// does, but an answer carries the case it was given).
+    pub(super) fn same(&self, other: &RData) -> bool {
+        match (self, other) {
+            (
+                RData::Srv {
+                    priority: p1,
+                    weight: w1,
+                    port: o1,
+                    target: t1,
+                },
+                RData::Srv {
+                    priority: p2,
+                    weight: w2,
+                    port: o2,
+                    target: t2,
+                },
+            ) => (p1, w1, o1) == (p2, w2, o2) && t1.eq_case(t2),
+            (RData::Ns(a), RData::Ns(b)) | (RData::Ptr(a), RData::Ptr(b)) => a.eq_case(b),
+            (a, b) => a == b,
+        }
+    }
+
     pub(super) fn rtype(&self) -> u16 {
         match self {
             RData::Addr(IpAddr::V4(_)) => rtype::A,
@@ -76,6 +99,7 @@ impl RData {
 }
 
 /// A name's records while the snapshot is assembled.
+#[derive(Clone)]
 pub(super) struct NodeRecords {
     /// The name with its letter case; `None` for an empty non-terminal.
     pub(super) name: Option<Name>,
@@ -91,7 +115,7 @@ pub(super) struct NodeRecords {
 
 /// RRsets by type, in type order: a name has few types, so a sorted vector
 /// is smaller than a map.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct RRsets(Vec<(u16, Vec<RData>)>);
 
 impl RRsets {
@@ -109,6 +133,18 @@ impl RRsets {
 
     pub(super) fn values(&self) -> impl Iterator<Item = &Vec<RData>> {
         self.0.iter().map(|(_, v)| v)
+    }
+
+    /// Replaces the RRset of this type; an empty one removes it.
+    pub(super) fn set(&mut self, rtype: u16, records: Vec<RData>) {
+        match self.0.binary_search_by_key(&rtype, |(t, _)| *t) {
+            Ok(i) if records.is_empty() => {
+                self.0.remove(i);
+            }
+            Ok(i) => self.0[i].1 = records,
+            Err(_) if records.is_empty() => {}
+            Err(i) => self.0.insert(i, (rtype, records)),
+        }
     }
 
     pub(super) fn push(&mut self, rdata: RData) {
@@ -138,6 +174,25 @@ impl NodeRecords {
             seen: None,
             weighted: None,
         }
+    }
+
+    /// The same records, names and weights, letter case included.
+    pub(super) fn same(&self, other: &NodeRecords) -> bool {
+        let names = match (&self.name, &other.name) {
+            (Some(a), Some(b)) => a.eq_case(b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        names
+            && self.rrsets.0.len() == other.rrsets.0.len()
+            && self
+                .rrsets
+                .0
+                .iter()
+                .zip(&other.rrsets.0)
+                .all(|((t1, r1), (t2, r2))| {
+                    t1 == t2 && r1.len() == r2.len() && r1.iter().zip(r2).all(|(a, b)| a.same(b))
+                })
+            && self.weighted == other.weighted
     }
 
     /// Whether `rdata` is not in the node yet. Two sources of the same record
@@ -239,7 +294,81 @@ type OrdersByWeights = HashMap<Vec<(u16, u64)>, Arc<Orders>>;
 static FINGERPRINT_KEYS: LazyLock<[RandomState; 2]> =
     LazyLock::new(|| [RandomState::new(), RandomState::new()]);
 
-impl Encoder<'_> {
+impl<'a> Encoder<'a> {
+    pub(super) fn new(
+        zone: &'a Zone,
+        serial: u32,
+        names: &'a HashMap<Vec<u8>, NodeRecords>,
+    ) -> Self {
+        Encoder {
+            zone,
+            serial,
+            names,
+            orders: RefCell::new(HashMap::default()),
+            scratch: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The answers of the name at `key` (`None`: an empty non-terminal),
+    /// each taken from `before` (the name in the previous snapshot) when
+    /// its fingerprint is unchanged; `before` itself when all are.
+    pub(super) fn node(
+        &self,
+        key: &[u8],
+        node: Option<&NodeRecords>,
+        before: Option<&Arc<Node>>,
+        input: &mut Vec<u8>,
+    ) -> Arc<Node> {
+        let Some(node) = node else {
+            return match before {
+                Some(b) if b.answers.is_empty() => b.clone(),
+                _ => Arc::new(Node {
+                    answers: Box::new([]),
+                }),
+            };
+        };
+        let mut reused = 0;
+        let answers: Box<[Entry]> = node
+            .rrsets
+            .keys()
+            .map(|&rtype| {
+                let fingerprint = self.fingerprint(key, node, rtype, input);
+                match before.and_then(|n| n.entry(rtype)) {
+                    Some(e) if e.fingerprint == fingerprint => {
+                        reused += 1;
+                        e.clone()
+                    }
+                    _ => Entry {
+                        rtype,
+                        fingerprint,
+                        answer: self.answer(key, node, rtype),
+                    },
+                }
+            })
+            .collect();
+        match before {
+            Some(b) if reused == answers.len() && b.answers.len() == answers.len() => b.clone(),
+            _ => Arc::new(Node { answers }),
+        }
+    }
+
+    /// The SOA record of negative answers, from its type field on.
+    pub(super) fn negative_soa(&self) -> Box<[u8]> {
+        let zone = self.zone;
+        let mut negative = MessageWriter::with_question(&[0], 0);
+        let start = negative.buf.len();
+        negative.u16(rtype::SOA);
+        negative.u16(crate::answer::wire::CLASS_IN);
+        // RFC 2308 section 5: negative answers live min(SOA TTL, SOA minimum).
+        negative.u32(zone.ttl.min(zone.soa.minimum));
+        let len_at = negative.buf.len();
+        negative.u16(0);
+        self.soa_rdata(&mut negative, false);
+        let rdlen = (negative.buf.len() - len_at - 2) as u16;
+        negative.buf[len_at..len_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+        negative.buf[start..].into()
+    }
+
     /// The node at `name`, if the zone has it.
     pub(super) fn lookup(&self, name: &Name) -> Option<&NodeRecords> {
         let mut key = self.scratch.borrow_mut();
