@@ -163,6 +163,10 @@ impl std::ops::Index<&u16> for RRsets {
     }
 }
 
+/// The longest answer body that can be sent (a message is at most 65535
+/// bytes, the body follows a header and a question).
+const MAX_BODY: usize = u16::MAX as usize;
+
 /// RRsets up to this size are searched for duplicates; larger ones get a set.
 const SCAN_LIMIT: usize = 8;
 
@@ -211,6 +215,29 @@ impl NodeRecords {
         self.seen = Some(seen);
         new
     }
+}
+
+/// A lower bound of the length of an RRset's records in an answer: each has
+/// an owner of at least 2 bytes (a pointer, at best), 10 bytes of type,
+/// class, TTL and length, and its data, where a compressed name takes at
+/// least 2 bytes (1 for the root).
+fn min_answer_len(rrset: &[RData]) -> usize {
+    let name_len = |n: &Name| n.iter().map(|l| 1 + l.len()).sum::<usize>() + 1;
+    let compressed = |n: &Name| if n.is_root() { 1 } else { 2 };
+    rrset
+        .iter()
+        .map(|r| {
+            12 + match r {
+                RData::Addr(IpAddr::V4(_)) => 4,
+                RData::Addr(IpAddr::V6(_)) => 16,
+                // RFC 2782: the SRV target is not compressed.
+                RData::Srv { target, .. } => 6 + name_len(target),
+                RData::Ns(n) | RData::Ptr(n) => compressed(n),
+                RData::Soa => 2 + 2 + 20,
+                RData::Txt(t) => t.iter().map(|s| 1 + s.len()).sum(),
+            }
+        })
+        .sum()
 }
 
 /// Appends a name's wire form, letter case kept, to a fingerprint's input.
@@ -417,7 +444,13 @@ impl<'a> Encoder<'a> {
                 input.extend_from_slice(&v.to_be_bytes());
             }
         }
-        // The additional section: the nodes it is read from.
+        // The additional section: the nodes it is read from, unless the
+        // answer section alone cannot fit in a message (then the answer
+        // stops before it; see MAX_BODY).
+        if min_answer_len(rrset) > MAX_BODY {
+            let [a, b] = &*FINGERPRINT_KEYS;
+            return [a.hash_one(&input[..]), b.hash_one(&input[..])];
+        }
         let addresses = |input: &mut Vec<u8>, target: &Name| match self.lookup(target) {
             Some(t) => {
                 input.push(1);
@@ -482,56 +515,70 @@ impl<'a> Encoder<'a> {
             return self.shuffled(rrset, weights, max_answers);
         }
         let owner = node.name.as_ref().expect("a name with records");
-        for rdata in rrset {
-            self.record(&mut w, owner, rdata);
-            counts[0] += 1;
-            cuts.push(cut(&w, counts));
-        }
+        // A message is at most 65535 bytes: past the first cut longer than
+        // that, no cut can ever be chosen, so encoding stops there.
+        let over = |cuts: &[Cut]| cuts.last().is_some_and(|c| c.len as usize > MAX_BODY);
+        'sections: {
+            for rdata in rrset {
+                self.record(&mut w, owner, rdata);
+                counts[0] += 1;
+                cuts.push(cut(&w, counts));
+                if over(&cuts) {
+                    break 'sections;
+                }
+            }
 
-        // DNS-SD (RFC 6763 section 12.1): a PTR answer for a service type
-        // carries each instance's SRV and TXT records.
-        let mut glue_for: Vec<(&Name, &NodeRecords)> = Vec::new();
-        let mut glued: HashSet<Vec<u8>> = HashSet::new();
-        let mut srv_targets: Vec<&RData> = Vec::new();
-        for rdata in rrset {
-            if let RData::Ptr(n) = rdata
-                && let Some(target_node) = self.lookup(n)
-                && target_node.rrsets.contains_key(&rtype::TXT)
-            {
-                for t in [rtype::SRV, rtype::TXT] {
-                    if let Some(records) = target_node.rrsets.get(&t) {
-                        for r in records {
-                            self.record(&mut w, n, r);
-                            counts[2] += 1;
+            // DNS-SD (RFC 6763 section 12.1): a PTR answer for a service type
+            // carries each instance's SRV and TXT records.
+            let mut glue_for: Vec<(&Name, &NodeRecords)> = Vec::new();
+            let mut glued: HashSet<Vec<u8>> = HashSet::new();
+            let mut srv_targets: Vec<&RData> = Vec::new();
+            for rdata in rrset {
+                if let RData::Ptr(n) = rdata
+                    && let Some(target_node) = self.lookup(n)
+                    && target_node.rrsets.contains_key(&rtype::TXT)
+                {
+                    for t in [rtype::SRV, rtype::TXT] {
+                        if let Some(records) = target_node.rrsets.get(&t) {
+                            for r in records {
+                                self.record(&mut w, n, r);
+                                counts[2] += 1;
+                            }
+                            cuts.push(cut(&w, counts));
+                            if over(&cuts) {
+                                break 'sections;
+                            }
                         }
-                        cuts.push(cut(&w, counts));
+                    }
+                    srv_targets.extend(target_node.rrsets.get(&rtype::SRV).into_iter().flatten());
+                }
+            }
+
+            // Addresses of in-zone targets, so a client needs no second query.
+            for rdata in rrset.iter().chain(srv_targets) {
+                if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata {
+                    let key = lower_wire(n);
+                    if let Some(target_node) = self.names.get(&key)
+                        && glued.insert(key)
+                    {
+                        glue_for.push((n, target_node));
                     }
                 }
-                srv_targets.extend(target_node.rrsets.get(&rtype::SRV).into_iter().flatten());
             }
-        }
-
-        // Addresses of in-zone targets, so a client needs no second query.
-        for rdata in rrset.iter().chain(srv_targets) {
-            if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata {
-                let key = lower_wire(n);
-                if let Some(target_node) = self.names.get(&key)
-                    && glued.insert(key)
-                {
-                    glue_for.push((n, target_node));
+            for (target, target_node) in glue_for {
+                for t in [rtype::A, rtype::AAAA] {
+                    let Some(addrs) = target_node.rrsets.get(&t) else {
+                        continue;
+                    };
+                    for rdata in addrs {
+                        self.record(&mut w, target, rdata);
+                        counts[2] += 1;
+                    }
+                    cuts.push(cut(&w, counts));
+                    if over(&cuts) {
+                        break 'sections;
+                    }
                 }
-            }
-        }
-        for (target, target_node) in glue_for {
-            for t in [rtype::A, rtype::AAAA] {
-                let Some(addrs) = target_node.rrsets.get(&t) else {
-                    continue;
-                };
-                for rdata in addrs {
-                    self.record(&mut w, target, rdata);
-                    counts[2] += 1;
-                }
-                cuts.push(cut(&w, counts));
             }
         }
 

@@ -154,6 +154,9 @@ impl LiveZone {
         let mut touched: HashSet<Vec<u8>> = HashSet::new();
         let mut changed_services: Vec<ServiceKey> = Vec::new();
         let mut ptrs: Option<Vec<RData>> = None;
+        // The records a new service gathers alone: when it is the only
+        // source of the names touched, they are those names' records.
+        let mut alone = None;
         for (key, new) in changes {
             let key = new.as_ref().map_or(key, ServiceKey::of);
             let old = self.services.get(&key);
@@ -163,8 +166,13 @@ impl LiveZone {
             } {
                 continue;
             }
-            for service in old.into_iter().chain(&new) {
-                touched.extend(gathered(&apex, service));
+            if let Some(old) = old {
+                touched.extend(gathered(&apex, old).into_keys());
+            }
+            if let Some(new) = &new {
+                let names = gathered(&apex, new);
+                touched.extend(names.keys().cloned());
+                alone = Some(names);
             }
             // The enumeration's PTR records: one per service, in key order.
             let old_ptr = old
@@ -208,28 +216,32 @@ impl LiveZone {
 
         // Gather the touched names again, from everything that can have
         // records there, in the order of a full build.
-        let mut candidates: BTreeSet<ServiceKey> = changed_services
-            .into_iter()
-            .filter(|k| self.services.contains_key(k))
-            .collect();
+        changed_services.retain(|k| self.services.contains_key(k));
+        let mut candidates: BTreeSet<ServiceKey> = changed_services.iter().cloned().collect();
         let mut seen_labels: HashSet<Vec<u8>> = HashSet::new();
         for key in &touched {
             self.contributors(key, &mut seen_labels, &mut candidates);
         }
         let with_base = touched.iter().any(|k| self.base_keys.contains(k));
-        let mut fresh = {
-            let mut builder = Builder::filtered(&apex, &touched);
-            if with_base {
-                builder.add_base(&self.zone);
+        let only_one = candidates.len() == 1
+            && changed_services.len() == 1
+            && candidates.first() == changed_services.first();
+        let mut fresh = match alone {
+            Some(names) if only_one && !with_base => names,
+            _ => {
+                let mut builder = Builder::filtered(&apex, &touched);
+                if with_base {
+                    builder.add_base(&self.zone);
+                }
+                builder.add_services(
+                    candidates.iter().filter_map(|k| self.services.get(k)),
+                    false,
+                );
+                if with_base {
+                    builder.add_empty_hosts(&self.zone);
+                }
+                builder.names
             }
-            builder.add_services(
-                candidates.iter().filter_map(|k| self.services.get(k)),
-                false,
-            );
-            if with_base {
-                builder.add_empty_hosts(&self.zone);
-            }
-            builder.names
         };
         if let Some((browse, browse_key)) = &browse
             && touched.contains(browse_key)
@@ -349,15 +361,20 @@ impl LiveZone {
         seen: &mut HashSet<Vec<u8>>,
         out: &mut BTreeSet<ServiceKey>,
     ) {
-        let labels: Vec<&[u8]> = labels(&key[..key.len() - self.apex_len]).collect();
-        let depth = labels.len();
+        // The last two labels above the apex, and how many there are.
+        let (mut depth, mut last, mut second) = (0, &[][..], &[][..]);
+        for label in labels(&key[..key.len() - self.apex_len]) {
+            depth += 1;
+            (second, last) = (last, label);
+        }
         if depth == 0 {
             return;
         }
         let mut by_name = |label: &[u8], out: &mut BTreeSet<ServiceKey>| {
-            if !seen.insert(label.to_vec()) {
+            if seen.contains(label) {
                 return;
             }
+            seen.insert(label.to_vec());
             let name = String::from_utf8_lossy(label).into_owned();
             for protocol in [Protocol::Tcp, Protocol::Udp] {
                 let key = ServiceKey {
@@ -369,9 +386,9 @@ impl LiveZone {
                 }
             }
         };
-        by_name(labels[depth - 1], out);
+        by_name(last, out);
         if depth >= 2
-            && let Some(service) = labels[depth - 2].strip_prefix(b"_")
+            && let Some(service) = second.strip_prefix(b"_")
         {
             by_name(service, out);
         }
@@ -452,7 +469,7 @@ impl LiveZone {
                     .collect(),
                 ..service.clone_without_instances()
             };
-            out.extend(gathered(apex, &only));
+            out.extend(gathered(apex, &only).into_keys());
         }
     }
 }
@@ -487,12 +504,12 @@ fn browse_ptrs(
         .unwrap_or_default()
 }
 
-/// The keys of the names a service alone gathers records at (the
-/// enumeration name left out).
-fn gathered(apex: &Name, service: &Service) -> impl Iterator<Item = Vec<u8>> {
+/// The records a service alone gathers, by name (the enumeration name left
+/// out).
+fn gathered(apex: &Name, service: &Service) -> HashMap<Vec<u8>, NodeRecords> {
     let mut builder = Builder::new(apex, 0);
     builder.add_services(std::iter::once(service), false);
-    builder.names.into_keys()
+    builder.names
 }
 
 /// Records (`add`) or forgets a service in the index of the names its
@@ -871,7 +888,10 @@ mod tests {
         let after = live.snapshot().clone();
 
         let apex = base().apex;
-        let own: HashSet<Vec<u8>> = gathered(&apex, &old).chain(gathered(&apex, &new)).collect();
+        let own: HashSet<Vec<u8>> = gathered(&apex, &old)
+            .into_keys()
+            .chain(gathered(&apex, &new).into_keys())
+            .collect();
         let (b, a) = (answers(&before), answers(&after));
         let mut shared = 0;
         for (key, answers) in &a {
