@@ -2,57 +2,74 @@
 //! name, then every (name, type) answer encoded once ([`super::encode`]),
 //! reusing the previous snapshot's answers whose inputs are unchanged.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 use tracing::warn;
 
 // Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use super::encode::{Encoder, NodeRecords, RData};
-use super::snapshot::{Entry, Node, ZoneSnapshot};
+use super::live::ServiceKey;
+use super::snapshot::ZoneSnapshot;
 use super::weighted::{Weighted, ZERO_WEIGHT};
-use crate::answer::wire::{MessageWriter, lower_wire, lower_wire_into, rtype};
+use crate::answer::wire::{lower_wire, lower_wire_into};
 use crate::model::{Endpoint, Service, Zone};
 
 /// Assembles a zone's records by owner name, then encodes every answer.
-struct Builder<'z> {
-    zone: &'z Zone,
+pub(super) struct Builder<'z> {
+    apex: &'z Name,
     /// Length of the apex's key.
     apex_len: usize,
-    names: HashMap<Vec<u8>, NodeRecords>,
+    pub(super) names: HashMap<Vec<u8>, NodeRecords>,
     /// Room for the key of the name being looked up.
     key: Vec<u8>,
+    /// When set, only these names are gathered: an update recomputes the
+    /// names it touches by running the same steps as a full build.
+    filter: Option<&'z HashSet<Vec<u8>>>,
 }
 
 impl<'z> Builder<'z> {
-    /// A builder for `zone`, sized like its previous snapshot.
-    fn new(zone: &'z Zone, previous: Option<&ZoneSnapshot>) -> Self {
+    /// A builder for a zone at `apex`, with room for `names` names.
+    pub(super) fn new(apex: &'z Name, names: usize) -> Self {
         Builder {
-            zone,
-            apex_len: lower_wire(&zone.apex).len(),
-            names: HashMap::with_capacity(previous.map_or(0, |p| p.nodes.len())),
+            apex,
+            apex_len: lower_wire(apex).len(),
+            names: HashMap::with_capacity(names),
             key: Vec::new(),
+            filter: None,
         }
     }
 
-    fn node(&mut self, name: &Name) -> &mut NodeRecords {
+    /// A builder that gathers only the names in `filter`.
+    pub(super) fn filtered(apex: &'z Name, filter: &'z HashSet<Vec<u8>>) -> Self {
+        Builder {
+            filter: Some(filter),
+            ..Builder::new(apex, filter.len())
+        }
+    }
+
+    fn node(&mut self, name: &Name) -> Option<&mut NodeRecords> {
         lower_wire_into(name, &mut self.key);
+        if self.filter.is_some_and(|f| !f.contains(&self.key)) {
+            return None;
+        }
         // Most names are looked up many times (a service's names once per
         // instance): the key is copied only when the name is new.
         if !self.names.contains_key(&self.key) {
             self.names
                 .insert(self.key.clone(), NodeRecords::new(Some(name.clone())));
         }
-        self.names.get_mut(&self.key).expect("just inserted")
+        self.names.get_mut(&self.key)
     }
 
-    fn add(&mut self, name: &Name, rdata: RData) {
-        let node = self.node(name);
-        if node.is_new(&rdata) {
+    pub(super) fn add(&mut self, name: &Name, rdata: RData) {
+        if let Some(node) = self.node(name)
+            && node.is_new(&rdata)
+        {
             node.rrsets.push(rdata);
         }
     }
@@ -67,7 +84,9 @@ impl<'z> Builder<'z> {
         weight: f64,
         max_answers: Option<u16>,
     ) {
-        let node = self.node(name);
+        let Some(node) = self.node(name) else {
+            return;
+        };
         let rdata = RData::Addr(addr);
         if node.is_new(&rdata) {
             let rtype = rdata.rtype();
@@ -84,9 +103,21 @@ impl<'z> Builder<'z> {
         }
     }
 
-    /// Adds every record of the zone's hosts and services.
-    fn add_zone(&mut self) {
-        let zone = self.zone;
+    /// Adds every record of the zone's hosts and services, in the order
+    /// that decides the order of records in RRsets: the apex and hosts
+    /// first, then the services in the order given.
+    pub(super) fn add_zone<'s>(
+        &mut self,
+        zone: &Zone,
+        services: impl Iterator<Item = &'s Service> + Clone,
+    ) {
+        self.add_base(zone);
+        self.add_services(services, true);
+        self.add_empty_hosts(zone);
+    }
+
+    /// The apex's records and the hosts with addresses.
+    pub(super) fn add_base(&mut self, zone: &Zone) {
         self.add(&zone.apex, RData::Soa);
         for ns in &zone.nameservers {
             self.add(&zone.apex, RData::Ns(ns.clone()));
@@ -96,33 +127,41 @@ impl<'z> Builder<'z> {
                 self.add(&host.name, RData::Addr(*addr));
             }
         }
+    }
+
+    /// Adds the records of these services; with `browse`, the DNS-SD
+    /// enumeration name's PTR records too.
+    pub(super) fn add_services<'s>(
+        &mut self,
+        services: impl Iterator<Item = &'s Service> + Clone,
+        browse: bool,
+    ) {
+        let apex = self.apex;
         // DNS-SD service type enumeration (RFC 6763 section 9).
-        let browse = ["_udp", "_dns-sd", "_services"]
-            .iter()
-            .try_fold(zone.apex.clone(), |n, l| try_child(&n, l));
-        for service in &zone.services {
+        let browse = browse.then(|| browse_name(apex)).flatten();
+        for service in services.clone() {
             self.add_service(service, browse.as_ref());
         }
         // A service whose instances are all unhealthy (or that has none)
-        // still exists, and so does the host name of an instance left out
-        // for its health (a host without addresses): their names answer
-        // NODATA, not NXDOMAIN, which resolvers would cache as "no such
-        // service".
-        for (service_name, srv_name) in zone
-            .services
-            .iter()
-            .filter_map(|service| service_names(&zone.apex, service))
+        // still exists: its names answer NODATA, not NXDOMAIN, which
+        // resolvers would cache as "no such service".
+        for (service_name, srv_name) in services.filter_map(|service| service_names(apex, service))
         {
             self.node(&service_name);
             self.node(&srv_name);
         }
+    }
+
+    /// The host name of an instance left out for its health (a host without
+    /// addresses) still exists, like a service without instances.
+    pub(super) fn add_empty_hosts(&mut self, zone: &Zone) {
         for host in zone.hosts.iter().filter(|h| h.addresses.is_empty()) {
             self.node(&host.name);
         }
     }
 
-    fn add_service(&mut self, service: &Service, browse: Option<&Name>) {
-        let apex = &self.zone.apex;
+    pub(super) fn add_service(&mut self, service: &Service, browse: Option<&Name>) {
+        let apex = self.apex;
         let Some((service_name, srv_name)) = service_names(apex, service) else {
             warn!(service = %service.name, zone = %apex, "service name too long; left out");
             return;
@@ -170,7 +209,7 @@ impl<'z> Builder<'z> {
                     .chain(tag_names.iter().cloned())
                     .collect();
                 for name in &names {
-                    self.node(name);
+                    let _ = self.node(name);
                 }
                 continue;
             }
@@ -235,95 +274,90 @@ impl<'z> Builder<'z> {
             }
         }
     }
+}
 
-    /// Adds the empty non-terminals and encodes every answer, taking from
-    /// `previous` (the zone's last snapshot) each answer whose inputs have
-    /// not changed.
-    fn finish(mut self, serial: u32, previous: Option<&ZoneSnapshot>) -> ZoneSnapshot {
-        let zone = self.zone;
-        // Every name between a record's owner and the apex exists (RFC 8020):
-        // the suffixes of the owners' keys, a label at a time. A suffix that
-        // is a node already has its own ancestors added when it is reached.
-        let apex_len = self.apex_len;
-        let mut ents: HashSet<&[u8]> = HashSet::new();
-        for key in self.names.keys() {
-            let mut suffix = &key[..];
-            while suffix.len() > apex_len {
-                suffix = &suffix[1 + suffix[0] as usize..];
-                if suffix.len() <= apex_len
-                    || self.names.contains_key(suffix)
-                    || !ents.insert(suffix)
-                {
-                    break;
+/// For each name above a name of `names` and below the apex: how many names
+/// of `names` are under it. Those not in `names` themselves are the empty
+/// non-terminals, which exist (RFC 8020: NODATA, not NXDOMAIN).
+pub(super) fn count_below(
+    names: &HashMap<Vec<u8>, NodeRecords>,
+    apex_len: usize,
+) -> HashMap<Vec<u8>, u32> {
+    let mut below: HashMap<Vec<u8>, u32> = HashMap::new();
+    for key in names.keys() {
+        for suffix in ancestors(key, apex_len) {
+            match below.get_mut(suffix) {
+                Some(n) => *n += 1,
+                None => {
+                    below.insert(suffix.to_vec(), 1);
                 }
             }
         }
-        let ents: Vec<Vec<u8>> = ents.into_iter().map(<[u8]>::to_vec).collect();
-        for key in ents {
-            self.names.insert(key, NodeRecords::new(None));
-        }
-
-        let encoder = Encoder {
-            zone,
-            serial,
-            names: &self.names,
-            orders: RefCell::new(HashMap::new()),
-            scratch: RefCell::new(Vec::new()),
-        };
-        let mut input = Vec::new();
-        let nodes = self
-            .names
-            .iter()
-            .map(|(key, node)| {
-                let before = previous.and_then(|p| p.nodes.get(&key[..]));
-                let answers = node
-                    .rrsets
-                    .keys()
-                    .map(|&rtype| {
-                        let fingerprint = encoder.fingerprint(key, node, rtype, &mut input);
-                        let answer = match before.and_then(|n| n.entry(rtype)) {
-                            Some(e) if e.fingerprint == fingerprint => e.answer.clone(),
-                            _ => encoder.answer(key, node, rtype),
-                        };
-                        Entry {
-                            rtype,
-                            fingerprint,
-                            answer,
-                        }
-                    })
-                    .collect();
-                (key.clone().into_boxed_slice(), Node { answers })
-            })
-            .collect();
-
-        let mut negative = MessageWriter::with_question(&[0], 0);
-        let start = negative.buf.len();
-        negative.u16(rtype::SOA);
-        negative.u16(crate::answer::wire::CLASS_IN);
-        // RFC 2308 section 5: negative answers live min(SOA TTL, SOA minimum).
-        negative.u32(zone.ttl.min(zone.soa.minimum));
-        let len_at = negative.buf.len();
-        negative.u16(0);
-        encoder.soa_rdata(&mut negative, false);
-        let rdlen = (negative.buf.len() - len_at - 2) as u16;
-        negative.buf[len_at..len_at + 2].copy_from_slice(&rdlen.to_be_bytes());
-
-        ZoneSnapshot {
-            apex_key: lower_wire(&zone.apex).into_boxed_slice(),
-            serial,
-            nodes,
-            negative_soa: negative.buf[start..].into(),
-        }
     }
+    below
+}
+
+/// The suffixes of `key` longer than the apex, the name itself left out.
+pub(super) fn ancestors(key: &[u8], apex_len: usize) -> impl Iterator<Item = &[u8]> {
+    let mut suffix = key;
+    std::iter::from_fn(move || {
+        if suffix.len() <= apex_len {
+            return None;
+        }
+        suffix = &suffix[1 + suffix[0] as usize..];
+        (suffix.len() > apex_len).then_some(suffix)
+    })
+}
+
+/// Encodes every name's answers, taking from `previous` (the zone's last
+/// snapshot) each answer whose inputs have not changed.
+pub(super) fn snapshot_of(
+    zone: &Zone,
+    names: &HashMap<Vec<u8>, NodeRecords>,
+    below: &HashMap<Vec<u8>, u32>,
+    serial: u32,
+    previous: Option<&ZoneSnapshot>,
+) -> ZoneSnapshot {
+    let encoder = Encoder::new(zone, serial, names);
+    let mut input = Vec::new();
+    let ents = below.keys().filter(|k| !names.contains_key(*k));
+    let nodes = names
+        .iter()
+        .map(|(key, node)| (key, Some(node)))
+        .chain(ents.map(|k| (k, None)))
+        .map(|(key, node)| {
+            let before = previous.and_then(|p| p.nodes.get_arc(key));
+            let node = encoder.node(key, node, before, &mut input);
+            (Arc::<[u8]>::from(&key[..]), node)
+        })
+        .collect();
+    ZoneSnapshot {
+        apex_key: lower_wire(&zone.apex).into_boxed_slice(),
+        serial,
+        nodes,
+        negative_soa: encoder.negative_soa(),
+    }
+}
+
+/// The services in the order their records are gathered in: by
+/// [`ServiceKey`]; of two with the same key, the last.
+fn in_order(services: &[Service]) -> Vec<&Service> {
+    let by_key: BTreeMap<ServiceKey, &Service> =
+        services.iter().map(|s| (ServiceKey::of(s), s)).collect();
+    by_key.into_values().collect()
 }
 
 /// Builds the answers of one zone. `previous`, the zone's last snapshot,
 /// lends every answer whose inputs are unchanged, so a small change to a
-/// large zone re-encodes only what it touches.
+/// large zone re-encodes only what it touches. Records of several services
+/// at one name go in the order of [`ServiceKey`] (what [`LiveZone`] keeps).
+///
+/// [`LiveZone`]: super::live::LiveZone
 pub fn build_zone(zone: &Zone, serial: u32, previous: Option<&ZoneSnapshot>) -> ZoneSnapshot {
-    let mut builder = Builder::new(zone, previous);
-    builder.add_zone();
-    builder.finish(serial, previous)
+    let mut builder = Builder::new(&zone.apex, previous.map_or(0, |p| p.nodes.len()));
+    builder.add_zone(zone, in_order(&zone.services).into_iter());
+    let below = count_below(&builder.names, builder.apex_len);
+    snapshot_of(zone, &builder.names, &below, serial, previous)
 }
 
 /// Builds a reverse zone (under in-addr.arpa or ip6.arpa) from its SOA
@@ -335,12 +369,21 @@ pub fn build_reverse_zone<'a>(
     serial: u32,
     previous: Option<&ZoneSnapshot>,
 ) -> ZoneSnapshot {
-    let mut builder = Builder::new(zone, previous);
-    builder.add_zone();
+    let mut builder = Builder::new(&zone.apex, previous.map_or(0, |p| p.nodes.len()));
+    builder.add_zone(zone, in_order(&zone.services).into_iter());
     for (owner, target) in ptrs {
         builder.add(owner, RData::Ptr(target.clone()));
     }
-    builder.finish(serial, previous)
+    let below = count_below(&builder.names, builder.apex_len);
+    snapshot_of(zone, &builder.names, &below, serial, previous)
+}
+
+/// `_services._dns-sd._udp.<zone>`, the DNS-SD service type enumeration
+/// name (RFC 6763 section 9).
+pub(super) fn browse_name(apex: &Name) -> Option<Name> {
+    ["_udp", "_dns-sd", "_services"]
+        .iter()
+        .try_fold(apex.clone(), |n, l| try_child(&n, l))
 }
 
 /// The TXT strings of an instance (RFC 6763 section 6): `key=value` each, or
@@ -357,7 +400,7 @@ fn txt_strings(metadata: &[(String, String)]) -> Vec<Vec<u8>> {
 }
 
 /// `<service>.<zone>` and `_<service>._<protocol>.<zone>`.
-fn service_names(apex: &Name, service: &Service) -> Option<(Name, Name)> {
+pub(super) fn service_names(apex: &Name, service: &Service) -> Option<(Name, Name)> {
     let srv = try_child(apex, &format!("_{}", service.protocol.as_str()))
         .and_then(|p| try_child(&p, &format!("_{}", service.name)))?;
     Some((try_child(apex, &service.name)?, srv))
@@ -366,14 +409,12 @@ fn service_names(apex: &Name, service: &Service) -> Option<(Name, Name)> {
 /// `label.parent`, or `None` when the name would be too long (an underscore
 /// added to a 63-character label, or a long zone): such a name cannot exist,
 /// so it is not served.
-fn try_child(parent: &Name, label: &str) -> Option<Name> {
+pub(super) fn try_child(parent: &Name, label: &str) -> Option<Name> {
     parent.prepend_label(label).ok()
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::answer::snapshot::{Answer, Cut};
     use crate::answer::weighted::Orders;
@@ -491,7 +532,7 @@ mod tests {
     /// Every (name, type) answer of a snapshot, by key and type.
     fn answers(z: &ZoneSnapshot) -> BTreeMap<(Vec<u8>, u16), &Answer> {
         let mut all = BTreeMap::new();
-        for (key, node) in &z.nodes {
+        for (key, node) in z.nodes.iter() {
             for e in &node.answers {
                 assert!(all.insert((key.to_vec(), e.rtype), &e.answer).is_none());
             }
@@ -524,8 +565,8 @@ mod tests {
         for (k, a) in &r {
             assert!(flat(a) == flat(f[k]), "answer for {k:?} differs");
         }
-        let mut nodes: Vec<&[u8]> = reused.nodes.keys().map(|k| &k[..]).collect();
-        let mut fresh_nodes: Vec<&[u8]> = fresh.nodes.keys().map(|k| &k[..]).collect();
+        let mut nodes: Vec<&[u8]> = reused.nodes.iter().map(|(k, _)| &k[..]).collect();
+        let mut fresh_nodes: Vec<&[u8]> = fresh.nodes.iter().map(|(k, _)| &k[..]).collect();
         nodes.sort();
         fresh_nodes.sort();
         assert_eq!(nodes, fresh_nodes, "the same names, empty ones included");

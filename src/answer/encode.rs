@@ -12,7 +12,7 @@ use hickory_proto::rr::Name;
 // Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
 use foldhash::{HashMap, HashSet, HashSetExt};
 
-use super::snapshot::{Answer, Cut, Fingerprint, Shuffled};
+use super::snapshot::{Answer, Cut, Entry, Fingerprint, Node, Shuffled};
 use super::weighted::{Orders, Weighted};
 use crate::answer::wire::{MessageWriter, lower_wire, lower_wire_into, rtype};
 use crate::model::Zone;
@@ -35,7 +35,7 @@ pub(super) enum RData {
 
 /// What makes two records the same, cheap to hash: names as lowercased wire
 /// bytes (hashing a `Name` feeds the hasher one byte at a time).
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(super) enum RecordKey {
     Addr(IpAddr),
     Srv(u16, u16, u16, Vec<u8>),
@@ -62,6 +62,29 @@ impl RData {
         }
     }
 
+    /// Equal with the letter case of names too (`==` ignores it, as DNS
+    /// does, but an answer carries the case it was given).
+    pub(super) fn same(&self, other: &RData) -> bool {
+        match (self, other) {
+            (
+                RData::Srv {
+                    priority: p1,
+                    weight: w1,
+                    port: o1,
+                    target: t1,
+                },
+                RData::Srv {
+                    priority: p2,
+                    weight: w2,
+                    port: o2,
+                    target: t2,
+                },
+            ) => (p1, w1, o1) == (p2, w2, o2) && t1.eq_case(t2),
+            (RData::Ns(a), RData::Ns(b)) | (RData::Ptr(a), RData::Ptr(b)) => a.eq_case(b),
+            (a, b) => a == b,
+        }
+    }
+
     pub(super) fn rtype(&self) -> u16 {
         match self {
             RData::Addr(IpAddr::V4(_)) => rtype::A,
@@ -76,6 +99,7 @@ impl RData {
 }
 
 /// A name's records while the snapshot is assembled.
+#[derive(Clone)]
 pub(super) struct NodeRecords {
     /// The name with its letter case; `None` for an empty non-terminal.
     pub(super) name: Option<Name>,
@@ -91,7 +115,7 @@ pub(super) struct NodeRecords {
 
 /// RRsets by type, in type order: a name has few types, so a sorted vector
 /// is smaller than a map.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct RRsets(Vec<(u16, Vec<RData>)>);
 
 impl RRsets {
@@ -111,6 +135,18 @@ impl RRsets {
         self.0.iter().map(|(_, v)| v)
     }
 
+    /// Replaces the RRset of this type; an empty one removes it.
+    pub(super) fn set(&mut self, rtype: u16, records: Vec<RData>) {
+        match self.0.binary_search_by_key(&rtype, |(t, _)| *t) {
+            Ok(i) if records.is_empty() => {
+                self.0.remove(i);
+            }
+            Ok(i) => self.0[i].1 = records,
+            Err(_) if records.is_empty() => {}
+            Err(i) => self.0.insert(i, (rtype, records)),
+        }
+    }
+
     pub(super) fn push(&mut self, rdata: RData) {
         let rtype = rdata.rtype();
         match self.0.binary_search_by_key(&rtype, |(t, _)| *t) {
@@ -127,6 +163,10 @@ impl std::ops::Index<&u16> for RRsets {
     }
 }
 
+/// The longest answer body that can be sent (a message is at most 65535
+/// bytes, the body follows a header and a question).
+const MAX_BODY: usize = u16::MAX as usize;
+
 /// RRsets up to this size are searched for duplicates; larger ones get a set.
 const SCAN_LIMIT: usize = 8;
 
@@ -138,6 +178,25 @@ impl NodeRecords {
             seen: None,
             weighted: None,
         }
+    }
+
+    /// The same records, names and weights, letter case included.
+    pub(super) fn same(&self, other: &NodeRecords) -> bool {
+        let names = match (&self.name, &other.name) {
+            (Some(a), Some(b)) => a.eq_case(b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        names
+            && self.rrsets.0.len() == other.rrsets.0.len()
+            && self
+                .rrsets
+                .0
+                .iter()
+                .zip(&other.rrsets.0)
+                .all(|((t1, r1), (t2, r2))| {
+                    t1 == t2 && r1.len() == r2.len() && r1.iter().zip(r2).all(|(a, b)| a.same(b))
+                })
+            && self.weighted == other.weighted
     }
 
     /// Whether `rdata` is not in the node yet. Two sources of the same record
@@ -156,6 +215,29 @@ impl NodeRecords {
         self.seen = Some(seen);
         new
     }
+}
+
+/// A lower bound of the length of an RRset's records in an answer: each has
+/// an owner of at least 2 bytes (a pointer, at best), 10 bytes of type,
+/// class, TTL and length, and its data, where a compressed name takes at
+/// least 2 bytes (1 for the root).
+fn min_answer_len(rrset: &[RData]) -> usize {
+    let name_len = |n: &Name| n.iter().map(|l| 1 + l.len()).sum::<usize>() + 1;
+    let compressed = |n: &Name| if n.is_root() { 1 } else { 2 };
+    rrset
+        .iter()
+        .map(|r| {
+            12 + match r {
+                RData::Addr(IpAddr::V4(_)) => 4,
+                RData::Addr(IpAddr::V6(_)) => 16,
+                // RFC 2782: the SRV target is not compressed.
+                RData::Srv { target, .. } => 6 + name_len(target),
+                RData::Ns(n) | RData::Ptr(n) => compressed(n),
+                RData::Soa => 2 + 2 + 20,
+                RData::Txt(t) => t.iter().map(|s| 1 + s.len()).sum(),
+            }
+        })
+        .sum()
 }
 
 /// Appends a name's wire form, letter case kept, to a fingerprint's input.
@@ -239,7 +321,81 @@ type OrdersByWeights = HashMap<Vec<(u16, u64)>, Arc<Orders>>;
 static FINGERPRINT_KEYS: LazyLock<[RandomState; 2]> =
     LazyLock::new(|| [RandomState::new(), RandomState::new()]);
 
-impl Encoder<'_> {
+impl<'a> Encoder<'a> {
+    pub(super) fn new(
+        zone: &'a Zone,
+        serial: u32,
+        names: &'a HashMap<Vec<u8>, NodeRecords>,
+    ) -> Self {
+        Encoder {
+            zone,
+            serial,
+            names,
+            orders: RefCell::new(HashMap::default()),
+            scratch: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The answers of the name at `key` (`None`: an empty non-terminal),
+    /// each taken from `before` (the name in the previous snapshot) when
+    /// its fingerprint is unchanged; `before` itself when all are.
+    pub(super) fn node(
+        &self,
+        key: &[u8],
+        node: Option<&NodeRecords>,
+        before: Option<&Arc<Node>>,
+        input: &mut Vec<u8>,
+    ) -> Arc<Node> {
+        let Some(node) = node else {
+            return match before {
+                Some(b) if b.answers.is_empty() => b.clone(),
+                _ => Arc::new(Node {
+                    answers: Box::new([]),
+                }),
+            };
+        };
+        let mut reused = 0;
+        let answers: Box<[Entry]> = node
+            .rrsets
+            .keys()
+            .map(|&rtype| {
+                let fingerprint = self.fingerprint(key, node, rtype, input);
+                match before.and_then(|n| n.entry(rtype)) {
+                    Some(e) if e.fingerprint == fingerprint => {
+                        reused += 1;
+                        e.clone()
+                    }
+                    _ => Entry {
+                        rtype,
+                        fingerprint,
+                        answer: self.answer(key, node, rtype),
+                    },
+                }
+            })
+            .collect();
+        match before {
+            Some(b) if reused == answers.len() && b.answers.len() == answers.len() => b.clone(),
+            _ => Arc::new(Node { answers }),
+        }
+    }
+
+    /// The SOA record of negative answers, from its type field on.
+    pub(super) fn negative_soa(&self) -> Box<[u8]> {
+        let zone = self.zone;
+        let mut negative = MessageWriter::with_question(&[0], 0);
+        let start = negative.buf.len();
+        negative.u16(rtype::SOA);
+        negative.u16(crate::answer::wire::CLASS_IN);
+        // RFC 2308 section 5: negative answers live min(SOA TTL, SOA minimum).
+        negative.u32(zone.ttl.min(zone.soa.minimum));
+        let len_at = negative.buf.len();
+        negative.u16(0);
+        self.soa_rdata(&mut negative, false);
+        let rdlen = (negative.buf.len() - len_at - 2) as u16;
+        negative.buf[len_at..len_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+        negative.buf[start..].into()
+    }
+
     /// The node at `name`, if the zone has it.
     pub(super) fn lookup(&self, name: &Name) -> Option<&NodeRecords> {
         let mut key = self.scratch.borrow_mut();
@@ -288,7 +444,13 @@ impl Encoder<'_> {
                 input.extend_from_slice(&v.to_be_bytes());
             }
         }
-        // The additional section: the nodes it is read from.
+        // The additional section: the nodes it is read from, unless the
+        // answer section alone cannot fit in a message (then the answer
+        // stops before it; see MAX_BODY).
+        if min_answer_len(rrset) > MAX_BODY {
+            let [a, b] = &*FINGERPRINT_KEYS;
+            return [a.hash_one(&input[..]), b.hash_one(&input[..])];
+        }
         let addresses = |input: &mut Vec<u8>, target: &Name| match self.lookup(target) {
             Some(t) => {
                 input.push(1);
@@ -353,56 +515,70 @@ impl Encoder<'_> {
             return self.shuffled(rrset, weights, max_answers);
         }
         let owner = node.name.as_ref().expect("a name with records");
-        for rdata in rrset {
-            self.record(&mut w, owner, rdata);
-            counts[0] += 1;
-            cuts.push(cut(&w, counts));
-        }
+        // A message is at most 65535 bytes: past the first cut longer than
+        // that, no cut can ever be chosen, so encoding stops there.
+        let over = |cuts: &[Cut]| cuts.last().is_some_and(|c| c.len as usize > MAX_BODY);
+        'sections: {
+            for rdata in rrset {
+                self.record(&mut w, owner, rdata);
+                counts[0] += 1;
+                cuts.push(cut(&w, counts));
+                if over(&cuts) {
+                    break 'sections;
+                }
+            }
 
-        // DNS-SD (RFC 6763 section 12.1): a PTR answer for a service type
-        // carries each instance's SRV and TXT records.
-        let mut glue_for: Vec<(&Name, &NodeRecords)> = Vec::new();
-        let mut glued: HashSet<Vec<u8>> = HashSet::new();
-        let mut srv_targets: Vec<&RData> = Vec::new();
-        for rdata in rrset {
-            if let RData::Ptr(n) = rdata
-                && let Some(target_node) = self.lookup(n)
-                && target_node.rrsets.contains_key(&rtype::TXT)
-            {
-                for t in [rtype::SRV, rtype::TXT] {
-                    if let Some(records) = target_node.rrsets.get(&t) {
-                        for r in records {
-                            self.record(&mut w, n, r);
-                            counts[2] += 1;
+            // DNS-SD (RFC 6763 section 12.1): a PTR answer for a service type
+            // carries each instance's SRV and TXT records.
+            let mut glue_for: Vec<(&Name, &NodeRecords)> = Vec::new();
+            let mut glued: HashSet<Vec<u8>> = HashSet::new();
+            let mut srv_targets: Vec<&RData> = Vec::new();
+            for rdata in rrset {
+                if let RData::Ptr(n) = rdata
+                    && let Some(target_node) = self.lookup(n)
+                    && target_node.rrsets.contains_key(&rtype::TXT)
+                {
+                    for t in [rtype::SRV, rtype::TXT] {
+                        if let Some(records) = target_node.rrsets.get(&t) {
+                            for r in records {
+                                self.record(&mut w, n, r);
+                                counts[2] += 1;
+                            }
+                            cuts.push(cut(&w, counts));
+                            if over(&cuts) {
+                                break 'sections;
+                            }
                         }
-                        cuts.push(cut(&w, counts));
+                    }
+                    srv_targets.extend(target_node.rrsets.get(&rtype::SRV).into_iter().flatten());
+                }
+            }
+
+            // Addresses of in-zone targets, so a client needs no second query.
+            for rdata in rrset.iter().chain(srv_targets) {
+                if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata {
+                    let key = lower_wire(n);
+                    if let Some(target_node) = self.names.get(&key)
+                        && glued.insert(key)
+                    {
+                        glue_for.push((n, target_node));
                     }
                 }
-                srv_targets.extend(target_node.rrsets.get(&rtype::SRV).into_iter().flatten());
             }
-        }
-
-        // Addresses of in-zone targets, so a client needs no second query.
-        for rdata in rrset.iter().chain(srv_targets) {
-            if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata {
-                let key = lower_wire(n);
-                if let Some(target_node) = self.names.get(&key)
-                    && glued.insert(key)
-                {
-                    glue_for.push((n, target_node));
+            for (target, target_node) in glue_for {
+                for t in [rtype::A, rtype::AAAA] {
+                    let Some(addrs) = target_node.rrsets.get(&t) else {
+                        continue;
+                    };
+                    for rdata in addrs {
+                        self.record(&mut w, target, rdata);
+                        counts[2] += 1;
+                    }
+                    cuts.push(cut(&w, counts));
+                    if over(&cuts) {
+                        break 'sections;
+                    }
                 }
-            }
-        }
-        for (target, target_node) in glue_for {
-            for t in [rtype::A, rtype::AAAA] {
-                let Some(addrs) = target_node.rrsets.get(&t) else {
-                    continue;
-                };
-                for rdata in addrs {
-                    self.record(&mut w, target, rdata);
-                    counts[2] += 1;
-                }
-                cuts.push(cut(&w, counts));
             }
         }
 

@@ -3,6 +3,7 @@
 
 pub mod build;
 mod encode;
+pub mod live;
 pub mod respond;
 pub mod reverse;
 pub mod snapshot;

@@ -6,6 +6,7 @@
 //! A snapshot is never changed after it is built; the registry publishes a new
 //! one and queries in flight keep the old one alive until they finish.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -59,7 +60,7 @@ pub struct ZoneSnapshot {
     pub(super) apex_key: Box<[u8]>,
     /// The zone's SOA serial.
     pub serial: u32,
-    pub(super) nodes: HashMap<Box<[u8]>, Node>,
+    pub(super) nodes: Nodes,
     /// The SOA record of negative answers, from its type field on (the owner is
     /// written per query as a pointer to the apex inside the question).
     pub(super) negative_soa: Box<[u8]>,
@@ -82,6 +83,112 @@ impl ZoneSnapshot {
     }
 }
 
+/// A zone's names, split into shards by a hash of the key: a new snapshot
+/// that changes a few names shares every other shard with the one before
+/// (each is behind an `Arc`), so a change copies a few small maps, not the
+/// zone's index. A lookup is two hash computations and no allocation.
+#[derive(Clone)]
+pub(super) struct Nodes {
+    shards: Box<[Arc<Shard>]>,
+    len: usize,
+}
+
+/// Keys are shared (`Arc`) so that copying a shard allocates nothing per name.
+type Shard = HashMap<Arc<[u8]>, Arc<Node>>;
+
+/// Names per shard aimed at: copying a shard of this size takes a few
+/// microseconds, and the shards' own overhead stays small beside the names.
+pub(super) const SHARD_NAMES: usize = 256;
+
+/// The shard hash: fixed, so a key's shard is the same in every snapshot.
+const SHARD_HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5167_6e70);
+
+impl Nodes {
+    /// An empty index sized for about `names` names.
+    pub(super) fn with_capacity(names: usize) -> Self {
+        let count = (names / SHARD_NAMES).max(1).next_power_of_two();
+        let per_shard = names / count + names / count / 8;
+        Nodes {
+            shards: (0..count)
+                .map(|_| {
+                    Arc::new(Shard::with_capacity_and_hasher(
+                        per_shard,
+                        Default::default(),
+                    ))
+                })
+                .collect(),
+            len: 0,
+        }
+    }
+
+    fn shard_of(&self, key: &[u8]) -> usize {
+        // The high bits: the shard maps use the low ones for their buckets.
+        (SHARD_HASH.hash_one(key) >> 32) as usize & (self.shards.len() - 1)
+    }
+
+    pub(super) fn get(&self, key: &[u8]) -> Option<&Node> {
+        self.shards[self.shard_of(key)].get(key).map(|n| &**n)
+    }
+
+    pub(super) fn get_arc(&self, key: &[u8]) -> Option<&Arc<Node>> {
+        self.shards[self.shard_of(key)].get(key)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Inserts or replaces a name, copying its shard if another snapshot
+    /// shares it.
+    pub(super) fn insert(&mut self, key: Arc<[u8]>, node: Arc<Node>) {
+        let i = self.shard_of(&key);
+        if Arc::make_mut(&mut self.shards[i])
+            .insert(key, node)
+            .is_none()
+        {
+            self.len += 1;
+        }
+    }
+
+    /// Removes a name, if it is there.
+    pub(super) fn remove(&mut self, key: &[u8]) {
+        let i = self.shard_of(key);
+        if !self.shards[i].contains_key(key) {
+            return;
+        }
+        Arc::make_mut(&mut self.shards[i]).remove(key);
+        self.len -= 1;
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&Arc<[u8]>, &Arc<Node>)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// The same names in a number of shards fit for their count now.
+    pub(super) fn resharded(&self) -> Nodes {
+        let mut nodes = Nodes::with_capacity(self.len);
+        for (k, n) in self.iter() {
+            nodes.insert(k.clone(), n.clone());
+        }
+        nodes
+    }
+}
+
+impl FromIterator<(Arc<[u8]>, Arc<Node>)> for Nodes {
+    fn from_iter<I: IntoIterator<Item = (Arc<[u8]>, Arc<Node>)>>(iter: I) -> Self {
+        let items: Vec<_> = iter.into_iter().collect();
+        let mut nodes = Nodes::with_capacity(items.len());
+        for (k, n) in items {
+            nodes.insert(k, n);
+        }
+        nodes
+    }
+}
+
 /// A name that exists: its answers by type. No RRsets at all means an empty
 /// non-terminal (RFC 8020: NODATA, not NXDOMAIN).
 pub struct Node {
@@ -89,6 +196,7 @@ pub struct Node {
 }
 
 /// One type's answer, with the fingerprint of what it was encoded from.
+#[derive(Clone)]
 pub(super) struct Entry {
     pub(super) rtype: u16,
     pub(super) fingerprint: Fingerprint,

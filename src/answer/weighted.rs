@@ -120,6 +120,7 @@ impl SplitMix {
 }
 
 /// The weights of a service name's address records, in RRset order.
+#[derive(Clone, PartialEq)]
 pub(super) struct Weighted {
     pub(super) max_answers: Option<u16>,
     pub(super) by_type: BTreeMap<u16, Vec<(u16, f64)>>,

@@ -1,0 +1,912 @@
+//! A zone kept built between changes: adding, changing or removing a
+//! service re-gathers only the names that service has (or had), and
+//! re-encodes only the answers whose records changed or that read them
+//! (additional sections), so a change costs what it touches, not the zone.
+//!
+//! Both a build from scratch and an update gather records in one canonical
+//! order, services by [`ServiceKey`] and a service's instances in the order
+//! given, so after any sequence of updates the snapshot is, answer for
+//! answer, the one a build of the final services makes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use hickory_proto::rr::Name;
+
+// Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+
+use super::build::{
+    Builder, ancestors, browse_name, count_below, service_names, snapshot_of, try_child,
+};
+use super::encode::{Encoder, NodeRecords, RData};
+use super::snapshot::{SHARD_NAMES, ZoneSnapshot};
+use crate::answer::wire::{lower_wire, rtype};
+use crate::model::{Endpoint, Instance, Protocol, Service, Zone};
+
+/// A service's identity in its zone: lowercased name and protocol; the
+/// canonical order of services.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// The service's name, lowercased.
+    pub name: String,
+    /// Its protocol.
+    pub protocol: Protocol,
+}
+
+impl ServiceKey {
+    /// The key of this service.
+    pub fn of(service: &Service) -> ServiceKey {
+        ServiceKey {
+            name: service.name.to_ascii_lowercase(),
+            protocol: service.protocol,
+        }
+    }
+}
+
+/// A zone's services and its snapshot, updated service by service.
+pub struct LiveZone {
+    /// Apex, TTL, SOA, name servers and hosts; its `services` stay empty.
+    zone: Zone,
+    services: BTreeMap<ServiceKey, Service>,
+    /// Every name's records, gathered from all of the above.
+    names: HashMap<Vec<u8>, NodeRecords>,
+    /// For each name above a name of `names` (below the apex): how many names
+    /// of `names` are under it; those not in `names` are empty non-terminals.
+    below: HashMap<Vec<u8>, u32>,
+    /// The services whose instances point at a name: its host name (which
+    /// several services' instances, or a service, may share) or its SRV
+    /// target. They gather records there, or read its addresses.
+    by_target: HashMap<Vec<u8>, Vec<ServiceKey>>,
+    /// The apex's and the hosts' keys: only names among them need the hosts.
+    base_keys: HashSet<Vec<u8>>,
+    apex_len: usize,
+    /// The DNS-SD enumeration name and its key.
+    browse: Option<(Name, Vec<u8>)>,
+    snapshot: Arc<ZoneSnapshot>,
+}
+
+impl LiveZone {
+    /// Builds a zone from scratch: `base` gives apex, ttl, soa, nameservers
+    /// and hosts (its `services` are ignored); `services` are the served
+    /// services (already merged and health-filtered), in any order, the last
+    /// of two with the same key kept; `previous` lends answers whose
+    /// fingerprint is unchanged (file reloads stay cheap).
+    pub fn build(
+        base: &Zone,
+        services: impl IntoIterator<Item = Service>,
+        serial: u32,
+        previous: Option<&ZoneSnapshot>,
+    ) -> LiveZone {
+        let zone = Zone {
+            apex: base.apex.clone(),
+            ttl: base.ttl,
+            nameservers: base.nameservers.clone(),
+            soa: base.soa.clone(),
+            hosts: base.hosts.clone(),
+            services: Vec::new(),
+        };
+        let services: BTreeMap<ServiceKey, Service> = services
+            .into_iter()
+            .map(|s| (ServiceKey::of(&s), s))
+            .collect();
+        let apex_len = lower_wire(&zone.apex).len();
+        let mut builder = Builder::new(&zone.apex, previous.map_or(0, |p| p.nodes.len()));
+        builder.add_zone(&zone, services.values());
+        let names = builder.names;
+        let below = count_below(&names, apex_len);
+        let snapshot = Arc::new(snapshot_of(&zone, &names, &below, serial, previous));
+        let mut by_target: HashMap<Vec<u8>, Vec<ServiceKey>> = HashMap::new();
+        for (key, service) in &services {
+            index(&mut by_target, &zone.apex, key, service, true);
+        }
+        let base_keys = std::iter::once(&zone.apex)
+            .chain(zone.hosts.iter().map(|h| &h.name))
+            .map(lower_wire)
+            .collect();
+        let browse = browse_name(&zone.apex).map(|n| {
+            let key = lower_wire(&n);
+            (n, key)
+        });
+        LiveZone {
+            zone,
+            services,
+            names,
+            below,
+            by_target,
+            base_keys,
+            apex_len,
+            browse,
+            snapshot,
+        }
+    }
+
+    /// The zone's current snapshot.
+    pub fn snapshot(&self) -> &Arc<ZoneSnapshot> {
+        &self.snapshot
+    }
+
+    /// The service with this key, as last given.
+    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+        self.services.get(key)
+    }
+
+    /// The services, in key order.
+    pub fn services(&self) -> impl Iterator<Item = (&ServiceKey, &Service)> {
+        self.services.iter()
+    }
+
+    /// The serial of the current snapshot.
+    pub fn serial(&self) -> u32 {
+        self.snapshot.serial
+    }
+
+    /// Replaces, adds (`Some`) or removes (`None`) these services and gives
+    /// the zone a new serial, re-encoding only the names they touch and the
+    /// answers that read those names. A service given under another key than
+    /// its own ([`ServiceKey::of`]) is stored under its own.
+    pub fn update(
+        &mut self,
+        changes: impl IntoIterator<Item = (ServiceKey, Option<Service>)>,
+        serial: u32,
+    ) {
+        let apex = self.zone.apex.clone();
+        let mut touched: HashSet<Vec<u8>> = HashSet::new();
+        let mut changed_services: Vec<ServiceKey> = Vec::new();
+        let mut ptrs: Option<Vec<RData>> = None;
+        // The records a new service gathers alone: when it is the only
+        // source of the names touched, they are those names' records.
+        let mut alone = None;
+        for (key, new) in changes {
+            let key = new.as_ref().map_or(key, ServiceKey::of);
+            let old = self.services.get(&key);
+            if match (old, &new) {
+                (Some(a), Some(b)) => same_service(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            } {
+                continue;
+            }
+            if let Some(old) = old {
+                touched.extend(gathered(&apex, old).into_keys());
+            }
+            if let Some(new) = &new {
+                let names = gathered(&apex, new);
+                touched.extend(names.keys().cloned());
+                alone = Some(names);
+            }
+            // The enumeration's PTR records: one per service, in key order.
+            let old_ptr = old
+                .and_then(|s| service_names(&apex, s))
+                .map(|(_, srv)| srv);
+            let new_ptr = new
+                .as_ref()
+                .and_then(|s| service_names(&apex, s))
+                .map(|(_, srv)| srv);
+            if !names_same(old_ptr.as_ref(), new_ptr.as_ref()) {
+                let ptrs =
+                    ptrs.get_or_insert_with(|| browse_ptrs(&self.names, self.browse.as_ref()));
+                let at = ptrs.binary_search_by(|p| ptr_key(p).as_ref().cmp(&Some(&key)));
+                match (at, new_ptr) {
+                    (Ok(i), Some(n)) => ptrs[i] = RData::Ptr(n),
+                    (Ok(i), None) => {
+                        ptrs.remove(i);
+                    }
+                    (Err(i), Some(n)) => ptrs.insert(i, RData::Ptr(n)),
+                    (Err(_), None) => {}
+                }
+            }
+            if let Some(old) = old {
+                index(&mut self.by_target, &apex, &key, old, false);
+            }
+            match new {
+                Some(new) => {
+                    index(&mut self.by_target, &apex, &key, &new, true);
+                    self.services.insert(key.clone(), new);
+                }
+                None => {
+                    self.services.remove(&key);
+                }
+            }
+            changed_services.push(key);
+        }
+        let browse = self.browse.clone();
+        if let (Some((_, browse_key)), Some(_)) = (&browse, &ptrs) {
+            touched.insert(browse_key.clone());
+        }
+
+        // Gather the touched names again, from everything that can have
+        // records there, in the order of a full build.
+        changed_services.retain(|k| self.services.contains_key(k));
+        let mut candidates: BTreeSet<ServiceKey> = changed_services.iter().cloned().collect();
+        let mut seen_labels: HashSet<Vec<u8>> = HashSet::new();
+        for key in &touched {
+            self.contributors(key, &mut seen_labels, &mut candidates);
+        }
+        let with_base = touched.iter().any(|k| self.base_keys.contains(k));
+        let only_one = candidates.len() == 1
+            && changed_services.len() == 1
+            && candidates.first() == changed_services.first();
+        let mut fresh = match alone {
+            Some(names) if only_one && !with_base => names,
+            _ => {
+                let mut builder = Builder::filtered(&apex, &touched);
+                if with_base {
+                    builder.add_base(&self.zone);
+                }
+                builder.add_services(
+                    candidates.iter().filter_map(|k| self.services.get(k)),
+                    false,
+                );
+                if with_base {
+                    builder.add_empty_hosts(&self.zone);
+                }
+                builder.names
+            }
+        };
+        if let Some((browse, browse_key)) = &browse
+            && touched.contains(browse_key)
+        {
+            let ptrs = ptrs.unwrap_or_else(|| browse_ptrs(&self.names, self.browse.as_ref()));
+            let mut node = fresh.remove(browse_key);
+            if !ptrs.is_empty() {
+                // Created by the first service's PTR, unless a host with
+                // addresses came first.
+                let host_first = self
+                    .zone
+                    .hosts
+                    .iter()
+                    .any(|h| !h.addresses.is_empty() && lower_wire(&h.name) == *browse_key);
+                let node = node.get_or_insert_with(|| NodeRecords::new(Some(browse.clone())));
+                if !host_first {
+                    node.name = Some(browse.clone());
+                }
+                node.rrsets.set(rtype::PTR, ptrs);
+            }
+            if let Some(node) = node {
+                fresh.insert(browse_key.clone(), node);
+            }
+        }
+
+        // Apply what changed; names that appear or go change the counts of
+        // names below their ancestors.
+        let mut changed: Vec<Vec<u8>> = Vec::new();
+        let mut presence: Vec<(Vec<u8>, bool)> = Vec::new();
+        for key in touched {
+            let new = fresh.remove(&key);
+            let old = self.names.get(&key);
+            match (old, &new) {
+                (None, None) => continue,
+                (Some(o), Some(n)) if o.same(n) => continue,
+                (None, Some(_)) => presence.push((key.clone(), true)),
+                (Some(_), None) => presence.push((key.clone(), false)),
+                _ => {}
+            }
+            match new {
+                Some(n) => {
+                    self.names.insert(key.clone(), n);
+                }
+                None => {
+                    self.names.remove(&key);
+                }
+            }
+            changed.push(key);
+        }
+        let mut ents: Vec<Vec<u8>> = Vec::new();
+        for (key, added) in &presence {
+            for suffix in ancestors(key, self.apex_len) {
+                if *added {
+                    match self.below.get_mut(suffix) {
+                        Some(n) => *n += 1,
+                        None => {
+                            self.below.insert(suffix.to_vec(), 1);
+                            ents.push(suffix.to_vec());
+                        }
+                    }
+                } else {
+                    let n = self.below.get_mut(suffix).expect("counted");
+                    *n -= 1;
+                    if *n == 0 {
+                        self.below.remove(suffix);
+                        ents.push(suffix.to_vec());
+                    }
+                }
+            }
+        }
+
+        // Re-encode what changed, what reads it, and the apex (its SOA has
+        // the serial).
+        let mut encode: HashSet<Vec<u8>> = HashSet::new();
+        encode.insert(lower_wire(&apex));
+        self.readers(&changed, &mut encode);
+        encode.extend(changed);
+        encode.extend(ents);
+        let encoder = Encoder::new(&self.zone, serial, &self.names);
+        let before = &self.snapshot.nodes;
+        let mut nodes = before.clone();
+        let mut input = Vec::new();
+        for key in &encode {
+            let node = self.names.get(key);
+            if node.is_none() && !self.below.contains_key(key) {
+                nodes.remove(key);
+                continue;
+            }
+            let old = before.get_arc(key);
+            let new = encoder.node(key, node, old, &mut input);
+            if !old.is_some_and(|o| Arc::ptr_eq(o, &new)) {
+                nodes.insert(Arc::from(&key[..]), new);
+            }
+        }
+        // Shards that grew far past their size go back to it.
+        if nodes.len() > nodes.shard_count() * SHARD_NAMES * 4 {
+            nodes = nodes.resharded();
+        }
+        let negative_soa = encoder.negative_soa();
+        self.snapshot = Arc::new(ZoneSnapshot {
+            apex_key: self.snapshot.apex_key.clone(),
+            serial,
+            nodes,
+            negative_soa,
+        });
+    }
+
+    /// Adds to `out` the services that can have records at `key`, besides
+    /// the ones changed: those named like its label next to the apex (the
+    /// service name, its tag names) or like its second (`_<service>`: SRV,
+    /// DNS-SD and subtype names, and `_<service>._<tag>`), under either
+    /// protocol; and for a name just below the apex, the services with an
+    /// instance of that host name.
+    fn contributors(
+        &self,
+        key: &[u8],
+        seen: &mut HashSet<Vec<u8>>,
+        out: &mut BTreeSet<ServiceKey>,
+    ) {
+        // The last two labels above the apex, and how many there are.
+        let (mut depth, mut last, mut second) = (0, &[][..], &[][..]);
+        for label in labels(&key[..key.len() - self.apex_len]) {
+            depth += 1;
+            (second, last) = (last, label);
+        }
+        if depth == 0 {
+            return;
+        }
+        let mut by_name = |label: &[u8], out: &mut BTreeSet<ServiceKey>| {
+            if seen.contains(label) {
+                return;
+            }
+            seen.insert(label.to_vec());
+            let name = String::from_utf8_lossy(label).into_owned();
+            for protocol in [Protocol::Tcp, Protocol::Udp] {
+                let key = ServiceKey {
+                    name: name.clone(),
+                    protocol,
+                };
+                if self.services.contains_key(&key) {
+                    out.insert(key);
+                }
+            }
+        };
+        by_name(last, out);
+        if depth >= 2
+            && let Some(service) = second.strip_prefix(b"_")
+        {
+            by_name(service, out);
+        }
+        if depth == 1
+            && let Some(services) = self.by_target.get(key)
+        {
+            out.extend(
+                services
+                    .iter()
+                    .filter(|k| self.services.contains_key(*k))
+                    .cloned(),
+            );
+        }
+    }
+
+    /// Adds to `out` the names whose answers read the names in `changed`:
+    /// those with an SRV record pointing at one (the additional section has
+    /// its addresses) and those with a PTR record to a DNS-SD instance name
+    /// (the additional section has its SRV and TXT records, and the SRV
+    /// target's addresses). Both are names of the services whose instances
+    /// point there, found by gathering just those instances.
+    fn readers(&self, changed: &[Vec<u8>], out: &mut HashSet<Vec<u8>>) {
+        let apex = &self.zone.apex;
+        let mut reading: BTreeMap<&ServiceKey, BTreeSet<usize>> = BTreeMap::new();
+        for key in changed {
+            for service in self.by_target.get(key).into_iter().flatten() {
+                let Some(s) = self.services.get(service) else {
+                    continue;
+                };
+                // Instances of the same name share a DNS-SD name, which
+                // the PTR records of each one's subtypes read.
+                let pointing: Vec<&str> = s
+                    .instances
+                    .iter()
+                    .filter(|i| target_key(apex, i).as_ref() == Some(key))
+                    .map(|i| i.name.as_str())
+                    .collect();
+                let named = s
+                    .instances
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, i)| pointing.iter().any(|p| p.eq_ignore_ascii_case(&i.name)));
+                reading
+                    .entry(service)
+                    .or_default()
+                    .extend(named.map(|(n, _)| n));
+            }
+            // `<instance>._<service>._<protocol>.<zone>`
+            let labels: Vec<&[u8]> = labels(&key[..key.len() - self.apex_len]).collect();
+            if let [instance, service, protocol] = labels[..]
+                && let Some(name) = service.strip_prefix(b"_")
+            {
+                let protocol = match protocol {
+                    b"_tcp" => Protocol::Tcp,
+                    b"_udp" => Protocol::Udp,
+                    _ => continue,
+                };
+                let k = ServiceKey {
+                    name: String::from_utf8_lossy(name).into_owned(),
+                    protocol,
+                };
+                if let Some((k, s)) = self.services.get_key_value(&k) {
+                    let named = s
+                        .instances
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, i)| i.name.as_bytes().eq_ignore_ascii_case(instance));
+                    reading.entry(k).or_default().extend(named.map(|(n, _)| n));
+                }
+            }
+        }
+        for (key, instances) in reading {
+            let service = &self.services[key];
+            let only = Service {
+                instances: instances
+                    .into_iter()
+                    .map(|i| service.instances[i].clone())
+                    .collect(),
+                ..service.clone_without_instances()
+            };
+            out.extend(gathered(apex, &only).into_keys());
+        }
+    }
+}
+
+trait WithoutInstances {
+    fn clone_without_instances(&self) -> Service;
+}
+
+impl WithoutInstances for Service {
+    /// The service's own fields, without the cost of copying its instances.
+    fn clone_without_instances(&self) -> Service {
+        Service {
+            name: self.name.clone(),
+            protocol: self.protocol,
+            tags: self.tags.clone(),
+            check: self.check.clone(),
+            instances: Vec::new(),
+            max_answers: self.max_answers,
+        }
+    }
+}
+
+/// The PTR records of the enumeration name now.
+fn browse_ptrs(
+    names: &HashMap<Vec<u8>, NodeRecords>,
+    browse: Option<&(Name, Vec<u8>)>,
+) -> Vec<RData> {
+    browse
+        .and_then(|(_, key)| names.get(key))
+        .and_then(|n| n.rrsets.get(&rtype::PTR))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The records a service alone gathers, by name (the enumeration name left
+/// out).
+fn gathered(apex: &Name, service: &Service) -> HashMap<Vec<u8>, NodeRecords> {
+    let mut builder = Builder::new(apex, 0);
+    builder.add_services(std::iter::once(service), false);
+    builder.names
+}
+
+/// Records (`add`) or forgets a service in the index of the names its
+/// instances point at.
+fn index(
+    by_target: &mut HashMap<Vec<u8>, Vec<ServiceKey>>,
+    apex: &Name,
+    key: &ServiceKey,
+    service: &Service,
+    add: bool,
+) {
+    for instance in &service.instances {
+        let Some(target) = target_key(apex, instance) else {
+            continue;
+        };
+        if add {
+            let services = by_target.entry(target).or_default();
+            if !services.contains(key) {
+                services.push(key.clone());
+            }
+        } else if let Some(services) = by_target.get_mut(&target) {
+            services.retain(|k| k != key);
+            if services.is_empty() {
+                by_target.remove(&target);
+            }
+        }
+    }
+}
+
+/// The key of the name an instance's SRV record points at: its own host
+/// name (which exists, empty, even without addresses) or its target.
+fn target_key(apex: &Name, instance: &Instance) -> Option<Vec<u8>> {
+    match &instance.endpoint {
+        Endpoint::Addresses(_) => try_child(apex, &instance.name).map(|n| lower_wire(&n)),
+        Endpoint::Target(t) => Some(lower_wire(t)),
+    }
+}
+
+/// The labels of a wire name (or of its leading part), first to last.
+fn labels(mut wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (&len, rest) = wire.split_first()?;
+        if len == 0 || rest.len() < len as usize {
+            return None;
+        }
+        let (label, rest) = rest.split_at(len as usize);
+        wire = rest;
+        Some(label)
+    })
+}
+
+/// The key of the service an enumeration PTR record points at
+/// (`_<service>._<protocol>.<zone>`).
+fn ptr_key(ptr: &RData) -> Option<ServiceKey> {
+    let RData::Ptr(name) = ptr else {
+        return None;
+    };
+    let mut labels = name.iter();
+    let service = labels.next()?.strip_prefix(b"_")?;
+    let protocol = match labels.next()? {
+        p if p.eq_ignore_ascii_case(b"_tcp") => Protocol::Tcp,
+        p if p.eq_ignore_ascii_case(b"_udp") => Protocol::Udp,
+        _ => return None,
+    };
+    Some(ServiceKey {
+        name: String::from_utf8_lossy(service).to_ascii_lowercase(),
+        protocol,
+    })
+}
+
+fn names_same(a: Option<&Name>, b: Option<&Name>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.eq_case(b),
+        (a, b) => a.is_none() && b.is_none(),
+    }
+}
+
+/// Equal, the letter case of target names included.
+fn same_service(a: &Service, b: &Service) -> bool {
+    a == b
+        && a.instances
+            .iter()
+            .zip(&b.instances)
+            .all(|(x, y)| match (&x.endpoint, &y.endpoint) {
+                (Endpoint::Target(m), Endpoint::Target(n)) => m.eq_case(n),
+                _ => true,
+            })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::answer::snapshot::{Answer, Cut};
+    use crate::model::{Host, Soa};
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    fn base() -> Zone {
+        let addr = |s: &str| s.parse::<IpAddr>().unwrap();
+        Zone {
+            apex: name("svc.example."),
+            ttl: 30,
+            nameservers: vec![name("ns1.svc.example."), name("i3.svc.example.")],
+            soa: Soa {
+                mname: name("ns1.svc.example."),
+                rname: name("admin.svc.example."),
+                refresh: 1,
+                retry: 2,
+                expire: 3,
+                minimum: 4,
+            },
+            hosts: vec![
+                Host {
+                    name: name("ns1.svc.example."),
+                    addresses: vec![addr("10.1.0.1")],
+                },
+                // A host and a service with the same name.
+                Host {
+                    name: name("db.svc.example."),
+                    addresses: vec![addr("10.2.0.1"), addr("fd00::2")],
+                },
+                Host {
+                    name: name("a.b.c.svc.example."),
+                    addresses: vec![addr("10.3.0.1")],
+                },
+                // A host left without addresses by its health, named like an instance.
+                Host {
+                    name: name("i4.svc.example."),
+                    addresses: vec![],
+                },
+            ],
+            services: Vec::new(),
+        }
+    }
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len())]
+        }
+    }
+
+    /// Names chosen from small pools, so that services share names across
+    /// protocols, instances share host names across services and with
+    /// hosts and service names, and targets point at all of those.
+    const SERVICES: &[&str] = &["web", "api", "db", "i1"];
+    const INSTANCES: &[&str] = &["i0", "i1", "i2", "I2", "i3", "i4", "web", "db"];
+    const TAGS: &[&str] = &["blue", "green", "tcp", "Blue"];
+    const TARGETS: &[&str] = &[
+        "db.svc.example.",
+        "i1.svc.example.",
+        "I2.svc.example.",
+        "web.svc.example.",
+        "ns1.svc.example.",
+        "x.other.",
+        "i0._web._tcp.svc.example.",
+    ];
+
+    fn instance(rng: &mut Rng) -> Instance {
+        let endpoint = if rng.below(4) == 0 {
+            Endpoint::Target(name(rng.pick::<&str>(TARGETS)))
+        } else {
+            let addrs = (0..rng.below(3))
+                .map(|_| match rng.below(3) {
+                    0 => format!("fd00::{}", rng.below(4)).parse().unwrap(),
+                    _ => format!("10.0.0.{}", rng.below(8)).parse().unwrap(),
+                })
+                .collect();
+            Endpoint::Addresses(addrs)
+        };
+        Instance {
+            name: rng.pick(INSTANCES).to_string(),
+            endpoint,
+            port: 8000 + rng.below(3) as u16,
+            weight: rng.below(4) as u16,
+            priority: rng.below(3) as u16,
+            check: None,
+            tags: (0..rng.below(3))
+                .map(|_| rng.pick(TAGS).to_string())
+                .collect(),
+            metadata: (0..rng.below(3))
+                .map(|i| (format!("k{i}"), format!("v{}", rng.below(3))))
+                .collect(),
+        }
+    }
+
+    fn service(rng: &mut Rng) -> Service {
+        let name = rng.pick(SERVICES);
+        Service {
+            name: if rng.below(8) == 0 {
+                name.to_ascii_uppercase()
+            } else {
+                name.to_string()
+            },
+            protocol: if rng.below(2) == 0 {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            },
+            tags: (0..rng.below(2))
+                .map(|_| rng.pick(TAGS).to_string())
+                .collect(),
+            check: None,
+            instances: (0..rng.below(5)).map(|_| instance(rng)).collect(),
+            max_answers: [None, Some(1), Some(2)][rng.below(3)],
+        }
+    }
+
+    /// A random change to the zone's services.
+    fn change(rng: &mut Rng, live: &LiveZone) -> (ServiceKey, Option<Service>) {
+        let existing: Vec<&Service> = live.services().map(|(_, s)| s).collect();
+        if existing.is_empty() || rng.below(4) == 0 {
+            let s = service(rng);
+            return (ServiceKey::of(&s), Some(s));
+        }
+        let mut s = (*rng.pick(&existing)).clone();
+        let key = ServiceKey::of(&s);
+        match rng.below(8) {
+            0 => return (key, None),
+            1 => {
+                let at = rng.below(s.instances.len() + 1);
+                s.instances.insert(at, instance(rng));
+            }
+            2 if !s.instances.is_empty() => {
+                let at = rng.below(s.instances.len());
+                s.instances.remove(at);
+            }
+            3 => s.max_answers = [None, Some(1), Some(3)][rng.below(3)],
+            4 => s.tags = vec![rng.pick(TAGS).to_string()],
+            _ if !s.instances.is_empty() => {
+                let at = rng.below(s.instances.len());
+                let mut new = instance(rng);
+                // Often the same instance with one thing changed.
+                if rng.below(2) == 0 {
+                    new.name = s.instances[at].name.clone();
+                    new.tags = s.instances[at].tags.clone();
+                }
+                s.instances[at] = new;
+            }
+            _ => s.instances.push(instance(rng)),
+        }
+        (key, Some(s))
+    }
+
+    type Flat<'a> = (&'a [u8], &'a [Cut], Option<(usize, usize, Vec<&'a [u16]>)>);
+
+    fn flat(a: &Answer) -> Flat<'_> {
+        let shuffled = a.shuffled().map(|s| {
+            let orders = (0..s.variants()).map(|v| s.order(v)).collect();
+            (s.record_len(), s.count(), orders)
+        });
+        (a.body(), &a.cuts, shuffled)
+    }
+
+    /// Every name and, per name, its answers by type.
+    fn answers(z: &ZoneSnapshot) -> BTreeMap<Vec<u8>, Vec<(u16, &Answer)>> {
+        z.nodes
+            .iter()
+            .map(|(k, n)| {
+                let answers = n.answers.iter().map(|e| (e.rtype, &e.answer)).collect();
+                (k.to_vec(), answers)
+            })
+            .collect()
+    }
+
+    fn assert_same(live: &ZoneSnapshot, fresh: &ZoneSnapshot, context: &str) {
+        let (l, f) = (answers(live), answers(fresh));
+        assert_eq!(
+            l.keys().collect::<Vec<_>>(),
+            f.keys().collect::<Vec<_>>(),
+            "the same names, {context}"
+        );
+        for (key, la) in &l {
+            let fa = &f[key];
+            assert_eq!(
+                la.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+                fa.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+                "the same types at {key:?}, {context}"
+            );
+            for ((t, a), (_, b)) in la.iter().zip(fa) {
+                assert!(
+                    flat(a) == flat(b),
+                    "answer {}/{t} differs: {:?} vs {:?}, {context}",
+                    String::from_utf8_lossy(key),
+                    flat(a),
+                    flat(b)
+                );
+            }
+        }
+        assert_eq!(live.negative_soa, fresh.negative_soa, "{context}");
+        assert_eq!(live.serial, fresh.serial, "{context}");
+    }
+
+    #[test]
+    fn any_sequence_of_updates_equals_building_the_final_services() {
+        for seed in 1..=6u64 {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x1234_5678_9ABC));
+            let base = base();
+            let mut live = LiveZone::build(&base, [], 1, None);
+            for step in 0..300 {
+                let changes: Vec<_> = (0..1 + rng.below(2) * rng.below(3))
+                    .map(|_| change(&mut rng, &live))
+                    .collect();
+                let serial = step + 2;
+                live.update(changes.clone(), serial);
+                let services: Vec<Service> = live.services().map(|(_, s)| s.clone()).collect();
+                let fresh = LiveZone::build(&base, services, serial, None);
+                assert_same(
+                    live.snapshot(),
+                    fresh.snapshot(),
+                    &format!("seed {seed}, step {step}, changes {changes:?}"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn building_on_a_previous_snapshot_equals_building_from_scratch() {
+        let mut rng = Rng(77);
+        let base = base();
+        let services: Vec<Service> = (0..12).map(|_| service(&mut rng)).collect();
+        let first = LiveZone::build(&base, services.clone(), 1, None);
+        let mut changed = services;
+        changed[0] = service(&mut rng);
+        let reused = LiveZone::build(&base, changed.clone(), 2, Some(first.snapshot()));
+        let fresh = LiveZone::build(&base, changed, 2, None);
+        assert_same(reused.snapshot(), fresh.snapshot(), "previous");
+    }
+
+    #[test]
+    fn an_update_leaves_other_services_answers_shared() {
+        let addr = |i: usize| IpAddr::from([10, 9, (i >> 8) as u8, i as u8]);
+        let services = (0..50).map(|s| Service {
+            name: format!("s{s}"),
+            protocol: Protocol::Tcp,
+            tags: vec!["t".into()],
+            check: None,
+            instances: (0..3)
+                .map(|i| Instance {
+                    name: format!("s{s}-{i}"),
+                    endpoint: Endpoint::Addresses(vec![addr(s * 4 + i)]),
+                    port: 80,
+                    weight: 1,
+                    priority: 0,
+                    check: None,
+                    tags: Vec::new(),
+                    metadata: Vec::new(),
+                })
+                .collect(),
+            max_answers: None,
+        });
+        let mut live = LiveZone::build(&base(), services, 1, None);
+        let before = live.snapshot().clone();
+        let key = ServiceKey {
+            name: "s7".into(),
+            protocol: Protocol::Tcp,
+        };
+        let old = live.service(&key).unwrap().clone();
+        let mut new = old.clone();
+        new.instances[1].endpoint = Endpoint::Addresses(vec![addr(999)]);
+        live.update([(key, Some(new.clone()))], 2);
+        let after = live.snapshot().clone();
+
+        let apex = base().apex;
+        let own: HashSet<Vec<u8>> = gathered(&apex, &old)
+            .into_keys()
+            .chain(gathered(&apex, &new).into_keys())
+            .collect();
+        let (b, a) = (answers(&before), answers(&after));
+        let mut shared = 0;
+        for (key, answers) in &a {
+            for ((t, answer), (_, old)) in answers.iter().zip(&b[key]) {
+                let same = Arc::ptr_eq(&answer.body, &old.body);
+                if own.contains(key) || key[..] == *lower_wire(&apex) {
+                    continue;
+                }
+                assert!(same, "{key:?}/{t} was encoded again");
+                shared += 1;
+            }
+        }
+        assert!(shared > 49 * 8, "{shared}");
+        // The changed instance's own answer is new.
+        let host = lower_wire(&name("s7-1.svc.example."));
+        assert!(!Arc::ptr_eq(&a[&host][0].1.body, &b[&host][0].1.body));
+    }
+}
