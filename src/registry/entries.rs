@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::health::InstanceHealth;
@@ -10,7 +9,7 @@ use super::registration::{InstanceInfo, Registration};
 use super::runtime::{FileNames, RuntimeInstance};
 use super::store::Stored;
 use super::timers::Timer;
-use crate::answer::snapshot::ZoneSnapshot;
+use crate::answer::live::LiveZone;
 use crate::model::{Endpoint, Protocol, Zone};
 
 /// A service in its zone: its lowercased name and its protocol.
@@ -28,9 +27,9 @@ pub(super) struct ZoneEntry {
     pub(super) names: FileNames,
     /// Where each service of the file is in `zone.services`.
     pub(super) file_services: HashMap<ServiceId, usize>,
-    pub(super) serial: u32,
-    /// The snapshot as last built; `None` only before the first build.
-    pub(super) built: Option<Arc<ZoneSnapshot>>,
+    /// The zone as built, updated service by service; `None` only before
+    /// the first build.
+    pub(super) live: Option<LiveZone>,
 }
 
 /// One runtime registration and its health.

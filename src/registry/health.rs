@@ -172,6 +172,11 @@ impl Book {
         self.filter(&group, service)
     }
 
+    /// Forgets the targets of a service that left the zone.
+    pub fn service_gone(&mut self, key: &[u8], service: &str, protocol: Protocol) {
+        self.set_group(key, group_key(key, service, protocol), HashSet::new());
+    }
+
     /// Replaces a group's targets, noting the change for the checker.
     fn set_group(&mut self, key: &[u8], group: Vec<u8>, now: HashSet<Target>) {
         let before = self.groups.get(&group);

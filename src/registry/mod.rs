@@ -292,17 +292,13 @@ impl Registry {
         // A file whose `zone` line changed no longer serves its old zone.
         self.zones
             .retain(|k, entry| entry.source != path || *k == key);
-        let previous = self.zones.get(&key);
-        if previous.is_some_and(|p| p.zone == zone) {
+        if self.zones.get(&key).is_some_and(|p| p.zone == zone) {
             return Ok(false);
         }
         // Its runtime instances are merged in, checked against the new file;
         // the previous version lends its serial and its unchanged answers.
         let mut entry = ZoneEntry::new(path, zone);
-        if let Some(p) = previous {
-            entry.serial = p.serial;
-            entry.built = p.built.clone();
-        }
+        entry.live = self.zones.remove(&key).and_then(|p| p.live);
         entry.build(
             self.runtime.get_mut(&key),
             self.services.get(&key),
@@ -323,8 +319,15 @@ impl Registry {
     /// Zones whose runtime instances changed are built again first.
     pub fn publish(&mut self) {
         self.files_changed = false;
-        for (key, _services) in std::mem::take(&mut self.dirty) {
-            self.rebuild(&key);
+        for (key, services) in std::mem::take(&mut self.dirty) {
+            if let Some(entry) = self.zones.get_mut(&key) {
+                entry.update(
+                    self.runtime.get(&key),
+                    self.services.get(&key),
+                    services,
+                    (&key, &mut self.health),
+                );
+            }
         }
         // Zones no longer served have nothing to check.
         let gone: Vec<Vec<u8>> = self
@@ -340,7 +343,7 @@ impl Registry {
             let current: Vec<(&[u8], u32)> = self
                 .zones
                 .iter()
-                .map(|(k, e)| (k.as_slice(), e.serial))
+                .map(|(k, e)| (k.as_slice(), e.serial()))
                 .collect();
             let (zones, runtime) = (&self.zones, &self.runtime);
             self.reverse.update(&current, |key| {
@@ -386,7 +389,7 @@ impl Registry {
                     unhealthy: self.health.unhealthy_instances(key),
                     zone: e.zone.apex.to_ascii(),
                     source: e.source.clone(),
-                    serial: e.serial,
+                    serial: e.serial(),
                     stale: self.file_errors.get(&e.source).cloned(),
                     services: e.zone.services.len(),
                     instances: e.zone.services.iter().map(|s| s.instances.len()).sum(),
@@ -405,21 +408,6 @@ impl Registry {
             .filter(|(k, _)| !self.zones.contains_key(*k))
             .map(|(_, r)| r.len())
             .sum()
-    }
-
-    /// Builds a zone again from its file and its runtime instances, with a
-    /// new serial. Runtime instances the file now conflicts with are
-    /// shadowed (kept, not served): the file wins.
-    fn rebuild(&mut self, key: &[u8]) {
-        let Some(entry) = self.zones.get_mut(key) else {
-            return;
-        };
-        entry.build(
-            self.runtime.get_mut(key),
-            self.services.get(key),
-            (key, &mut self.health),
-            false,
-        );
     }
 
     /// Adds or replaces a runtime instance. It is served after the next
@@ -702,14 +690,10 @@ impl Registry {
     /// Fills in a runtime instance's health. One in a file's service has
     /// the service's check unless it has its own.
     fn runtime_health(&self, key: &[u8], r: &RuntimeEntry, info: &mut InstanceInfo) {
+        let id = (r.valid.service.to_ascii_lowercase(), r.valid.protocol);
         let service_check = self.zones.get(key).and_then(|e| {
-            e.zone
-                .services
-                .iter()
-                .find(|s| {
-                    s.name.eq_ignore_ascii_case(&r.valid.service) && s.protocol == r.valid.protocol
-                })
-                .and_then(|s| s.check.as_ref())
+            let &i = e.file_services.get(&id)?;
+            e.zone.services[i].check.as_ref()
         });
         let i = &r.valid.instance;
         let (health, unhealthy) = self.health.instance_health(

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use super::entries::{RuntimeEntry, ServiceId, ServiceIds, ZoneEntry};
 use super::health::Book;
 use super::runtime::{self, FileNames};
-use crate::answer::build::build_zone;
+use crate::answer::live::{LiveZone, ServiceKey};
 use crate::answer::snapshot::ZoneSnapshot;
 use crate::model::{Service, Zone};
 
@@ -32,16 +32,26 @@ impl ZoneEntry {
             names: FileNames::of(&zone),
             file_services: file_services(&zone),
             zone,
-            serial: 0,
-            built: None,
+            live: None,
         }
     }
 
     /// The zone's snapshot, as last built.
     pub(super) fn snapshot(&self) -> &Arc<ZoneSnapshot> {
-        self.built
+        self.live
             .as_ref()
             .expect("a zone is built when it is added")
+            .snapshot()
+    }
+
+    /// The zone's SOA serial (0 before the first build).
+    pub(super) fn serial(&self) -> u32 {
+        self.live.as_ref().map_or(0, LiveZone::serial)
+    }
+
+    /// The serial for the next version of the zone.
+    fn next_serial(&self) -> u32 {
+        crate::model::serial::next(self.live.as_ref().map(LiveZone::serial))
     }
 
     /// Service `id` as it is served, before health checks: the file's
@@ -114,25 +124,40 @@ impl ZoneEntry {
             services.push(health.service_built(key, &merged).unwrap_or(merged));
         }
         health.retain_services(key, services.iter());
-        let zone = Zone {
-            services,
-            ..self.zone_meta()
-        };
-        let previous = (self.serial != 0).then_some(self.serial);
-        self.serial = crate::model::serial::next(previous);
-        let built = build_zone(&zone, self.serial, self.built.as_deref());
-        self.built = Some(Arc::new(built));
+        // The zone's previous version lends its serial and its unchanged
+        // answers: a file reload re-encodes what the file changed.
+        let serial = self.next_serial();
+        let previous = self.live.as_ref().map(|l| &**l.snapshot());
+        self.live = Some(LiveZone::build(&self.zone, services, serial, previous));
     }
 
-    /// The file's zone without its services.
-    fn zone_meta(&self) -> Zone {
-        Zone {
-            apex: self.zone.apex.clone(),
-            ttl: self.zone.ttl,
-            nameservers: self.zone.nameservers.clone(),
-            soa: self.zone.soa.clone(),
-            hosts: self.zone.hosts.clone(),
-            services: Vec::new(),
+    /// Brings the services `changed` up to date (their runtime instances
+    /// or health changed), with a new serial: only those services' names
+    /// are gathered and encoded again.
+    pub(super) fn update(
+        &mut self,
+        runtime: Option<&BTreeMap<String, RuntimeEntry>>,
+        ids: Option<&ServiceIds>,
+        changed: BTreeSet<ServiceId>,
+        (key, health): (&[u8], &mut Book),
+    ) {
+        let serial = self.next_serial();
+        let changes: Vec<(ServiceKey, Option<Service>)> = changed
+            .into_iter()
+            .map(|id| {
+                let served = match self.merged_service(runtime, ids.and_then(|i| i.get(&id)), &id) {
+                    Some(merged) => Some(health.service_built(key, &merged).unwrap_or(merged)),
+                    None => {
+                        health.service_gone(key, &id.0, id.1);
+                        None
+                    }
+                };
+                let (name, protocol) = id;
+                (ServiceKey { name, protocol }, served)
+            })
+            .collect();
+        if let Some(live) = self.live.as_mut() {
+            live.update(changes, serial);
         }
     }
 
