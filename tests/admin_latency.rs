@@ -9,6 +9,12 @@
 //! `SIGNPOST_BENCH_N` sets the registrations per run (default 1000) and
 //! `SIGNPOST_BENCH_DIR` where the state file goes (default: a temporary
 //! directory under $TMPDIR), so different disks can be compared.
+//!
+//! `SIGNPOST_BENCH_SERVICES=100000` serves, instead of the example zone, a
+//! zone of that many services of 3 instances each, plus the service the
+//! registrations go to, which the file gives `SIGNPOST_BENCH_INSTANCES`
+//! instances to start with (default 5000): a change to a large service in a
+//! large zone.
 
 mod common;
 
@@ -17,6 +23,30 @@ use std::time::{Duration, Instant};
 use common::*;
 use hickory_proto::rr::RecordType;
 use serde_json::json;
+
+/// `svc.example` with `services` services of 3 instances and the service
+/// `bench` with `instances` instances.
+fn large_zone(services: usize, instances: usize) -> String {
+    let addr = |n: usize| format!("10.{}.{}.{}", n >> 16 & 255, n >> 8 & 255, n & 255);
+    let mut text = String::from("zone = \"svc.example\"\n");
+    for s in 0..services {
+        text.push_str(&format!("[[services]]\nname = \"svc-{s}\"\nport = 80\n"));
+        for i in 0..3 {
+            text.push_str(&format!(
+                "[[services.instances]]\nname = \"i-{s}-{i}\"\naddress = \"{}\"\n",
+                addr(s * 3 + i + 1)
+            ));
+        }
+    }
+    text.push_str("[[services]]\nname = \"bench\"\nport = 9000\n");
+    for i in 0..instances {
+        text.push_str(&format!(
+            "[[services.instances]]\nname = \"b-{i}\"\naddress = \"{}\"\n",
+            addr(4_000_000 + i)
+        ));
+    }
+    text
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
@@ -92,7 +122,27 @@ fn registration_to_answer_latency() {
         Some(d) => tempfile::tempdir_in(d).unwrap(),
         None => tempfile::tempdir().unwrap(),
     };
-    let server = Server::start_admin(&example_zones(), dir.path(), &[]);
+    let services: usize = std::env::var("SIGNPOST_BENCH_SERVICES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let zones = tempfile::tempdir().unwrap();
+    let zones_dir = if services == 0 {
+        example_zones()
+    } else {
+        let instances: usize = std::env::var("SIGNPOST_BENCH_INSTANCES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5000);
+        std::fs::write(
+            zones.path().join("svc.example.toml"),
+            large_zone(services, instances),
+        )
+        .unwrap();
+        println!("zone: {services} services of 3 instances, and bench with {instances}");
+        zones.path().to_path_buf()
+    };
+    let server = Server::start_admin(&zones_dir, dir.path(), &[]);
     println!(
         "state file in {} ({} registrations per run)",
         dir.path().display(),
