@@ -166,13 +166,27 @@ impl LiveZone {
             } {
                 continue;
             }
-            if let Some(old) = old {
-                touched.extend(gathered(&apex, old).into_keys());
-            }
-            if let Some(new) = &new {
-                let names = gathered(&apex, new);
-                touched.extend(names.keys().cloned());
-                alone = Some(names);
+            match (old, &new) {
+                // The same service with other instances: only the names of
+                // the instances that differ (and the service's own names,
+                // which every instance has records at) are touched, since
+                // the others gather the same records in the same order.
+                (Some(old), Some(new)) if same_fields(old, new) => {
+                    let (before, after) = differing(old, new);
+                    touched.extend(gathered(&apex, &before).into_keys());
+                    touched.extend(gathered(&apex, &after).into_keys());
+                    alone = None;
+                }
+                _ => {
+                    if let Some(old) = old {
+                        touched.extend(gathered(&apex, old).into_keys());
+                    }
+                    if let Some(new) = &new {
+                        let names = gathered(&apex, new);
+                        touched.extend(names.keys().cloned());
+                        alone = Some(names);
+                    }
+                }
             }
             // The enumeration's PTR records: one per service, in key order.
             let old_ptr = old
@@ -585,6 +599,47 @@ fn names_same(a: Option<&Name>, b: Option<&Name>) -> bool {
         (Some(a), Some(b)) => a.eq_case(b),
         (a, b) => a.is_none() && b.is_none(),
     }
+}
+
+/// The same service fields but for the instances.
+fn same_fields(a: &Service, b: &Service) -> bool {
+    a.name == b.name
+        && a.protocol == b.protocol
+        && a.tags == b.tags
+        && a.max_answers == b.max_answers
+}
+
+/// The instances of `old` and of `new` between their longest common start
+/// and end, each as a service of its own.
+fn differing(old: &Service, new: &Service) -> (Service, Service) {
+    let (a, b) = (&old.instances, &new.instances);
+    let start = a
+        .iter()
+        .zip(b)
+        .take_while(|(x, y)| same_instance(x, y))
+        .count();
+    let end = a[start..]
+        .iter()
+        .rev()
+        .zip(b[start..].iter().rev())
+        .take_while(|(x, y)| same_instance(x, y))
+        .count();
+    let part = |s: &Service, instances: &[Instance]| Service {
+        instances: instances.to_vec(),
+        ..s.clone_without_instances()
+    };
+    (
+        part(old, &a[start..a.len() - end]),
+        part(new, &b[start..b.len() - end]),
+    )
+}
+
+fn same_instance(a: &Instance, b: &Instance) -> bool {
+    a == b
+        && match (&a.endpoint, &b.endpoint) {
+            (Endpoint::Target(m), Endpoint::Target(n)) => m.eq_case(n),
+            _ => true,
+        }
 }
 
 /// Equal, the letter case of target names included.
