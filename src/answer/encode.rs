@@ -484,12 +484,13 @@ impl<'a> Encoder<'a> {
     }
 
     /// The orders for records of these priorities and weights.
-    pub(super) fn orders(&self, weights: &[(u16, f64)]) -> Arc<Orders> {
-        let key: Vec<(u16, u64)> = weights.iter().map(|&(p, w)| (p, w.to_bits())).collect();
+    pub(super) fn orders(&self, weights: &[(u16, f64)], len: usize) -> Arc<Orders> {
+        let mut key: Vec<(u16, u64)> = weights.iter().map(|&(p, w)| (p, w.to_bits())).collect();
+        key.push((u16::MAX, len as u64));
         self.orders
             .borrow_mut()
             .entry(key)
-            .or_insert_with(|| Arc::new(Orders::draw(weights)))
+            .or_insert_with(|| Arc::new(Orders::draw_prefix(weights, len)))
             .clone()
     }
 
@@ -598,7 +599,6 @@ impl<'a> Encoder<'a> {
         weights: &[(u16, f64)],
         max: Option<u16>,
     ) -> Answer {
-        let orders = self.orders(weights);
         let mut body = Vec::new();
         let mut cuts = Vec::new();
         for (i, rdata) in rrset.iter().enumerate() {
@@ -620,6 +620,7 @@ impl<'a> Encoder<'a> {
         }
         let record_len = body.len() / rrset.len();
         let count = max.map_or(rrset.len(), |m| rrset.len().min(m.into()));
+        let orders = self.orders(weights, count.min(MAX_BODY / record_len));
         Answer {
             body: body.into(),
             cuts: cuts.into(),

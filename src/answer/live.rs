@@ -57,7 +57,8 @@ pub struct LiveZone {
     /// The services whose instances point at a name: its host name (which
     /// several services' instances, or a service, may share) or its SRV
     /// target. They gather records there, or read its addresses.
-    by_target: HashMap<Vec<u8>, Vec<ServiceKey>>,
+    /// With each service, how many of its instances point there.
+    by_target: HashMap<Vec<u8>, Vec<(ServiceKey, u32)>>,
     /// The apex's and the hosts' keys: only names among them need the hosts.
     base_keys: HashSet<Vec<u8>>,
     apex_len: usize,
@@ -96,9 +97,9 @@ impl LiveZone {
         let names = builder.names;
         let below = count_below(&names, apex_len);
         let snapshot = Arc::new(snapshot_of(&zone, &names, &below, serial, previous));
-        let mut by_target: HashMap<Vec<u8>, Vec<ServiceKey>> = HashMap::new();
+        let mut by_target: HashMap<Vec<u8>, Vec<(ServiceKey, u32)>> = HashMap::new();
         for (key, service) in &services {
-            index(&mut by_target, &zone.apex, key, service, true);
+            index(&mut by_target, &zone.apex, key, &service.instances, true);
         }
         let base_keys = std::iter::once(&zone.apex)
             .chain(zone.hosts.iter().map(|h| &h.name))
@@ -166,13 +167,31 @@ impl LiveZone {
             } {
                 continue;
             }
-            if let Some(old) = old {
-                touched.extend(gathered(&apex, old).into_keys());
-            }
-            if let Some(new) = &new {
-                let names = gathered(&apex, new);
-                touched.extend(names.keys().cloned());
-                alone = Some(names);
+            match (old, &new) {
+                // The same service with other instances: only the names of
+                // the instances that differ (and the service's own names,
+                // which every instance has records at) are touched, since
+                // the others gather the same records in the same order.
+                (Some(old), Some(new)) if same_fields(old, new) => {
+                    let (before, after) = differing(old, new);
+                    touched.extend(gathered(&apex, &before).into_keys());
+                    touched.extend(gathered(&apex, &after).into_keys());
+                    index(&mut self.by_target, &apex, &key, &before.instances, false);
+                    index(&mut self.by_target, &apex, &key, &after.instances, true);
+                    alone = None;
+                }
+                _ => {
+                    if let Some(old) = old {
+                        touched.extend(gathered(&apex, old).into_keys());
+                        index(&mut self.by_target, &apex, &key, &old.instances, false);
+                    }
+                    if let Some(new) = &new {
+                        let names = gathered(&apex, new);
+                        touched.extend(names.keys().cloned());
+                        index(&mut self.by_target, &apex, &key, &new.instances, true);
+                        alone = Some(names);
+                    }
+                }
             }
             // The enumeration's PTR records: one per service, in key order.
             let old_ptr = old
@@ -195,12 +214,8 @@ impl LiveZone {
                     (Err(_), None) => {}
                 }
             }
-            if let Some(old) = old {
-                index(&mut self.by_target, &apex, &key, old, false);
-            }
             match new {
                 Some(new) => {
-                    index(&mut self.by_target, &apex, &key, &new, true);
                     self.services.insert(key.clone(), new);
                 }
                 None => {
@@ -395,12 +410,7 @@ impl LiveZone {
         if depth == 1
             && let Some(services) = self.by_target.get(key)
         {
-            out.extend(
-                services
-                    .iter()
-                    .filter(|k| self.services.contains_key(*k))
-                    .cloned(),
-            );
+            out.extend(services.iter().map(|(k, _)| k.clone()));
         }
     }
 
@@ -414,7 +424,7 @@ impl LiveZone {
         let apex = &self.zone.apex;
         let mut reading: BTreeMap<&ServiceKey, BTreeSet<usize>> = BTreeMap::new();
         for key in changed {
-            for service in self.by_target.get(key).into_iter().flatten() {
+            for (service, _) in self.by_target.get(key).into_iter().flatten() {
                 let Some(s) = self.services.get(service) else {
                     continue;
                 };
@@ -423,7 +433,7 @@ impl LiveZone {
                 let pointing: Vec<&str> = s
                     .instances
                     .iter()
-                    .filter(|i| target_key(apex, i).as_ref() == Some(key))
+                    .filter(|i| points_at(key, self.apex_len, i))
                     .map(|i| i.name.as_str())
                     .collect();
                 let named = s
@@ -512,29 +522,64 @@ fn gathered(apex: &Name, service: &Service) -> HashMap<Vec<u8>, NodeRecords> {
     builder.names
 }
 
-/// Records (`add`) or forgets a service in the index of the names its
-/// instances point at.
+/// Counts (`add`) or forgets these instances of a service in the index of
+/// the names instances point at.
 fn index(
-    by_target: &mut HashMap<Vec<u8>, Vec<ServiceKey>>,
+    by_target: &mut HashMap<Vec<u8>, Vec<(ServiceKey, u32)>>,
     apex: &Name,
     key: &ServiceKey,
-    service: &Service,
+    instances: &[Instance],
     add: bool,
 ) {
-    for instance in &service.instances {
+    for instance in instances {
         let Some(target) = target_key(apex, instance) else {
             continue;
         };
         if add {
             let services = by_target.entry(target).or_default();
-            if !services.contains(key) {
-                services.push(key.clone());
+            match services.iter_mut().find(|(k, _)| k == key) {
+                Some((_, n)) => *n += 1,
+                None => services.push((key.clone(), 1)),
             }
         } else if let Some(services) = by_target.get_mut(&target) {
-            services.retain(|k| k != key);
+            if let Some(at) = services.iter().position(|(k, _)| k == key) {
+                services[at].1 -= 1;
+                if services[at].1 == 0 {
+                    services.swap_remove(at);
+                }
+            }
             if services.is_empty() {
                 by_target.remove(&target);
             }
+        }
+    }
+}
+
+/// Whether an instance points at the name at `key` (in the zone, whose
+/// apex key is `apex_len` long), without building the instance's names.
+fn points_at(key: &[u8], apex_len: usize, instance: &Instance) -> bool {
+    match &instance.endpoint {
+        Endpoint::Addresses(_) => {
+            let name = instance.name.as_bytes();
+            key.len() == 1 + name.len() + apex_len
+                && key[0] as usize == name.len()
+                && key[1..=name.len()].eq_ignore_ascii_case(name)
+        }
+        Endpoint::Target(t) => {
+            let mut rest = key;
+            for label in t.iter() {
+                let Some((&len, tail)) = rest.split_first() else {
+                    return false;
+                };
+                if len as usize != label.len()
+                    || tail.len() < label.len()
+                    || !tail[..label.len()].eq_ignore_ascii_case(label)
+                {
+                    return false;
+                }
+                rest = &tail[label.len()..];
+            }
+            rest == [0]
         }
     }
 }
@@ -585,6 +630,47 @@ fn names_same(a: Option<&Name>, b: Option<&Name>) -> bool {
         (Some(a), Some(b)) => a.eq_case(b),
         (a, b) => a.is_none() && b.is_none(),
     }
+}
+
+/// The same service fields but for the instances.
+fn same_fields(a: &Service, b: &Service) -> bool {
+    a.name == b.name
+        && a.protocol == b.protocol
+        && a.tags == b.tags
+        && a.max_answers == b.max_answers
+}
+
+/// The instances of `old` and of `new` between their longest common start
+/// and end, each as a service of its own.
+fn differing(old: &Service, new: &Service) -> (Service, Service) {
+    let (a, b) = (&old.instances, &new.instances);
+    let start = a
+        .iter()
+        .zip(b)
+        .take_while(|(x, y)| same_instance(x, y))
+        .count();
+    let end = a[start..]
+        .iter()
+        .rev()
+        .zip(b[start..].iter().rev())
+        .take_while(|(x, y)| same_instance(x, y))
+        .count();
+    let part = |s: &Service, instances: &[Instance]| Service {
+        instances: instances.to_vec(),
+        ..s.clone_without_instances()
+    };
+    (
+        part(old, &a[start..a.len() - end]),
+        part(new, &b[start..b.len() - end]),
+    )
+}
+
+fn same_instance(a: &Instance, b: &Instance) -> bool {
+    a == b
+        && match (&a.endpoint, &b.endpoint) {
+            (Endpoint::Target(m), Endpoint::Target(n)) => m.eq_case(n),
+            _ => true,
+        }
 }
 
 /// Equal, the letter case of target names included.

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 /// (Vose), which gives every record exactly its weight's share of first
 /// places at any size; the rest of the answer follows one of the orders.
 pub(super) struct Orders {
+    /// Records per order.
     pub(super) n: usize,
     pub(super) indexes: Box<[u16]>,
     /// Alias table over the lowest priority level: (record index,
@@ -25,9 +26,18 @@ pub(super) struct Orders {
 }
 
 impl Orders {
+    #[cfg(test)]
     pub(super) fn draw(weights: &[(u16, f64)]) -> Orders {
+        Orders::draw_prefix(weights, weights.len())
+    }
+
+    /// Orders of only their first `len` records (at most all): no answer
+    /// can carry more than a message holds, or than a service's
+    /// `max_answers`, so drawing the rest would be wasted.
+    pub(super) fn draw_prefix(weights: &[(u16, f64)], len: usize) -> Orders {
         let n = weights.len();
-        let mut indexes = Vec::with_capacity(n * ORDER_VARIANTS);
+        let len = len.min(n);
+        let mut indexes = Vec::with_capacity(len * ORDER_VARIANTS);
         let mut levels: BTreeMap<u16, Vec<(u16, f64)>> = BTreeMap::new();
         for (i, &(p, w)) in weights.iter().enumerate() {
             levels.entry(p).or_default().push((i as u16, w));
@@ -35,9 +45,14 @@ impl Orders {
         let by_level: Vec<Vec<(u16, f64)>> = levels.into_values().collect();
         let mut rng = SplitMix(0x5167_6e70_6f73_7400 ^ n as u64);
         let mut race: Vec<(f64, u16)> = Vec::with_capacity(n);
+        let mut rest: Vec<u16> = Vec::with_capacity(n);
         for v in 0..ORDER_VARIANTS {
             let stratum = (v as f64 + 0.5) / ORDER_VARIANTS as f64;
+            let end = indexes.len() + len;
             for level in &by_level {
+                if indexes.len() >= end {
+                    break;
+                }
                 // The first record: where the stratum falls in the level's
                 // cumulative weight.
                 let total: f64 = level.iter().map(|&(_, w)| w).sum();
@@ -51,6 +66,25 @@ impl Orders {
                     point -= w;
                 }
                 indexes.push(level[first].0);
+                let wanted = (end - indexes.len()).min(level.len() - 1);
+                if level.iter().all(|&(_, w)| w == level[0].1) {
+                    // Equal weights: weighted sampling is a uniform shuffle
+                    // (Fisher and Yates), of only the places wanted.
+                    rest.clear();
+                    rest.extend(
+                        level
+                            .iter()
+                            .enumerate()
+                            .filter(|&(k, _)| k != first)
+                            .map(|(_, &(i, _))| i),
+                    );
+                    for k in 0..wanted {
+                        let j = k + (rng.next_u64() % (rest.len() - k) as u64) as usize;
+                        rest.swap(k, j);
+                    }
+                    indexes.extend_from_slice(&rest[..wanted]);
+                    continue;
+                }
                 // The others: weighted sampling without replacement as a race
                 // of exponential clocks (Efraimidis and Spirakis), n log n.
                 race.clear();
@@ -60,12 +94,17 @@ impl Orders {
                         race.push((-u.ln() / w, i));
                     }
                 }
-                race.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+                let by_clock = |a: &(f64, u16), b: &(f64, u16)| a.0.total_cmp(&b.0);
+                if wanted < race.len() {
+                    race.select_nth_unstable_by(wanted, by_clock);
+                    race.truncate(wanted);
+                }
+                race.sort_unstable_by(by_clock);
                 indexes.extend(race.iter().map(|&(_, i)| i));
             }
         }
         Orders {
-            n,
+            n: len,
             indexes: indexes.into(),
             first: alias_table(by_level.first().map_or(&[][..], Vec::as_slice)),
         }
@@ -109,13 +148,16 @@ fn alias_table(level: &[(u16, f64)]) -> Box<[(u16, u32, u16)]> {
 struct SplitMix(u64);
 
 impl SplitMix {
-    pub(super) fn next_f64(&mut self) -> f64 {
+    pub(super) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        z ^ (z >> 31)
+    }
+
+    pub(super) fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
