@@ -278,4 +278,87 @@ mod tests {
         w.name(&Name::from_ascii("WEB-1.svc.example.").unwrap());
         assert_eq!(&w.buf[start..start + 6], &[5, b'W', b'E', b'B', b'-', b'1']);
     }
+
+    fn name(s: &str) -> Name {
+        Name::from_ascii(s).unwrap()
+    }
+
+    /// Makes the writer's table map `suffix` (uncompressed wire form) to
+    /// `offset`, as a hash collision with the name written there would.
+    fn collide(w: &mut MessageWriter, suffix: &[u8], offset: u16) {
+        use std::hash::BuildHasher;
+        let hash = w.hasher.hash_one(suffix);
+        w.suffixes.insert(hash, offset);
+    }
+
+    #[test]
+    fn a_name_is_compressed_to_an_earlier_name_ending_in_a_pointer() {
+        let qname = lower_wire(&name("_web._tcp.svc.example."));
+        let mut w = MessageWriter::with_question(&qname, rtype::SRV);
+        let first = w.buf.len();
+        w.name(&name("web-1.svc.example."));
+        let start = w.buf.len();
+        w.name(&name("web-1.svc.example."));
+        assert_eq!(&w.buf[start..], &[0xC0, first as u8]);
+        // Uncompressed, it still serves later names.
+        let start = w.buf.len();
+        w.name_uncompressed(&name("db.svc.example."));
+        assert_eq!(&w.buf[start..], &wire(&name("db.svc.example."))[..]);
+        let again = w.buf.len();
+        w.name(&name("db.svc.example."));
+        assert_eq!(&w.buf[again..], &[0xC0, start as u8]);
+    }
+
+    #[test]
+    fn a_hash_collision_is_never_turned_into_a_pointer() {
+        let qname = lower_wire(&name("alpha.example."));
+        let mut w = MessageWriter::with_question(&qname, rtype::A);
+        // Another name, a longer one and a shorter one with the same first
+        // labels.
+        for (other, at) in [
+            ("beta.example.", HEADER_LEN),
+            ("alpha.example.org.", HEADER_LEN),
+            ("alpha.", HEADER_LEN),
+        ] {
+            let other = name(other);
+            collide(&mut w, &wire(&other), at as u16);
+            let start = w.buf.len();
+            w.name(&other);
+            let written = &w.buf[start..];
+            assert_ne!(written, &[0xC0, at as u8], "{other}");
+            assert_eq!(written[0] & 0xC0, 0, "{other}: {written:?}");
+        }
+    }
+
+    #[test]
+    fn a_collision_with_a_pointer_loop_ends() {
+        let qname = lower_wire(&name("svc.example."));
+        let mut w = MessageWriter::with_question(&qname, rtype::A);
+        let at = w.buf.len() as u16;
+        w.u16(0xC000 | at);
+        let other = name("web.svc.example.");
+        collide(&mut w, &wire(&other), at);
+        let start = w.buf.len();
+        w.name(&other);
+        // "web", then the question's "svc.example".
+        assert_eq!(&w.buf[start..], &[3, b'w', b'e', b'b', 0xC0, 12]);
+    }
+
+    #[test]
+    fn names_are_remembered_only_where_a_pointer_can_reach() {
+        let qname = lower_wire(&name("example."));
+        for (at, compressed) in [(0x3FFE, true), (0x4000, false)] {
+            let mut w = MessageWriter::with_question(&qname, rtype::A);
+            w.buf.resize(at, 0);
+            w.name(&name("web.example."));
+            let start = w.buf.len();
+            w.name(&name("web.example."));
+            let expected: &[u8] = if compressed {
+                &[0xFF, 0xFE]
+            } else {
+                &[3, b'w', b'e', b'b', 0xC0, 12]
+            };
+            assert_eq!(&w.buf[start..], expected, "at {at:#x}");
+        }
+    }
 }
