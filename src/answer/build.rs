@@ -66,6 +66,16 @@ impl<'z> Builder<'z> {
         self.names.get_mut(&self.key)
     }
 
+    /// Whether records at `name` are gathered (an update skips making the
+    /// records of names it does not touch).
+    fn wants(&mut self, name: &Name) -> bool {
+        let Some(filter) = self.filter else {
+            return true;
+        };
+        lower_wire_into(name, &mut self.key);
+        filter.contains(&self.key)
+    }
+
     pub(super) fn add(&mut self, name: &Name, rdata: RData) {
         if let Some(node) = self.node(name)
             && node.is_new(&rdata)
@@ -260,8 +270,10 @@ impl<'z> Builder<'z> {
                 continue;
             };
             self.add(&srv_name, RData::Ptr(sd_name.clone()));
-            self.add(&sd_name, srv.clone());
-            self.add(&sd_name, RData::Txt(txt_strings(&instance.metadata)));
+            if self.wants(&sd_name) {
+                self.add(&sd_name, srv.clone());
+                self.add(&sd_name, RData::Txt(txt_strings(&instance.metadata)));
+            }
 
             for (tag, tag_name) in tags.iter().zip(&tag_names) {
                 self.add(tag_name, srv.clone());
@@ -340,11 +352,13 @@ pub(super) fn snapshot_of(
 }
 
 /// The services in the order their records are gathered in: by
-/// [`ServiceKey`]; of two with the same key, the last.
+/// [`ServiceKey`]; two with the same key (which a zone file may declare)
+/// both, in the order given.
 fn in_order(services: &[Service]) -> Vec<&Service> {
-    let by_key: BTreeMap<ServiceKey, &Service> =
+    let mut keyed: Vec<(ServiceKey, &Service)> =
         services.iter().map(|s| (ServiceKey::of(s), s)).collect();
-    by_key.into_values().collect()
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.into_iter().map(|(_, s)| s).collect()
 }
 
 /// Builds the answers of one zone. `previous`, the zone's last snapshot,

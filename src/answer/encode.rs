@@ -147,6 +147,14 @@ impl RRsets {
         }
     }
 
+    /// Removes the RRset of this type and returns it (empty if none).
+    pub(super) fn take(&mut self, rtype: u16) -> Vec<RData> {
+        match self.0.binary_search_by_key(&rtype, |(t, _)| *t) {
+            Ok(i) => self.0.remove(i).1,
+            Err(_) => Vec::new(),
+        }
+    }
+
     pub(super) fn push(&mut self, rdata: RData) {
         let rtype = rdata.rtype();
         match self.0.binary_search_by_key(&rtype, |(t, _)| *t) {

@@ -202,8 +202,15 @@ impl LiveZone {
                 .and_then(|s| service_names(&apex, s))
                 .map(|(_, srv)| srv);
             if !names_same(old_ptr.as_ref(), new_ptr.as_ref()) {
-                let ptrs =
-                    ptrs.get_or_insert_with(|| browse_ptrs(&self.names, self.browse.as_ref()));
+                // Taken out of the node rather than copied: there is one
+                // per service. The node is gathered again below.
+                let ptrs = ptrs.get_or_insert_with(|| {
+                    self.browse
+                        .as_ref()
+                        .and_then(|(_, key)| self.names.get_mut(key))
+                        .map(|n| n.rrsets.take(rtype::PTR))
+                        .unwrap_or_default()
+                });
                 let at = ptrs.binary_search_by(|p| ptr_key(p).as_ref().cmp(&Some(&key)));
                 match (at, new_ptr) {
                     (Ok(i), Some(n)) => ptrs[i] = RData::Ptr(n),
