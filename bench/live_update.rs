@@ -15,9 +15,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::Name;
-use signpost::answer::live::{LiveZone, ServiceKey};
+use signpost::answer::live::LiveZone;
 use signpost::answer::snapshot::ZoneSnapshot;
 use signpost::answer::wire::lower_wire;
+use signpost::model::ServiceKey;
 use signpost::model::{Endpoint, Instance, Protocol, Service, Soa, Zone};
 
 fn name(s: &str) -> Name {

@@ -13,11 +13,10 @@ use tracing::warn;
 use foldhash::{HashMap, HashMapExt, HashSet};
 
 use super::encode::{Encoder, NodeRecords, RData};
-use super::live::ServiceKey;
 use super::snapshot::ZoneSnapshot;
 use super::weighted::{Weighted, ZERO_WEIGHT};
 use crate::answer::wire::{lower_wire, lower_wire_into};
-use crate::model::{Endpoint, Service, Zone};
+use crate::model::{Endpoint, Service, ServiceKey, Zone};
 
 /// Assembles a zone's records by owner name, then encodes every answer.
 pub(super) struct Builder<'z> {

@@ -22,27 +22,7 @@ use super::build::{
 use super::encode::{Encoder, NodeRecords, RData};
 use super::snapshot::{SHARD_NAMES, ZoneSnapshot};
 use crate::answer::wire::{lower_wire, rtype};
-use crate::model::{Endpoint, Instance, Protocol, Service, Zone};
-
-/// A service's identity in its zone: lowercased name and protocol; the
-/// canonical order of services.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceKey {
-    /// The service's name, lowercased.
-    pub name: String,
-    /// Its protocol.
-    pub protocol: Protocol,
-}
-
-impl ServiceKey {
-    /// The key of this service.
-    pub fn of(service: &Service) -> ServiceKey {
-        ServiceKey {
-            name: service.name.to_ascii_lowercase(),
-            protocol: service.protocol,
-        }
-    }
-}
+use crate::model::{Endpoint, Instance, Protocol, Service, ServiceKey, Zone};
 
 /// A zone's services and its snapshot, updated service by service.
 pub struct LiveZone {

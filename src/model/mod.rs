@@ -105,6 +105,26 @@ pub struct Service {
     pub max_answers: Option<u16>,
 }
 
+/// A service's identity in its zone: lowercased name and protocol; the
+/// canonical order of services.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// The service's name, lowercased.
+    pub name: String,
+    /// Its protocol.
+    pub protocol: Protocol,
+}
+
+impl ServiceKey {
+    /// The key of this service.
+    pub fn of(service: &Service) -> ServiceKey {
+        ServiceKey {
+            name: service.name.to_ascii_lowercase(),
+            protocol: service.protocol,
+        }
+    }
+}
+
 /// One instance of a service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {

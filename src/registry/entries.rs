@@ -10,13 +10,10 @@ use super::runtime::{FileNames, RuntimeInstance};
 use super::store::Stored;
 use super::timers::Timer;
 use crate::answer::live::LiveZone;
-use crate::model::{Endpoint, Protocol, Zone};
-
-/// A service in its zone: its lowercased name and its protocol.
-pub(super) type ServiceId = (String, Protocol);
+use crate::model::{Endpoint, ServiceKey, Zone};
 
 /// The runtime instance ids of each service of a zone.
-pub(super) type ServiceIds = BTreeMap<ServiceId, BTreeSet<String>>;
+pub(super) type ServiceIds = BTreeMap<ServiceKey, BTreeSet<String>>;
 
 /// One zone: its file, what the file names, and its snapshot as built.
 pub(super) struct ZoneEntry {
@@ -26,7 +23,7 @@ pub(super) struct ZoneEntry {
     /// The names the file uses, for checking registrations against it.
     pub(super) names: FileNames,
     /// Where each service of the file is in `zone.services`.
-    pub(super) file_services: HashMap<ServiceId, usize>,
+    pub(super) file_services: HashMap<ServiceKey, usize>,
     /// The zone as built, updated service by service; `None` only before
     /// the first build.
     pub(super) live: Option<LiveZone>,

@@ -33,7 +33,7 @@ use crate::answer::reverse::ReverseZones;
 use crate::answer::snapshot::{Snapshot, SnapshotHandle};
 use crate::answer::wire::lower_wire;
 use crate::model::names::parse_apex;
-use crate::model::{Endpoint, Protocol, Zone, effective_check};
+use crate::model::{Endpoint, Protocol, ServiceKey, Zone, effective_check};
 use entries::{RuntimeEntry, ServiceIds, ZoneEntry, instance_info};
 use health::{Book, Flip, Target};
 use registration::{InstanceInfo, InstanceKey, Registration};
@@ -57,7 +57,7 @@ pub struct Registry {
     runtime: BTreeMap<Vec<u8>, BTreeMap<String, RuntimeEntry>>,
     /// The services (lowercased name, protocol) whose runtime instances or
     /// health changed since they were last built, by zone key.
-    dirty: BTreeMap<Vec<u8>, BTreeSet<(String, Protocol)>>,
+    dirty: BTreeMap<Vec<u8>, BTreeSet<ServiceKey>>,
     /// A zone file change altered what queries see since the last publish.
     files_changed: bool,
     /// Changes to the runtime registrations not yet handed out by
@@ -187,10 +187,7 @@ impl Registry {
             self.services
                 .entry(key.clone())
                 .or_default()
-                .entry((
-                    before.valid.service.to_ascii_lowercase(),
-                    before.valid.protocol,
-                ))
+                .entry(before.valid.service_key())
                 .or_default()
                 .insert(id.clone());
             touch(&mut self.dirty, &key, &before.valid);
@@ -433,9 +430,16 @@ impl Registry {
         // whose instance is named like the service. Found by lookups, so a
         // registration costs the same in a zone of any size.
         let service_id = valid.service.to_ascii_lowercase();
-        let named_like_instance = [Protocol::Tcp, Protocol::Udp]
-            .into_iter()
-            .filter_map(|p| services.get(&(id.clone(), p))?.first());
+        let named_like_instance =
+            [Protocol::Tcp, Protocol::Udp]
+                .into_iter()
+                .filter_map(|protocol| {
+                    let key = ServiceKey {
+                        name: id.clone(),
+                        protocol,
+                    };
+                    services.get(&key)?.first()
+                });
         let candidates = std::iter::once(&id)
             .chain(named_like_instance)
             .chain(std::iter::once(&service_id));
@@ -473,7 +477,7 @@ impl Registry {
         }
         info!(zone = %new.request.zone, instance = %new.request.instance, "instance registered");
         services
-            .entry((service_id, new.valid.protocol))
+            .entry(new.valid.service_key())
             .or_default()
             .insert(id.clone());
         zone.insert(id, new);
@@ -690,7 +694,7 @@ impl Registry {
     /// Fills in a runtime instance's health. One in a file's service has
     /// the service's check unless it has its own.
     fn runtime_health(&self, key: &[u8], r: &RuntimeEntry, info: &mut InstanceInfo) {
-        let id = (r.valid.service.to_ascii_lowercase(), r.valid.protocol);
+        let id = r.valid.service_key();
         let service_check = self.zones.get(key).and_then(|e| {
             let &i = e.file_services.get(&id)?;
             e.zone.services[i].check.as_ref()
@@ -723,7 +727,10 @@ impl Registry {
                 self.dirty
                     .entry(t.zone.clone())
                     .or_default()
-                    .insert((t.service.clone(), t.protocol));
+                    .insert(ServiceKey {
+                        name: t.service.clone(),
+                        protocol: t.protocol,
+                    });
             }
             let t = &flip.target;
             let zone = self
@@ -806,7 +813,7 @@ impl Registry {
             self.services
                 .entry(key.clone())
                 .or_default()
-                .entry((valid.service.to_ascii_lowercase(), valid.protocol))
+                .entry(valid.service_key())
                 .or_default()
                 .insert(id.clone());
             zone.insert(
@@ -825,15 +832,11 @@ impl Registry {
 }
 
 /// Notes that the service of runtime instance `r` of zone `key` changed.
-fn touch(
-    dirty: &mut BTreeMap<Vec<u8>, BTreeSet<(String, Protocol)>>,
-    key: &[u8],
-    r: &RuntimeInstance,
-) {
+fn touch(dirty: &mut BTreeMap<Vec<u8>, BTreeSet<ServiceKey>>, key: &[u8], r: &RuntimeInstance) {
     dirty
         .entry(key.to_vec())
         .or_default()
-        .insert((r.service.to_ascii_lowercase(), r.protocol));
+        .insert(r.service_key());
 }
 
 /// The ids of each runtime service's instances, by zone key.
@@ -844,7 +847,7 @@ fn unindex(services: &mut ServiceIndex, key: &[u8], r: &RuntimeEntry, id: &str) 
     let Some(zone) = services.get_mut(key) else {
         return;
     };
-    let service = (r.valid.service.to_ascii_lowercase(), r.valid.protocol);
+    let service = r.valid.service_key();
     if let Some(ids) = zone.get_mut(&service) {
         ids.remove(id);
         if ids.is_empty() {

@@ -18,7 +18,7 @@ use hickory_proto::rr::Name;
 use crate::api::proto::Registration;
 use crate::model::check::{CheckInput, validate_check};
 use crate::model::names::{Owner, check_fits, check_label, parse_apex};
-use crate::model::{Endpoint, Instance, Protocol, Zone};
+use crate::model::{Endpoint, Instance, Protocol, ServiceKey, Zone};
 
 /// Longest TTL a registration may ask for: a day. Longer is almost certainly
 /// a unit mistake (milliseconds), and such an instance would in effect never expire.
@@ -37,6 +37,16 @@ pub(super) struct RuntimeInstance {
     pub instance: Instance,
     /// Seconds without a heartbeat before it leaves answers.
     pub ttl: Option<u32>,
+}
+
+impl RuntimeInstance {
+    /// The key of the service it is registered into.
+    pub(super) fn service_key(&self) -> ServiceKey {
+        ServiceKey {
+            name: self.service.to_ascii_lowercase(),
+            protocol: self.protocol,
+        }
+    }
 }
 
 /// Checks a registration the way the zone parser checks a file's instance.

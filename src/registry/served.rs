@@ -8,19 +8,19 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::entries::{RuntimeEntry, ServiceId, ServiceIds, ZoneEntry};
+use super::entries::{RuntimeEntry, ServiceIds, ZoneEntry};
 use super::health::Book;
 use super::runtime::{self, FileNames};
-use crate::answer::live::{LiveZone, ServiceKey};
+use crate::answer::live::LiveZone;
 use crate::answer::snapshot::ZoneSnapshot;
-use crate::model::{Service, Zone};
+use crate::model::{Service, ServiceKey, Zone};
 
 /// Where each service of a zone file is in its `services`.
-pub(super) fn file_services(zone: &Zone) -> HashMap<ServiceId, usize> {
+pub(super) fn file_services(zone: &Zone) -> HashMap<ServiceKey, usize> {
     zone.services
         .iter()
         .enumerate()
-        .map(|(i, s)| ((s.name.to_ascii_lowercase(), s.protocol), i))
+        .map(|(i, s)| (ServiceKey::of(s), i))
         .collect()
 }
 
@@ -61,7 +61,7 @@ impl ZoneEntry {
         &self,
         runtime: Option<&BTreeMap<String, RuntimeEntry>>,
         ids: Option<&BTreeSet<String>>,
-        id: &ServiceId,
+        id: &ServiceKey,
     ) -> Option<Service> {
         let mut instances = ids
             .into_iter()
@@ -108,7 +108,7 @@ impl ZoneEntry {
         }
         let runtime = runtime.as_deref();
         // File services, then runtime ones: one canonical order, by id.
-        let ids_of: BTreeSet<&ServiceId> = self
+        let ids_of: BTreeSet<&ServiceKey> = self
             .file_services
             .keys()
             .chain(ids.into_iter().flat_map(|i| i.keys()))
@@ -138,7 +138,7 @@ impl ZoneEntry {
         &mut self,
         runtime: Option<&BTreeMap<String, RuntimeEntry>>,
         ids: Option<&ServiceIds>,
-        changed: BTreeSet<ServiceId>,
+        changed: BTreeSet<ServiceKey>,
         (key, health): (&[u8], &mut Book),
     ) {
         let serial = self.next_serial();
@@ -148,12 +148,11 @@ impl ZoneEntry {
                 let served = match self.merged_service(runtime, ids.and_then(|i| i.get(&id)), &id) {
                     Some(merged) => Some(health.service_built(key, &merged).unwrap_or(merged)),
                     None => {
-                        health.service_gone(key, &id.0, id.1);
+                        health.service_gone(key, &id.name, id.protocol);
                         None
                     }
                 };
-                let (name, protocol) = id;
-                (ServiceKey { name, protocol }, served)
+                (id, served)
             })
             .collect();
         if let Some(live) = self.live.as_mut() {
