@@ -35,12 +35,12 @@ pub enum ServeError {
         source: io::Error,
     },
     /// A listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} {source}")]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,
-        /// Why.
-        source: io::Error,
+        /// Over which transport, and why.
+        source: server::BindError,
     },
     /// The zones directory cannot be watched.
     #[error("cannot watch zones directory {}: {source}", path.display())]

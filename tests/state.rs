@@ -143,12 +143,28 @@ fn a_start_refused_for_a_taken_port_leaves_no_file_behind() {
         &["--listen", &port],
     ));
     assert!(!status.success());
+    // The server holds the port for both: TCP, bound first, is refused.
     assert!(
-        stderr.contains(&format!("cannot listen on {port}")),
+        stderr.contains(&format!("cannot listen on {port} over TCP")),
         "{stderr}"
     );
     // No admin socket, state file or lock file left behind.
     assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+
+    // A port taken for UDP only: the error says UDP.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().to_string();
+    let (status, stderr) = refused(serve(
+        zones.path(),
+        &dir.path().join("admin.sock"),
+        &dir.path().join("state.json"),
+        &["--listen", &port],
+    ));
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen on {port} over UDP")),
+        "{stderr}"
+    );
 }
 
 #[test]

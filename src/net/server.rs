@@ -236,37 +236,59 @@ const PORT_ATTEMPTS: usize = 32;
 /// Binds UDP (`workers` sockets sharing the port) and TCP on `addr`. With port
 /// 0 the kernel picks a port, and UDP and TCP get the same one, so one number
 /// serves `dig` and `dig +tcp` alike.
-pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Bound> {
+pub fn bind(addr: SocketAddr, workers: usize) -> Result<Bound, BindError> {
     let mut last_error = None;
     for _ in 0..if addr.port() == 0 { PORT_ATTEMPTS } else { 1 } {
         match try_bind(addr, workers.max(1)) {
             Ok(bound) => return Ok(bound),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && addr.port() == 0 => {
+            Err(e) if e.source.kind() == io::ErrorKind::AddrInUse && addr.port() == 0 => {
                 last_error = Some(e)
             }
             Err(e) => return Err(e),
         }
     }
-    Err(last_error.unwrap_or_else(|| io::Error::other("no free port")))
+    Err(last_error.expect("at least one attempt"))
 }
 
-fn try_bind(addr: SocketAddr, workers: usize) -> io::Result<Bound> {
+/// A listen address that could not be bound: over which transport, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("over {transport}: {source}")]
+pub struct BindError {
+    /// `UDP` or `TCP`.
+    pub transport: &'static str,
+    /// Why.
+    pub source: io::Error,
+}
+
+fn try_bind(addr: SocketAddr, workers: usize) -> Result<Bound, BindError> {
+    let tcp_error = |source| BindError {
+        transport: "TCP",
+        source,
+    };
+    let udp_error = |source| BindError {
+        transport: "UDP",
+        source,
+    };
     // With a fixed port, TCP first: its bind fails when another server has
     // the port, before a UDP socket (SO_REUSEPORT would let it share the
     // port) takes any of that server's queries.
     let early_tcp = match addr.port() {
         0 => None,
-        _ => Some(tcp_listener(addr)?),
+        _ => Some(tcp_listener(addr).map_err(tcp_error)?),
     };
-    let first = udp_socket(addr)?;
-    let addr = first.local_addr()?.as_socket().expect("an IP socket");
+    let first = udp_socket(addr).map_err(udp_error)?;
+    let addr = first
+        .local_addr()
+        .map_err(udp_error)?
+        .as_socket()
+        .expect("an IP socket");
     let mut udp = vec![first.into()];
     for _ in 1..workers {
-        udp.push(udp_socket(addr)?.into());
+        udp.push(udp_socket(addr).map_err(udp_error)?.into());
     }
     let tcp = match early_tcp {
         Some(tcp) => tcp,
-        None => tcp_listener(addr)?,
+        None => tcp_listener(addr).map_err(tcp_error)?,
     };
     Ok(Bound {
         addr,
