@@ -225,17 +225,20 @@ impl NodeRecords {
     }
 }
 
-/// A lower bound of the length of an RRset's records in an answer: each has
-/// an owner of at least 2 bytes (a pointer, at best), 10 bytes of type,
-/// class, TTL and length, and its data, where a compressed name takes at
-/// least 2 bytes (1 for the root).
-fn min_answer_len(rrset: &[RData]) -> usize {
+/// How many of an RRset's records an answer can read: it stops after the
+/// first record that takes it past [`MAX_BODY`], and each record takes at
+/// least an owner of 2 bytes (a pointer, at best), 10 bytes of type, class,
+/// TTL and length, and its data, where a compressed name takes at least 2
+/// bytes (1 for the root). All of them when they may fit; and whether the
+/// answer section is then sure to be past [`MAX_BODY`], so that no
+/// additional record is read.
+fn readable(rrset: &[RData]) -> (usize, bool) {
     let name_len = |n: &Name| n.iter().map(|l| 1 + l.len()).sum::<usize>() + 1;
     let compressed = |n: &Name| if n.is_root() { 1 } else { 2 };
-    rrset
-        .iter()
-        .map(|r| {
-            12 + match r {
+    let mut len = 0;
+    for (i, r) in rrset.iter().enumerate() {
+        len += 12
+            + match r {
                 RData::Addr(IpAddr::V4(_)) => 4,
                 RData::Addr(IpAddr::V6(_)) => 16,
                 // RFC 2782: the SRV target is not compressed.
@@ -243,9 +246,12 @@ fn min_answer_len(rrset: &[RData]) -> usize {
                 RData::Ns(n) | RData::Ptr(n) => compressed(n),
                 RData::Soa => 2 + 2 + 20,
                 RData::Txt(t) => t.iter().map(|s| 1 + s.len()).sum(),
-            }
-        })
-        .sum()
+            };
+        if len > MAX_BODY {
+            return (i + 1, true);
+        }
+    }
+    (rrset.len(), false)
 }
 
 /// Appends a name's wire form, letter case kept, to a fingerprint's input.
@@ -262,7 +268,7 @@ pub(super) fn put_name(input: &mut Vec<u8>, name: Option<&Name>) {
 }
 
 /// Appends an RRset (or its absence) to a fingerprint's input.
-pub(super) fn put_rrset(input: &mut Vec<u8>, rrset: Option<&Vec<RData>>) {
+pub(super) fn put_rrset(input: &mut Vec<u8>, rrset: Option<&[RData]>) {
     let Some(rrset) = rrset else {
         input.extend_from_slice(&u32::MAX.to_be_bytes());
         return;
@@ -427,7 +433,14 @@ impl<'a> Encoder<'a> {
         input.extend_from_slice(&self.zone.ttl.to_be_bytes());
         input.extend_from_slice(key);
         put_name(input, node.name.as_ref());
-        let rrset = &node.rrsets[&qtype];
+        let all = &node.rrsets[&qtype];
+        // A service's addresses go out in any order: all are read. Other
+        // answers read their records in order, and only so many can fit.
+        let (count, past) = readable(all);
+        let rrset = match qtype {
+            rtype::A | rtype::AAAA => &all[..],
+            _ => &all[..count],
+        };
         put_rrset(input, Some(rrset));
         match node.weighted.as_ref() {
             Some(w) => {
@@ -455,15 +468,15 @@ impl<'a> Encoder<'a> {
         // The additional section: the nodes it is read from, unless the
         // answer section alone cannot fit in a message (then the answer
         // stops before it; see MAX_BODY).
-        if min_answer_len(rrset) > MAX_BODY {
+        if past {
             let [a, b] = &*FINGERPRINT_KEYS;
             return [a.hash_one(&input[..]), b.hash_one(&input[..])];
         }
         let addresses = |input: &mut Vec<u8>, target: &Name| match self.lookup(target) {
             Some(t) => {
                 input.push(1);
-                put_rrset(input, t.rrsets.get(&rtype::A));
-                put_rrset(input, t.rrsets.get(&rtype::AAAA));
+                put_rrset(input, t.rrsets.get(&rtype::A).map(Vec::as_slice));
+                put_rrset(input, t.rrsets.get(&rtype::AAAA).map(Vec::as_slice));
             }
             None => input.push(0),
         };
@@ -473,8 +486,8 @@ impl<'a> Encoder<'a> {
                 RData::Ptr(n) => match self.lookup(n) {
                     Some(t) if t.rrsets.contains_key(&rtype::TXT) => {
                         input.push(1);
-                        put_rrset(input, t.rrsets.get(&rtype::SRV));
-                        put_rrset(input, t.rrsets.get(&rtype::TXT));
+                        put_rrset(input, t.rrsets.get(&rtype::SRV).map(Vec::as_slice));
+                        put_rrset(input, t.rrsets.get(&rtype::TXT).map(Vec::as_slice));
                         for r in t.rrsets.get(&rtype::SRV).into_iter().flatten() {
                             if let RData::Srv { target, .. } = r {
                                 addresses(input, target);

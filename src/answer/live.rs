@@ -927,6 +927,56 @@ mod tests {
     }
 
     #[test]
+    fn answers_past_the_largest_message_stop_and_update_like_a_build() {
+        // 6 000 instances: SRV, PTR and address answers far past 65535 bytes.
+        let instances: Vec<Instance> = (0..6000u32)
+            .map(|i| Instance {
+                name: format!("instance-{i}"),
+                endpoint: Endpoint::Addresses(vec![IpAddr::from((0x0A00_0000 + i).to_be_bytes())]),
+                port: 80,
+                weight: 1 + (i % 2) as u16,
+                priority: 0,
+                check: None,
+                tags: vec!["t".into()],
+                metadata: Vec::new(),
+            })
+            .collect();
+        let big = Service {
+            name: "big".into(),
+            protocol: Protocol::Tcp,
+            tags: Vec::new(),
+            check: None,
+            instances,
+            max_answers: None,
+        };
+        let mut live = LiveZone::build(&base(), [big.clone()], 1, None);
+        let mut changed = big.clone();
+        changed.instances[10].endpoint = Endpoint::Addresses(vec!["10.200.0.1".parse().unwrap()]);
+        changed.instances.push(changed.instances[0].clone());
+        changed.instances[6000].name = "late".into();
+        let key = ServiceKey::of(&big);
+        live.update([(key, Some(changed.clone()))], 2);
+        let fresh = LiveZone::build(&base(), [changed], 2, None);
+        assert_same(live.snapshot(), fresh.snapshot(), "large");
+        for (key, answers) in answers(live.snapshot()) {
+            // A service's addresses keep every record: any may be drawn.
+            for (t, a) in answers.into_iter().filter(|(_, a)| a.shuffled().is_none()) {
+                let cuts = &a.cuts;
+                let before_last = &cuts[..cuts.len() - 1];
+                assert!(
+                    before_last.iter().all(|c| c.len as usize <= 65535),
+                    "{key:?}/{t}"
+                );
+                assert_eq!(a.full().len as usize, a.body().len());
+            }
+        }
+        let srv = lower_wire(&name("_big._tcp.svc.example."));
+        let node = live.snapshot().node(&srv).unwrap();
+        let ptr = node.answer(rtype::PTR).unwrap();
+        assert!(ptr.full().len > 65535 && ptr.full().counts[0] < 6001);
+    }
+
+    #[test]
     fn an_update_leaves_other_services_answers_shared() {
         let addr = |i: usize| IpAddr::from([10, 9, (i >> 8) as u8, i as u8]);
         let services = (0..50).map(|s| Service {
