@@ -132,39 +132,27 @@ fn a_second_server_on_the_same_state_file_is_refused_and_changes_nothing() {
 #[test]
 fn a_start_refused_for_a_taken_port_leaves_no_file_behind() {
     let zones = zones_copy();
-    let first = Server::start(zones.path());
-    let port = format!("127.0.0.1:{}", first.addr.port());
-
     let dir = tempfile::tempdir().unwrap();
-    let (status, stderr) = refused(serve(
-        zones.path(),
-        &dir.path().join("admin.sock"),
-        &dir.path().join("state.json"),
-        &["--listen", &port],
-    ));
-    assert!(!status.success());
-    // The server holds the port for both: TCP, bound first, is refused.
-    assert!(
-        stderr.contains(&format!("cannot listen on {port} over TCP")),
-        "{stderr}"
-    );
-    // No admin socket, state file or lock file left behind.
-    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
-
-    // A port taken for UDP only: the error says UDP.
+    // Refused on `port`, naming it and `transport`, and leaving no admin
+    // socket, state file or lock file behind.
+    let refused_on = |port: String, transport: &str| {
+        let (status, stderr) = refused(serve(
+            zones.path(),
+            &dir.path().join("admin.sock"),
+            &dir.path().join("state.json"),
+            &["--listen", &port],
+        ));
+        assert!(!status.success());
+        let message = format!("cannot listen on {port} over {transport}");
+        assert!(stderr.contains(&message), "{stderr}");
+        assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    };
+    // A server holds the port for both: TCP, bound first, is refused.
+    let first = Server::start(zones.path());
+    refused_on(format!("127.0.0.1:{}", first.addr.port()), "TCP");
+    // A port taken for UDP only.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = udp.local_addr().unwrap().to_string();
-    let (status, stderr) = refused(serve(
-        zones.path(),
-        &dir.path().join("admin.sock"),
-        &dir.path().join("state.json"),
-        &["--listen", &port],
-    ));
-    assert!(!status.success());
-    assert!(
-        stderr.contains(&format!("cannot listen on {port} over UDP")),
-        "{stderr}"
-    );
+    refused_on(udp.local_addr().unwrap().to_string(), "UDP");
 }
 
 #[test]
