@@ -94,14 +94,20 @@ pub(super) struct Nodes {
 }
 
 /// Keys are shared (`Arc`) so that copying a shard allocates nothing per name.
-type Shard = HashMap<Arc<[u8]>, Arc<Node>>;
+type Shard = hashbrown::HashTable<(Arc<[u8]>, Arc<Node>)>;
 
 /// Names per shard aimed at: copying a shard of this size takes a few
 /// microseconds, and the shards' own overhead stays small beside the names.
 pub(super) const SHARD_NAMES: usize = 256;
 
-/// The shard hash: fixed, so a key's shard is the same in every snapshot.
-const SHARD_HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5167_6e70);
+/// The one hash of a key: its high bits pick the shard, and the shard's
+/// table is probed with it. Fixed, so a key's shard is the same in every
+/// snapshot.
+const KEY_HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5167_6e70);
+
+fn hash(key: &[u8]) -> u64 {
+    KEY_HASH.hash_one(key)
+}
 
 impl Nodes {
     /// An empty index sized for about `names` names.
@@ -110,28 +116,26 @@ impl Nodes {
         let per_shard = names / count + names / count / 8;
         Nodes {
             shards: (0..count)
-                .map(|_| {
-                    Arc::new(Shard::with_capacity_and_hasher(
-                        per_shard,
-                        Default::default(),
-                    ))
-                })
+                .map(|_| Arc::new(Shard::with_capacity(per_shard)))
                 .collect(),
             len: 0,
         }
     }
 
-    fn shard_of(&self, key: &[u8]) -> usize {
-        // The high bits: the shard maps use the low ones for their buckets.
-        (SHARD_HASH.hash_one(key) >> 32) as usize & (self.shards.len() - 1)
+    fn shard_of(&self, hash: u64) -> usize {
+        // The high bits: the tables use the low ones for their buckets.
+        (hash >> 40) as usize & (self.shards.len() - 1)
     }
 
     pub(super) fn get(&self, key: &[u8]) -> Option<&Node> {
-        self.shards[self.shard_of(key)].get(key).map(|n| &**n)
+        self.get_arc(key).map(|n| &**n)
     }
 
     pub(super) fn get_arc(&self, key: &[u8]) -> Option<&Arc<Node>> {
-        self.shards[self.shard_of(key)].get(key)
+        let h = hash(key);
+        self.shards[self.shard_of(h)]
+            .find(h, |(k, _)| **k == *key)
+            .map(|(_, n)| n)
     }
 
     pub(super) fn len(&self) -> usize {
@@ -145,27 +149,36 @@ impl Nodes {
     /// Inserts or replaces a name, copying its shard if another snapshot
     /// shares it.
     pub(super) fn insert(&mut self, key: Arc<[u8]>, node: Arc<Node>) {
-        let i = self.shard_of(&key);
-        if Arc::make_mut(&mut self.shards[i])
-            .insert(key, node)
-            .is_none()
-        {
-            self.len += 1;
+        let h = hash(&key);
+        let i = self.shard_of(h);
+        let shard = Arc::make_mut(&mut self.shards[i]);
+        match shard.find_mut(h, |(k, _)| *k == key) {
+            Some(entry) => entry.1 = node,
+            None => {
+                shard.insert_unique(h, (key, node), |(k, _)| hash(k));
+                self.len += 1;
+            }
         }
     }
 
     /// Removes a name, if it is there.
     pub(super) fn remove(&mut self, key: &[u8]) {
-        let i = self.shard_of(key);
-        if !self.shards[i].contains_key(key) {
+        let h = hash(key);
+        let i = self.shard_of(h);
+        if self.shards[i].find(h, |(k, _)| **k == *key).is_none() {
             return;
         }
-        Arc::make_mut(&mut self.shards[i]).remove(key);
-        self.len -= 1;
+        let shard = Arc::make_mut(&mut self.shards[i]);
+        if let Ok(entry) = shard.find_entry(h, |(k, _)| **k == *key) {
+            entry.remove();
+            self.len -= 1;
+        }
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&Arc<[u8]>, &Arc<Node>)> {
-        self.shards.iter().flat_map(|s| s.iter())
+        self.shards
+            .iter()
+            .flat_map(|s| s.iter().map(|(k, n)| (k, n)))
     }
 
     /// The same names in a number of shards fit for their count now.
