@@ -912,3 +912,81 @@ fn idle_connections_cannot_lock_the_admin_socket_out() {
     let mut buf = [0u8; 256];
     assert_eq!(first.read(&mut buf).unwrap(), 0, "closed without a reply");
 }
+
+#[test]
+fn registrations_into_a_large_zone_are_answered_and_leave_the_rest_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("zone = \"svc.example\"\n");
+    for s in 0..3000 {
+        text.push_str(&format!("[[services]]\nname = \"svc-{s}\"\nport = 80\n"));
+        for i in 0..3 {
+            text.push_str(&format!(
+                "[[services.instances]]\nname = \"i-{s}-{i}\"\naddress = \"10.{i}.{}.{}\"\n",
+                s / 250,
+                s % 250 + 1
+            ));
+        }
+    }
+    std::fs::write(dir.path().join("svc.example.toml"), text).unwrap();
+    let server = Server::start(dir.path());
+    let srv = |name: &str| -> Vec<String> {
+        let mut t = answers(&server, name, RecordType::SRV);
+        t.sort();
+        t
+    };
+    let before = srv("_svc-1500._tcp.svc.example.");
+    assert_eq!(before.len(), 3);
+    let mut admin = server.admin();
+    // Into a service of the file, and into a new one.
+    admin.ok(
+        json!({"op":"register","zone":"svc.example","service":"svc-7",
+        "instance":"extra-7","address":"10.9.0.7","port":81}),
+    );
+    admin.ok(
+        json!({"op":"register","zone":"svc.example","service":"fresh",
+        "instance":"fresh-1","address":"10.9.0.8","port":82}),
+    );
+    let seven = srv("_svc-7._tcp.svc.example.");
+    assert_eq!(seven.len(), 4, "{seven:?}");
+    assert!(
+        seven.iter().any(|t| t.contains("extra-7.svc.example.")),
+        "{seven:?}"
+    );
+    assert_eq!(srv("_fresh._tcp.svc.example.").len(), 1);
+    assert_eq!(
+        answers(&server, "extra-7.svc.example.", RecordType::A),
+        ["10.9.0.7"]
+    );
+    // DNS-SD lists the new service type; other services are as they were.
+    let enumeration = server.tcp(&query(
+        "_services._dns-sd._udp.svc.example.",
+        RecordType::PTR,
+    ));
+    let types: Vec<String> = enumeration
+        .answers
+        .iter()
+        .map(|r| r.data.to_string())
+        .collect();
+    assert!(
+        types.iter().any(|t| t == "_fresh._tcp.svc.example."),
+        "{} types, first {:?}, last {:?}",
+        types.len(),
+        types.first(),
+        types.last()
+    );
+    assert_eq!(srv("_svc-1500._tcp.svc.example."), before);
+    // And out again.
+    admin
+        .ok(json!({"op":"deregister","zone":"svc.example","service":"svc-7","instance":"extra-7"}));
+    admin
+        .ok(json!({"op":"deregister","zone":"svc.example","service":"fresh","instance":"fresh-1"}));
+    assert_eq!(srv("_svc-7._tcp.svc.example.").len(), 3);
+    assert_eq!(
+        rcode(&server, "_fresh._tcp.svc.example.", RecordType::SRV),
+        ResponseCode::NXDomain
+    );
+    assert_eq!(
+        rcode(&server, "extra-7.svc.example.", RecordType::A),
+        ResponseCode::NXDomain
+    );
+}
