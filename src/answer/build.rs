@@ -1,5 +1,5 @@
 //! Building a zone's snapshot from the model: records gathered by owner
-//! name, then every (name, type) answer encoded once ([`super::encode`]),
+//! name, then every (name, type) answer encoded once (see `encode`),
 //! reusing the previous snapshot's answers whose inputs are unchanged.
 
 use std::collections::BTreeMap;

@@ -159,7 +159,7 @@ pub enum Endpoint {
     Target(Name),
 }
 
-/// An active health check, validated (see `health` for how it runs).
+/// An active health check, validated (see `sources::health_probe` for how it runs).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Check {
     /// What a probe does.

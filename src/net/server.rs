@@ -10,7 +10,7 @@
 //! is handed to a task (bounded by [`forward::MAX_IN_FLIGHT`]) so that waiting
 //! for an upstream never stalls authoritative answers.
 //!
-//! TCP connections share [`TcpSlots`] (RFC 7766 section 6.2.3): above three
+//! TCP connections share `TcpSlots` (RFC 7766 section 6.2.3): above three
 //! quarters of `--max-tcp-connections` idle connections get a short timeout,
 //! and at the limit a newcomer takes the slot of the connection idle the
 //! longest, so a flood of idle, slow or never-reading clients cannot shut

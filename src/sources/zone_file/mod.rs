@@ -136,14 +136,14 @@ pub fn zone_files(dir: &Path, errors: &mut Vec<ZoneError>) -> std::io::Result<Ve
     Ok(files.into_iter().map(|(_, path)| path).collect())
 }
 
-/// Like [`load_file`], also returning the line and column of the `zone`
+/// Reads and parses one file, also returning the line and column of the `zone`
 /// value, where a conflict with another file is reported.
 pub fn load_file_located(path: &Path) -> Result<(Zone, (usize, usize)), Vec<ZoneError>> {
     let (text, _) = read_file(path).map_err(|e| vec![e])?;
     parse_inner(path, &text)
 }
 
-/// Like [`parse`], also returning the line and column of the `zone` value.
+/// Parses a zone file's text, also returning the line and column of the `zone` value.
 pub fn parse_located(path: &Path, text: &str) -> Result<(Zone, (usize, usize)), Vec<ZoneError>> {
     parse_inner(path, text)
 }

@@ -259,7 +259,7 @@ impl Cx<'_> {
         out
     }
 
-    /// A health check, validated by the rules `health` shares with
+    /// A health check, validated by the rules `model::check` shares with
     /// registrations; each problem points at its key's value.
     fn check(&mut self, owner: &str, v: &Spanned<RawCheck>) -> Option<Check> {
         let raw = v.get_ref();
