@@ -12,6 +12,18 @@ use super::timers::Timer;
 use crate::answer::live::LiveZone;
 use crate::model::{Endpoint, ServiceKey, Zone};
 
+#[cfg(test)]
+impl ZoneEntry {
+    /// Whether the zone file has an instance of this name.
+    pub(super) fn names_instance(&self, name: &str) -> bool {
+        self.zone
+            .services
+            .iter()
+            .flat_map(|s| &s.instances)
+            .any(|i| i.name == name)
+    }
+}
+
 /// The runtime instance ids of each service of a zone.
 pub(super) type ServiceIds = BTreeMap<ServiceKey, BTreeSet<String>>;
 

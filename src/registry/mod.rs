@@ -1296,4 +1296,128 @@ mod tests {
         assert_eq!(status[0].source, Path::new("b.toml"));
         assert!(registry.file_errors.is_empty());
     }
+
+    /// A DNS query for `name` and `rtype`, as bytes.
+    fn query(name: &str, rtype: u16) -> Vec<u8> {
+        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend(crate::answer::wire::wire(
+            &hickory_proto::rr::Name::from_ascii(name).unwrap(),
+        ));
+        q.extend(rtype.to_be_bytes());
+        q.extend(1u16.to_be_bytes());
+        q
+    }
+
+    /// The answers of `handle` to every name the test can make, by type:
+    /// the whole response where it has answers (no serial in them), the
+    /// response code alone where it is negative (its SOA carries the serial).
+    fn answers_of(handle: &SnapshotHandle) -> Vec<(String, u16, Vec<u8>)> {
+        use crate::answer::respond::{Transport, respond};
+        use crate::answer::wire::rtype;
+        let mut names = vec![
+            "r.test.".to_string(),
+            "_services._dns-sd._udp.r.test.".into(),
+        ];
+        for s in ["web", "db", "new"] {
+            names.push(format!("{s}.r.test."));
+            names.push(format!("_{s}._tcp.r.test."));
+            names.push(format!("blue.{s}.r.test."));
+            for i in 0..6 {
+                names.push(format!("{s}-{i}.r.test."));
+                names.push(format!("{s}-{i}._{s}._tcp.r.test."));
+            }
+        }
+        let snapshot = handle.load();
+        let mut out = Vec::new();
+        let mut reply = Vec::new();
+        for name in names {
+            for t in [rtype::A, rtype::SRV, rtype::PTR, rtype::TXT] {
+                respond(&snapshot, &query(&name, t), Transport::Tcp, &mut reply);
+                let answered = u16::from_be_bytes([reply[6], reply[7]]) > 0;
+                let kept = if !answered {
+                    vec![reply[3] & 0x0F]
+                } else if t == rtype::A {
+                    // A service's addresses go out in a weighted order
+                    // drawn per query: compare them as a set.
+                    let body = &reply[12 + name.len() + 1 + 4..];
+                    let mut records: Vec<&[u8]> = body.chunks(16).collect();
+                    records.sort();
+                    records.concat()
+                } else {
+                    reply.clone()
+                };
+                out.push((name.clone(), t, kept));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn any_sequence_of_changes_answers_as_a_fresh_start_would() {
+        let base = "zone = \"r.test\"\n[[services]]\nname = \"web\"\nport = 80\ntags = [\"blue\"]\n\
+                    [[services.instances]]\nname = \"web-0\"\naddress = \"10.0.0.1\"\n\
+                    [[services]]\nname = \"db\"\nport = 5432\n";
+        let moved =
+            format!("{base}[[services.instances]]\nname = \"db-0\"\naddress = \"10.0.9.9\"\n");
+        let mut x = 0x2545_f491u32;
+        let mut next = move |n: u32| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x % n
+        };
+        let (mut registry, handle) = Registry::new();
+        let start = Instant::now();
+        registry.apply(file("r.toml", base), start).unwrap();
+        registry.publish();
+        for step in 0..300u64 {
+            let now = start + Duration::from_secs(step);
+            let service = ["web", "db", "new"][next(3) as usize];
+            let id = format!("{service}-{}", next(6));
+            let change = match next(10) {
+                0..=4 => {
+                    let mut r =
+                        registration(&id, &format!("10.1.{}.{}", next(3), next(200) + 1), None);
+                    r.service = service.into();
+                    r.ttl = (next(2) == 0).then_some(1 + next(3));
+                    r.weight = Some(next(3) as u16);
+                    Change::Register(r)
+                }
+                5..=6 => {
+                    let mut k = key(&id);
+                    k.service = service.into();
+                    Change::Deregister(k)
+                }
+                7 => {
+                    let mut k = key(&id);
+                    k.service = service.into();
+                    Change::Heartbeat(k)
+                }
+                // The file takes a name (db-0) or gives it back.
+                8 => file("r.toml", if next(2) == 0 { base } else { &moved }),
+                _ => {
+                    registry.expire(now);
+                    continue;
+                }
+            };
+            let _ = registry.apply(change, now);
+            registry.expire(now);
+            registry.publish();
+
+            // A fresh server: the same file, the same registrations restored.
+            let (mut fresh, fresh_handle) = Registry::new();
+            fresh.restore(registry.stored(), now).unwrap();
+            let text = if registry.zones.values().any(|e| e.names_instance("db-0")) {
+                moved.as_str()
+            } else {
+                base
+            };
+            fresh.apply(file("r.toml", text), now).unwrap();
+            fresh.publish();
+            let (a, b) = (answers_of(&handle), answers_of(&fresh_handle));
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x, y, "step {step}: {} type {}", x.0, x.1);
+            }
+        }
+    }
 }
