@@ -540,6 +540,20 @@ impl<'a> Encoder<'a> {
         // A message is at most 65535 bytes: past the first cut longer than
         // that, no cut can ever be chosen, so encoding stops there.
         let over = |cuts: &[Cut]| cuts.last().is_some_and(|c| c.len as usize > MAX_BODY);
+        // Appends one RRset to the additional section, with the cut after
+        // it; true when the body has outgrown any message.
+        let additional = |w: &mut MessageWriter,
+                          counts: &mut [u16; 3],
+                          cuts: &mut Vec<Cut>,
+                          owner: &Name,
+                          records: &[RData]| {
+            for r in records {
+                self.record(w, owner, r);
+                counts[2] += 1;
+            }
+            cuts.push(cut(w, *counts));
+            over(cuts)
+        };
         'sections: {
             for rdata in rrset {
                 self.record(&mut w, owner, rdata);
@@ -561,15 +575,10 @@ impl<'a> Encoder<'a> {
                     && target_node.rrsets.contains_key(&rtype::TXT)
                 {
                     for t in [rtype::SRV, rtype::TXT] {
-                        if let Some(records) = target_node.rrsets.get(&t) {
-                            for r in records {
-                                self.record(&mut w, n, r);
-                                counts[2] += 1;
-                            }
-                            cuts.push(cut(&w, counts));
-                            if over(&cuts) {
-                                break 'sections;
-                            }
+                        if let Some(records) = target_node.rrsets.get(&t)
+                            && additional(&mut w, &mut counts, &mut cuts, n, records)
+                        {
+                            break 'sections;
                         }
                     }
                     srv_targets.extend(target_node.rrsets.get(&rtype::SRV).into_iter().flatten());
@@ -589,15 +598,9 @@ impl<'a> Encoder<'a> {
             }
             for (target, target_node) in glue_for {
                 for t in [rtype::A, rtype::AAAA] {
-                    let Some(addrs) = target_node.rrsets.get(&t) else {
-                        continue;
-                    };
-                    for rdata in addrs {
-                        self.record(&mut w, target, rdata);
-                        counts[2] += 1;
-                    }
-                    cuts.push(cut(&w, counts));
-                    if over(&cuts) {
+                    if let Some(addrs) = target_node.rrsets.get(&t)
+                        && additional(&mut w, &mut counts, &mut cuts, target, addrs)
+                    {
                         break 'sections;
                     }
                 }
