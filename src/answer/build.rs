@@ -426,12 +426,50 @@ pub(super) fn try_child(parent: &Name, label: &str) -> Option<Name> {
     parent.prepend_label(label).ok()
 }
 
+/// The zone the snapshot tests build on: name servers (one with glue),
+/// hosts (one deep under the apex, one also a service's target) and SOA
+/// settings, no services.
+#[cfg(test)]
+pub(super) fn test_base_zone() -> Zone {
+    use crate::model::{Host, Soa};
+    let name = |s: &str| Name::from_ascii(s).unwrap();
+    let addr = |s: &str| s.parse::<IpAddr>().unwrap();
+    Zone {
+        apex: name("svc.example."),
+        ttl: 30,
+        nameservers: vec![name("ns1.svc.example."), name("ns.other.")],
+        soa: Soa {
+            mname: name("ns1.svc.example."),
+            rname: name("admin.svc.example."),
+            refresh: 1,
+            retry: 2,
+            expire: 3,
+            minimum: 4,
+        },
+        hosts: vec![
+            Host {
+                name: name("ns1.svc.example."),
+                addresses: vec![addr("10.1.0.1")],
+            },
+            Host {
+                name: name("db.svc.example."),
+                addresses: vec![addr("10.2.0.1"), addr("fd00::2")],
+            },
+            Host {
+                name: name("a.b.c.svc.example."),
+                addresses: vec![addr("10.3.0.1")],
+            },
+        ],
+        services: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::answer::snapshot::{Answer, Cut};
     use crate::answer::weighted::Orders;
-    use crate::model::{Host, Instance, Protocol, Soa};
+    use crate::model::{Instance, Protocol};
 
     fn name(s: &str) -> Name {
         Name::from_ascii(s).unwrap()
@@ -506,31 +544,6 @@ mod tests {
             0,
         ));
         Zone {
-            apex: name("svc.example."),
-            ttl: 30,
-            nameservers: vec![name("ns1.svc.example."), name("ns.other.")],
-            soa: Soa {
-                mname: name("ns1.svc.example."),
-                rname: name("admin.svc.example."),
-                refresh: 1,
-                retry: 2,
-                expire: 3,
-                minimum: 4,
-            },
-            hosts: vec![
-                Host {
-                    name: name("ns1.svc.example."),
-                    addresses: vec![addr("10.1.0.1")],
-                },
-                Host {
-                    name: name("db.svc.example."),
-                    addresses: vec![addr("10.2.0.1"), addr("fd00::2")],
-                },
-                Host {
-                    name: name("a.b.c.svc.example."),
-                    addresses: vec![addr("10.3.0.1")],
-                },
-            ],
             services: vec![Service {
                 name: "web".into(),
                 protocol: Protocol::Tcp,
@@ -539,6 +552,7 @@ mod tests {
                 instances,
                 max_answers: Some(8),
             }],
+            ..test_base_zone()
         }
     }
 

@@ -678,48 +678,22 @@ mod tests {
 
     use super::*;
     use crate::answer::snapshot::{Answer, Cut};
-    use crate::model::{Host, Soa};
+    use crate::model::Host;
 
     fn name(s: &str) -> Name {
         Name::from_ascii(s).unwrap()
     }
 
+    /// The snapshot tests' zone, with an instance as a name server and a
+    /// host left without addresses by its health, named like an instance.
     fn base() -> Zone {
-        let addr = |s: &str| s.parse::<IpAddr>().unwrap();
-        Zone {
-            apex: name("svc.example."),
-            ttl: 30,
-            nameservers: vec![name("ns1.svc.example."), name("i3.svc.example.")],
-            soa: Soa {
-                mname: name("ns1.svc.example."),
-                rname: name("admin.svc.example."),
-                refresh: 1,
-                retry: 2,
-                expire: 3,
-                minimum: 4,
-            },
-            hosts: vec![
-                Host {
-                    name: name("ns1.svc.example."),
-                    addresses: vec![addr("10.1.0.1")],
-                },
-                // A host and a service with the same name.
-                Host {
-                    name: name("db.svc.example."),
-                    addresses: vec![addr("10.2.0.1"), addr("fd00::2")],
-                },
-                Host {
-                    name: name("a.b.c.svc.example."),
-                    addresses: vec![addr("10.3.0.1")],
-                },
-                // A host left without addresses by its health, named like an instance.
-                Host {
-                    name: name("i4.svc.example."),
-                    addresses: vec![],
-                },
-            ],
-            services: Vec::new(),
-        }
+        let mut zone = super::super::build::test_base_zone();
+        zone.nameservers[1] = name("i3.svc.example.");
+        zone.hosts.push(Host {
+            name: name("i4.svc.example."),
+            addresses: vec![],
+        });
+        zone
     }
 
     struct Rng(u64);
