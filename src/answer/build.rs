@@ -100,9 +100,11 @@ impl<'z> Builder<'z> {
         if node.is_new(&rdata) {
             let rtype = rdata.rtype();
             node.rrsets.push(rdata);
-            let weighted = node.weighted.get_or_insert_with(|| Weighted {
-                max_answers,
-                by_type: BTreeMap::new(),
+            let weighted = node.weighted.get_or_insert_with(|| {
+                Box::new(Weighted {
+                    max_answers,
+                    by_type: BTreeMap::new(),
+                })
             });
             weighted
                 .by_type
@@ -129,7 +131,7 @@ impl<'z> Builder<'z> {
     pub(super) fn add_base(&mut self, zone: &Zone) {
         self.add(&zone.apex, RData::Soa);
         for ns in &zone.nameservers {
-            self.add(&zone.apex, RData::Ns(ns.clone()));
+            self.add(&zone.apex, RData::Ns(Arc::new(ns.clone())));
         }
         for host in &zone.hosts {
             for addr in &host.addresses {
@@ -176,7 +178,7 @@ impl<'z> Builder<'z> {
             return;
         };
         if let Some(browse) = browse {
-            self.add(browse, RData::Ptr(srv_name.clone()));
+            self.add(browse, RData::Ptr(Arc::new(srv_name.clone())));
         }
         for instance in &service.instances {
             // The service's tags apply to all its instances.
@@ -258,7 +260,7 @@ impl<'z> Builder<'z> {
                 priority: instance.priority,
                 weight: instance.weight,
                 port: instance.port,
-                target,
+                target: Arc::new(target),
             };
             self.add(&srv_name, srv.clone());
             self.add(&service_name, srv.clone());
@@ -268,7 +270,8 @@ impl<'z> Builder<'z> {
             let Some(sd_name) = try_child(&srv_name, &instance.name) else {
                 continue;
             };
-            self.add(&srv_name, RData::Ptr(sd_name.clone()));
+            let sd_ptr = RData::Ptr(Arc::new(sd_name.clone()));
+            self.add(&srv_name, sd_ptr.clone());
             if self.wants(&sd_name) {
                 self.add(&sd_name, srv.clone());
                 self.add(&sd_name, RData::Txt(txt_strings(&instance.metadata)));
@@ -280,7 +283,7 @@ impl<'z> Builder<'z> {
                     self.add(&rfc, srv.clone());
                 }
                 if let Some(sub) = sub_name(tag) {
-                    self.add(&sub, RData::Ptr(sd_name.clone()));
+                    self.add(&sub, sd_ptr.clone());
                 }
             }
         }
@@ -321,7 +324,11 @@ pub(super) fn ancestors(key: &[u8], apex_len: usize) -> impl Iterator<Item = &[u
 }
 
 /// Encodes every name's answers, taking from `previous` (the zone's last
-/// snapshot) each answer whose inputs have not changed.
+/// snapshot) each answer whose inputs have not changed. A large zone is
+/// encoded on every core: encoding is most of a build, each name's answers
+/// depend only on the gathered records, and the orders a service's answers
+/// use are drawn from a fixed seed, so the result is the same on any
+/// number of threads.
 pub(super) fn snapshot_of(
     zone: &Zone,
     names: &HashMap<Vec<u8>, NodeRecords>,
@@ -329,26 +336,67 @@ pub(super) fn snapshot_of(
     serial: u32,
     previous: Option<&ZoneSnapshot>,
 ) -> ZoneSnapshot {
-    let encoder = Encoder::new(zone, serial, names);
-    let mut input = Vec::new();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min((names.len() + below.len()) / PARALLEL_NAMES)
+        .max(1);
+    snapshot_on(threads, zone, names, below, serial, previous)
+}
+
+/// [`snapshot_of`] on this many threads.
+pub(super) fn snapshot_on(
+    threads: usize,
+    zone: &Zone,
+    names: &HashMap<Vec<u8>, NodeRecords>,
+    below: &HashMap<Vec<u8>, u32>,
+    serial: u32,
+    previous: Option<&ZoneSnapshot>,
+) -> ZoneSnapshot {
     let ents = below.keys().filter(|k| !names.contains_key(*k));
-    let nodes = names
+    let work: Vec<(&Vec<u8>, Option<&NodeRecords>)> = names
         .iter()
         .map(|(key, node)| (key, Some(node)))
         .chain(ents.map(|k| (k, None)))
-        .map(|(key, node)| {
-            let before = previous.and_then(|p| p.nodes.get_arc(key));
-            let node = encoder.node(key, node, before, &mut input);
-            (Arc::<[u8]>::from(&key[..]), node)
-        })
         .collect();
+    let encode = |part: &[(&Vec<u8>, Option<&NodeRecords>)]| {
+        let encoder = Encoder::new(zone, serial, names);
+        let mut input = Vec::new();
+        part.iter()
+            .map(|&(key, node)| {
+                let before = previous.and_then(|p| p.nodes.get_arc(key));
+                let node = encoder.node(key, node, before, &mut input);
+                (Arc::<[u8]>::from(&key[..]), node)
+            })
+            .collect::<Vec<_>>()
+    };
+    let parts: Vec<Vec<_>> = if threads <= 1 || work.is_empty() {
+        vec![encode(&work)]
+    } else {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = work
+                .chunks(work.len().div_ceil(threads))
+                .map(|part| scope.spawn(move || encode(part)))
+                .collect();
+            running
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    };
     ZoneSnapshot {
         apex_key: lower_wire(&zone.apex).into_boxed_slice(),
         serial,
-        nodes,
-        negative_soa: encoder.negative_soa(),
+        nodes: parts.into_iter().flatten().collect(),
+        negative_soa: Encoder::new(zone, serial, names).negative_soa(),
     }
 }
+
+/// Names per thread below which a build is encoded on one thread: a thread
+/// costs tens of microseconds, a name's answers about one.
+const PARALLEL_NAMES: usize = 16_384;
 
 /// The services in the order their records are gathered in: by
 /// [`ServiceKey`]; two with the same key (which a zone file may declare)
@@ -385,7 +433,7 @@ pub fn build_reverse_zone<'a>(
     let mut builder = Builder::new(&zone.apex, previous.map_or(0, |p| p.nodes.len()));
     builder.add_zone(zone, in_order(&zone.services).into_iter());
     for (owner, target) in ptrs {
-        builder.add(owner, RData::Ptr(target.clone()));
+        builder.add(owner, RData::Ptr(Arc::new(target.clone())));
     }
     let below = count_below(&builder.names, builder.apex_len);
     snapshot_of(zone, &builder.names, &below, serial, previous)
@@ -402,13 +450,13 @@ pub(super) fn browse_name(apex: &Name) -> Option<Name> {
 /// The TXT strings of an instance (RFC 6763 section 6): `key=value` each, or
 /// one empty string when there is no metadata, since a DNS-SD instance must
 /// have a TXT record (section 6.1).
-fn txt_strings(metadata: &[(String, String)]) -> Vec<Vec<u8>> {
+fn txt_strings(metadata: &[(String, String)]) -> Box<[Box<[u8]>]> {
     if metadata.is_empty() {
-        return vec![Vec::new()];
+        return Box::new([Box::new([])]);
     }
     metadata
         .iter()
-        .map(|(k, v)| format!("{k}={v}").into_bytes())
+        .map(|(k, v)| format!("{k}={v}").into_bytes().into_boxed_slice())
         .collect()
 }
 

@@ -193,11 +193,11 @@ impl LiveZone {
                 });
                 let at = ptrs.binary_search_by(|p| ptr_key(p).as_ref().cmp(&Some(&key)));
                 match (at, new_ptr) {
-                    (Ok(i), Some(n)) => ptrs[i] = RData::Ptr(n),
+                    (Ok(i), Some(n)) => ptrs[i] = RData::Ptr(Arc::new(n)),
                     (Ok(i), None) => {
                         ptrs.remove(i);
                     }
-                    (Err(i), Some(n)) => ptrs.insert(i, RData::Ptr(n)),
+                    (Err(i), Some(n)) => ptrs.insert(i, RData::Ptr(Arc::new(n))),
                     (Err(_), None) => {}
                 }
             }
@@ -862,6 +862,24 @@ mod tests {
         }
         assert_eq!(live.negative_soa, fresh.negative_soa, "{context}");
         assert_eq!(live.serial, fresh.serial, "{context}");
+    }
+
+    #[test]
+    fn a_zone_encoded_on_several_threads_equals_one_encoded_on_one() {
+        let mut rng = Rng(0x05EE_D0F7_EAD5);
+        let mut live = LiveZone::build(&base(), [], 1, None);
+        for serial in 2..200 {
+            let change = change(&mut rng, &live);
+            live.update([change], serial);
+        }
+        let on = |threads, previous| {
+            let (names, below) = (&live.names, &live.below);
+            super::super::build::snapshot_on(threads, &live.zone, names, below, 300, previous)
+        };
+        let one = on(1, None);
+        assert!(one.nodes.len() > 3, "a zone worth splitting");
+        assert_same(&on(3, None), &one, "3 threads, from scratch");
+        assert_same(&on(2, Some(&one)), &one, "2 threads, reusing answers");
     }
 
     #[test]
