@@ -232,6 +232,104 @@ mod tests {
         }
     }
 
+    /// A zone of many services in the forms the format allows, `extra`
+    /// lines added to the services named in it.
+    fn many_services(extra: &[(usize, &str)]) -> String {
+        let mut text = String::from(
+            "# services, generated\nzone = \"a.test\"\nttl = 60\nnameservers = [\"ns1\"]\n\n[hosts]\nns1 = \"10.9.0.1\"\n",
+        );
+        for i in 0..120 {
+            let header = match i % 3 {
+                0 => "[[services]]",
+                1 => "  [[ services ]]   # spaced, with a comment",
+                _ => "[[services]]\r",
+            };
+            text += &format!("\n{header}\nname = \"s{i}\"\nport = {}\n", 1000 + i);
+            if i % 4 == 0 {
+                text += "tags = [\"blue\", \"v2\"]\nprotocol = \"udp\"\n";
+            }
+            for (at, line) in extra {
+                if *at == i {
+                    text += line;
+                    text += "\n";
+                }
+            }
+            for j in 0..2 {
+                text += &format!("[[services.instances]]\nname = \"i{i}-{j}\"\n");
+                match (i + j) % 3 {
+                    0 => {
+                        text +=
+                            &format!("address = [\n  \"10.{i}.0.{j}\",\n  \"fd00::{i}:{j}\",\n]\n")
+                    }
+                    1 => text += "target = \"elsewhere.example.\"\nweight = 5\n",
+                    _ => {
+                        text += &format!(
+                            "address = \"10.{i}.1.{j}\"\ncheck = {{ tcp = true, interval = 2 }}\n[services.instances.metadata]\nversion = \"{j}\"\n"
+                        )
+                    }
+                }
+            }
+        }
+        text
+    }
+
+    type Parsed = Result<(Zone, (usize, usize)), Vec<ZoneError>>;
+
+    /// The file parsed in pieces of about 300 bytes, and parsed whole.
+    fn in_pieces_and_whole(text: &str) -> (Parsed, Parsed) {
+        let path = Path::new("z.toml");
+        (
+            validate::parse_with(path, text, |t| raw::parse_raw_in(t, 300, 0)),
+            validate::parse_with(path, text, |t| toml::from_str(t)),
+        )
+    }
+
+    #[test]
+    fn a_file_parsed_in_pieces_gives_the_zone_and_errors_of_the_whole_file() {
+        let text = many_services(&[]);
+        assert!(raw::parse_pieces(&text, 300).is_some(), "parsed in pieces");
+        let (pieces, whole) = in_pieces_and_whole(&text);
+        let zone = pieces.as_ref().expect("a valid zone");
+        assert_eq!(zone.0.services.len(), 120);
+        assert_eq!(pieces, whole);
+
+        // Errors found after parsing, in services of later pieces: their
+        // places come from the shifted spans.
+        let bad = many_services(&[
+            (40, "max_answers = 0"),
+            (77, "check = { http = \"/h\", interval = -1 }"),
+            (90, "protocol = \"sctp\""),
+        ]);
+        let mut dup = many_services(&[]);
+        dup = dup.replace("name = \"s101\"", "name = \"s7\"");
+        dup = dup.replace("name = \"i99-1\"", "name = \"i3-0\"");
+        dup = dup.replace("\"10.60.0.0\"", "\"10.60.0.300\"");
+        for text in [&bad, &dup] {
+            assert!(raw::parse_pieces(text, 300).is_some(), "parsed in pieces");
+            let (pieces, whole) = in_pieces_and_whole(text);
+            let errors = pieces.as_ref().expect_err("errors");
+            assert!(errors.len() >= 3, "{errors:#?}");
+            assert!(errors.iter().all(|e| e.line > 100), "{errors:#?}");
+            assert_eq!(pieces, whole);
+        }
+
+        // What pieces cannot tell, the whole file's parse does: a TOML
+        // error, a table given twice, a key inside a multi-line string.
+        let syntax = many_services(&[(80, "port = = 1")]);
+        let hosts_twice = many_services(&[]) + "\n[hosts]\nlate = \"10.9.9.9\"\n";
+        let hosts_late = many_services(&[]).replace("[hosts]\nns1 = \"10.9.0.1\"\n", "")
+            + "\n[hosts]\nns1 = \"10.9.0.1\"\n";
+        let multiline = many_services(&[(60, "tags = [\"\"\"\n[[services]]\nx\"\"\"]")]);
+        assert!(raw::parse_pieces(&syntax, 300).is_none());
+        assert!(raw::parse_pieces(&hosts_twice, 300).is_none());
+        assert!(raw::parse_pieces(&hosts_late, 300).is_some());
+        for text in [&syntax, &hosts_twice, &hosts_late, &multiline] {
+            let (pieces, whole) = in_pieces_and_whole(text);
+            assert_eq!(pieces, whole);
+        }
+        assert!(in_pieces_and_whole(&hosts_late).0.is_ok());
+    }
+
     #[test]
     fn metadata_beyond_a_dns_sd_txt_record_is_an_error() {
         let mut text = String::from(

@@ -33,13 +33,22 @@ pub(super) fn parse_inner(
     path: &Path,
     text: &str,
 ) -> Result<(Zone, (usize, usize)), Vec<ZoneError>> {
+    parse_with(path, text, parse_raw)
+}
+
+/// [`parse_inner`], with the TOML parsed by `parse_raw`.
+pub(super) fn parse_with(
+    path: &Path,
+    text: &str,
+    parse_raw: impl FnOnce(&str) -> Result<RawZone, toml::de::Error>,
+) -> Result<(Zone, (usize, usize)), Vec<ZoneError>> {
     let mut cx = Cx {
         path,
         text,
         newlines: OnceCell::new(),
         errors: Vec::new(),
     };
-    let raw: RawZone = match toml::from_str(text) {
+    let raw: RawZone = match parse_raw(text) {
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
