@@ -162,7 +162,12 @@ impl RRsets {
         let rtype = rdata.rtype();
         match self.0.binary_search_by_key(&rtype, |(t, _)| *t) {
             Ok(i) => self.0[i].1.push(rdata),
-            Err(i) => self.0.insert(i, (rtype, vec![rdata])),
+            Err(i) => {
+                // One type more, not the four a growing vector makes room
+                // for: most names have one or two.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (rtype, vec![rdata]));
+            }
         }
     }
 }
