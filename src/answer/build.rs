@@ -254,7 +254,7 @@ impl<'z> Builder<'z> {
                     }
                     host
                 }
-                Endpoint::Target(target) => target.clone(),
+                Endpoint::Target(target) => (**target).clone(),
             };
             let srv = RData::Srv {
                 priority: instance.priority,
@@ -583,7 +583,7 @@ mod tests {
             .collect();
         instances.push(instance(
             "ext",
-            Endpoint::Target(name("db.svc.example.")),
+            Endpoint::Target(Box::new(name("db.svc.example."))),
             5,
         ));
         instances.push(instance(
@@ -674,7 +674,7 @@ mod tests {
 
         // A target name's letter case: SRV answers change, lookups do not.
         let mut z = base.clone();
-        z.services[0].instances[40].endpoint = Endpoint::Target(name("DB.svc.example."));
+        z.services[0].instances[40].endpoint = Endpoint::Target(Box::new(name("DB.svc.example.")));
         rebuild_matches(&base, &z, 1);
 
         // A glue host's address (SRV target and NS).

@@ -526,7 +526,11 @@ fn index(
             let services = by_target.entry(target).or_default();
             match services.iter_mut().find(|(k, _)| k == key) {
                 Some((_, n)) => *n += 1,
-                None => services.push((key.clone(), 1)),
+                None => {
+                    // Most names are pointed at by one service.
+                    services.reserve_exact(1);
+                    services.push((key.clone(), 1));
+                }
             }
         } else if let Some(services) = by_target.get_mut(&target) {
             if let Some(at) = services.iter().position(|(k, _)| k == key) {
@@ -731,7 +735,7 @@ mod tests {
 
     fn instance(rng: &mut Rng) -> Instance {
         let endpoint = if rng.below(4) == 0 {
-            Endpoint::Target(name(rng.pick::<&str>(TARGETS)))
+            Endpoint::Target(Box::new(name(rng.pick::<&str>(TARGETS))))
         } else {
             let addrs = (0..rng.below(3))
                 .map(|_| match rng.below(3) {

@@ -140,7 +140,9 @@ pub struct Instance {
     pub priority: u16,
     /// The instance's own health check, overriding the service's (only
     /// instances with addresses have one: a target has nothing to probe).
-    pub check: Option<Check>,
+    /// Boxed, as a target is: most instances have neither, and an instance
+    /// is kept in several places (file, registry, served zone).
+    pub check: Option<Box<Check>>,
     /// Tags of the instance itself (the service's tags are not repeated here).
     pub tags: Vec<String>,
     /// DNS-SD metadata (RFC 6763 TXT `key=value` strings), in the order given.
@@ -156,7 +158,7 @@ pub enum Endpoint {
     /// (the instance's names then exist but answer nothing).
     Addresses(Vec<IpAddr>),
     /// The SRV record points at this absolute name; no addresses are served for it.
-    Target(Name),
+    Target(Box<Name>),
 }
 
 /// An active health check, validated (see `sources::health_probe` for how it runs).

@@ -123,7 +123,7 @@ fn service_targets(key: &[u8], s: &Service) -> HashSet<Target> {
         let Endpoint::Addresses(addrs) = &i.endpoint else {
             continue;
         };
-        let Some(check) = effective_check(i.check.as_ref(), s.check.as_ref()) else {
+        let Some(check) = effective_check(i.check.as_deref(), s.check.as_ref()) else {
             continue;
         };
         for a in addrs {
@@ -346,7 +346,7 @@ impl Book {
             .map(|t| t.zone.clone())
             .unwrap_or_default();
         for i in &mut service.instances {
-            let Some(check) = effective_check(i.check.as_ref(), service_check.as_ref()) else {
+            let Some(check) = effective_check(i.check.as_deref(), service_check.as_ref()) else {
                 continue;
             };
             let Endpoint::Addresses(addrs) = &mut i.endpoint else {

@@ -598,7 +598,7 @@ impl Registry {
         for (key, e) in self.zones.iter().filter(|(k, _)| wanted(k)) {
             for s in &e.zone.services {
                 for i in &s.instances {
-                    let check = effective_check(i.check.as_ref(), s.check.as_ref());
+                    let check = effective_check(i.check.as_deref(), s.check.as_ref());
                     let (health, unhealthy) = self
                         .health
                         .instance_health(key, &s.name, s.protocol, i, check);
@@ -705,7 +705,7 @@ impl Registry {
             &r.valid.service,
             r.valid.protocol,
             i,
-            effective_check(i.check.as_ref(), service_check),
+            effective_check(i.check.as_deref(), service_check),
         );
         info.health = health.as_str().into();
         info.unhealthy_address = unhealthy.iter().map(ToString::to_string).collect();

@@ -100,7 +100,7 @@ pub(super) fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
                 name.append_domain(&apex)
                     .map_err(|e| format!("target \"{t}\" is too long under the zone: {e}"))?
             };
-            Endpoint::Target(name)
+            Endpoint::Target(Box::new(name))
         }
     };
     if reg.port == 0 {
@@ -167,7 +167,7 @@ pub(super) fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
             port: reg.port,
             weight: reg.weight.unwrap_or(1),
             priority: reg.priority.unwrap_or(0),
-            check,
+            check: check.map(Box::new),
             tags,
             metadata,
         },

@@ -482,7 +482,7 @@ mod tests {
                     check: None,
                     instances: vec![inst(
                         "mx-external",
-                        Endpoint::Target(name("mx.example.net.")),
+                        Endpoint::Target(Box::new(name("mx.example.net."))),
                         25,
                         1,
                         0,
@@ -613,7 +613,10 @@ target = "far.away."
             Endpoint::Target(t) => assert!(t.eq_case(&name("Back.Svc.Example."))),
             other => panic!("{other:?}"),
         }
-        assert_eq!(s.instances[1].endpoint, Endpoint::Target(name("far.away.")));
+        assert_eq!(
+            s.instances[1].endpoint,
+            Endpoint::Target(Box::new(name("far.away.")))
+        );
     }
 
     #[test]

@@ -666,7 +666,9 @@ impl Cx<'_> {
                 None
             }
             (Some(a), None) => Some(Endpoint::Addresses(self.addresses(&owner, a))),
-            (None, Some(t)) => self.name("target", t, apex).map(Endpoint::Target),
+            (None, Some(t)) => self
+                .name("target", t, apex)
+                .map(|n| Endpoint::Target(Box::new(n))),
         };
 
         let port = match &raw.port {
@@ -705,7 +707,7 @@ impl Cx<'_> {
             port: port?,
             weight,
             priority,
-            check,
+            check: check.map(Box::new),
             tags,
             metadata,
         })
