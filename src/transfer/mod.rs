@@ -1,0 +1,197 @@
+//! Zone transfers: signpost as a primary that stock secondaries (Knot DNS,
+//! NSD, BIND) follow.
+//!
+//! - [`serve`] answers AXFR (RFC 5936) and IXFR (RFC 1995) from the snapshot
+//!   and the journal, after the access check, and signs what needs signing.
+//! - [`journal`] keeps each zone's recent differences, fed by the registry's
+//!   publish hook ([`Transfers::publish_hook`]), which also tells the NOTIFY
+//!   sender (`crate::net::notify`) about zones whose records changed.
+//! - [`tsig`] checks and makes TSIG signatures (RFC 8945).
+//!
+//! Nothing here is on the path of ordinary queries: the query path hands a
+//! query over only when it is a transfer or carries a TSIG record.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::answer::records::{self, WireRecord};
+use crate::answer::snapshot::Snapshot;
+use crate::registry::PublishHook;
+
+pub mod journal;
+pub mod serve;
+pub mod tsig;
+
+use journal::{Journal, Step};
+use tsig::Key;
+
+/// Who may transfer zones, whom to notify, and how much history to keep.
+#[derive(Clone, Debug, Default)]
+pub struct TransferConfig {
+    /// Networks allowed to transfer. With keys too, a client needs both.
+    pub allow: Vec<IpNet>,
+    /// TSIG keys; once there is one, transfers must be signed with one.
+    pub keys: Vec<Key>,
+    /// Secondaries told of changes (NOTIFY), signed with the first key.
+    pub notify: Vec<SocketAddr>,
+    /// Changes kept per zone for IXFR.
+    pub journal: usize,
+}
+
+impl TransferConfig {
+    /// Whether anything about transfers is configured: without it there is
+    /// no journal to keep and every transfer is refused.
+    pub fn is_enabled(&self) -> bool {
+        !self.allow.is_empty() || !self.keys.is_empty() || !self.notify.is_empty()
+    }
+
+    /// Whether a client may transfer: from an allowed network when no key
+    /// is configured; signed with a key (and from an allowed network, if
+    /// any is listed) once one is.
+    pub fn allows(&self, client: IpAddr, signed: bool) -> bool {
+        let listed = self.allow.iter().any(|n| n.contains(&client));
+        if self.keys.is_empty() {
+            listed
+        } else {
+            signed && (self.allow.is_empty() || listed)
+        }
+    }
+}
+
+/// A zone whose records changed, for the NOTIFY sender.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    /// The apex, lowercased wire form.
+    pub apex: Vec<u8>,
+    /// The new serial.
+    pub serial: u32,
+    /// The new SOA record.
+    pub soa: WireRecord,
+}
+
+/// What `status` shows of one secondary for one zone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecondaryStatus {
+    /// The serial of the last NOTIFY it acknowledged, and when.
+    pub acknowledged: Option<(u32, SystemTime)>,
+    /// A serial being notified and not acknowledged yet, and attempts so far.
+    pub pending: Option<(u32, u32)>,
+}
+
+/// The state transfers share between the writer (journal), the listeners
+/// (serving) and the NOTIFY sender. Each lock is held for a few map
+/// operations, never across an `.await`: a std `Mutex` is enough.
+pub struct Transfers {
+    /// The configuration.
+    pub config: TransferConfig,
+    journals: Mutex<HashMap<Vec<u8>, Journal>>,
+    /// By zone apex (lowercased wire form), then secondary.
+    pub(crate) secondaries: Mutex<BTreeMap<Vec<u8>, BTreeMap<SocketAddr, SecondaryStatus>>>,
+}
+
+/// One zone's transfer state for `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ZoneTransferStatus {
+    /// The serials the IXFR journal reaches from and to.
+    pub journal: Option<(u32, u32)>,
+    /// Changes in the journal.
+    pub journal_len: usize,
+    /// Each secondary notified.
+    pub secondaries: Vec<(SocketAddr, SecondaryStatus)>,
+}
+
+impl Transfers {
+    /// Shared transfer state for `config`.
+    pub fn new(config: TransferConfig) -> Arc<Transfers> {
+        Arc::new(Transfers {
+            config,
+            journals: Mutex::new(HashMap::new()),
+            secondaries: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// What the registry calls with each snapshot before publishing it:
+    /// records each changed zone's difference in its journal, and tells
+    /// `notify` about zones whose records changed (not about a new serial
+    /// alone). Costs what changed (see [`records::diff`]).
+    pub fn publish_hook(self: &Arc<Self>, notify: Option<UnboundedSender<Notice>>) -> PublishHook {
+        let transfers = self.clone();
+        Box::new(move |old: &Snapshot, new: &Snapshot| {
+            for (before, zone) in records::changed_zones(old, new) {
+                let apex = records::apex(zone).to_vec();
+                let soa = records::soa(zone);
+                let changed = match before {
+                    None => {
+                        transfers.journal(|j| j.entry(apex.clone()).or_default().clear());
+                        true
+                    }
+                    Some(before) => {
+                        let diff = records::diff(before, zone);
+                        let changed = !diff.is_empty();
+                        let step = Step {
+                            from: before.serial,
+                            to: zone.serial,
+                            from_soa: records::soa(before),
+                            diff: Arc::new(diff),
+                        };
+                        let limit = transfers.config.journal;
+                        transfers.journal(|j| j.entry(apex.clone()).or_default().push(step, limit));
+                        changed
+                    }
+                };
+                if changed && let Some(tx) = &notify {
+                    let _ = tx.send(Notice {
+                        apex,
+                        serial: zone.serial,
+                        soa,
+                    });
+                }
+            }
+        })
+    }
+
+    fn journal<T>(&self, f: impl FnOnce(&mut HashMap<Vec<u8>, Journal>) -> T) -> T {
+        f(&mut self.journals.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The condensed difference from serial `from` to `to`, if the journal
+    /// reaches back that far.
+    pub(crate) fn between(
+        &self,
+        apex: &[u8],
+        from: u32,
+        to: u32,
+    ) -> Option<(WireRecord, records::Diff)> {
+        self.journal(|j| j.get(apex)?.between(from, to))
+    }
+
+    /// A zone's journal range and its secondaries, for `status`.
+    pub fn status(&self, apex: &[u8]) -> ZoneTransferStatus {
+        let (journal, journal_len) =
+            self.journal(|j| j.get(apex).map_or((None, 0), |j| (j.range(), j.len())));
+        let secondaries = self
+            .secondaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(apex)
+            .map(|s| s.iter().map(|(a, s)| (*a, s.clone())).collect())
+            .unwrap_or_default();
+        ZoneTransferStatus {
+            journal,
+            journal_len,
+            secondaries,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, as TSIG counts time.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
