@@ -1,0 +1,747 @@
+//! Zone transfers with real secondaries: Knot DNS (`knotd`) and NSD run as
+//! child processes on free loopback ports, each with its own configuration
+//! in a temporary directory, and follow signpost by AXFR, NOTIFY and IXFR.
+//! `dig` checks access control, TSIG and the IXFR fallback.
+//!
+//! The tools come from Debian's `knot`, `nsd` and `dnsutils` packages
+//! (scripts/test installs them); a test fails when one is missing.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Server, dig, eventually, query, tcp_raw, udp_raw, zones_copy};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::rdata::tsig::{TsigAlgorithm, TsigError};
+use hickory_proto::rr::{Name, RData, RecordType, TSigner};
+
+const KEY: &str = "xfr-key";
+/// 32 random bytes, base64.
+const SECRET: &str = "8Zt0mV6d2nWq3cQ1k9Xy4b7LhJpR5sTuVwE0aGfHiKo=";
+
+fn key_arg() -> String {
+    format!("hmac-sha256:{KEY}:{SECRET}")
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A daemon from /usr/sbin, which is not in every user's PATH.
+fn sbin(name: &str) -> std::path::PathBuf {
+    let path = Path::new("/usr/sbin").join(name);
+    if path.exists() { path } else { name.into() }
+}
+
+/// A secondary server running in the foreground, killed on drop.
+struct Secondary {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Secondary {
+    /// Knot DNS following `svc.example.` from `primary`, on `port`.
+    fn knot(primary: SocketAddr, port: u16, signed: bool) -> Secondary {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let key = if signed {
+            format!("key:\n  - id: {KEY}\n    algorithm: hmac-sha256\n    secret: {SECRET}\n")
+        } else {
+            String::new()
+        };
+        let use_key = if signed {
+            format!("\n    key: {KEY}")
+        } else {
+            String::new()
+        };
+        // As root knotd would switch to the knot user: stay root, in the
+        // temporary directory.
+        let conf = format!(
+            "server:\n    rundir: \"{d}\"\n    user: root:root\n    listen: 127.0.0.1@{port}\n\
+             database:\n    storage: \"{d}\"\n\
+             {key}\
+             remote:\n  - id: primary\n    address: {ip}@{pport}{use_key}\n\
+             acl:\n  - id: notify_from_primary\n    address: {ip}\n    action: notify{use_key}\n\
+             template:\n  - id: default\n    storage: \"{d}\"\n    zonefile-sync: -1\n    zonefile-load: none\n    journal-content: all\n\
+             zone:\n  - domain: svc.example\n    master: primary\n    acl: notify_from_primary\n\
+             log:\n  - target: stderr\n    any: info\n",
+            ip = primary.ip(),
+            pport = primary.port(),
+        );
+        let path = dir.path().join("knot.conf");
+        std::fs::write(&path, conf).unwrap();
+        let mut command = Command::new(sbin("knotd"));
+        command.arg("-c").arg(&path);
+        Secondary::spawn(command, dir, port, "knotd (apt-get install knot)")
+    }
+
+    /// NSD following `svc.example.` from `primary`, on `port`.
+    fn nsd(primary: SocketAddr, port: u16, signed: bool) -> Secondary {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let (key, key_name) = if signed {
+            (
+                format!(
+                    "key:\n    name: {KEY}\n    algorithm: hmac-sha256\n    secret: \"{SECRET}\"\n"
+                ),
+                KEY.to_string(),
+            )
+        } else {
+            (String::new(), "NOKEY".to_string())
+        };
+        // No user to switch to, no chroot, every file in the directory; a
+        // transfer is served at once (NSD's default waits up to a second
+        // after the previous one).
+        let conf = format!(
+            "server:\n    ip-address: 127.0.0.1@{port}\n    username: \"\"\n    chroot: \"\"\n\
+             \x20   zonesdir: \"{d}\"\n    database: \"\"\n    pidfile: \"{d}/nsd.pid\"\n\
+             \x20   xfrdfile: \"{d}/xfrd.state\"\n    xfrdir: \"{d}\"\n    zonelistfile: \"{d}/zone.list\"\n\
+             \x20   verbosity: 2\n    xfrd-reload-timeout: 0\n\
+             remote-control:\n    control-enable: no\n\
+             {key}\
+             zone:\n    name: svc.example\n    zonefile: \"svc.example.zone\"\n\
+             \x20   request-xfr: {ip}@{pport} {key_name}\n    allow-notify: {ip} {key_name}\n",
+            ip = primary.ip(),
+            pport = primary.port(),
+        );
+        let path = dir.path().join("nsd.conf");
+        std::fs::write(&path, conf).unwrap();
+        let mut command = Command::new(sbin("nsd"));
+        command.arg("-d").arg("-c").arg(&path);
+        Secondary::spawn(command, dir, port, "nsd (apt-get install nsd)")
+    }
+
+    fn spawn(mut command: Command, dir: tempfile::TempDir, port: u16, what: &str) -> Secondary {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Secondary {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn dig(&self, args: &[&str]) -> String {
+        let output = Command::new("dig")
+            .arg(format!("@{}", self.addr.ip()))
+            .args(["-p", &self.addr.port().to_string()])
+            .args(["+time=1", "+tries=1"])
+            .args(args)
+            .output()
+            .expect("dig is installed (apt-get install dnsutils)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The zone's serial as the secondary serves it.
+    fn serial(&self) -> Option<u32> {
+        soa_serial(&self.dig(&["+short", "svc.example", "SOA"]))
+    }
+
+    fn log_len(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// The log from line `from` on.
+    fn log_since(&self, from: usize) -> String {
+        self.log.lock().unwrap()[from..].join("\n")
+    }
+
+    /// Waits until the secondary serves `serial`, failing with its log.
+    fn wait_for_serial(&self, serial: u32, timeout: Duration) {
+        assert!(
+            eventually(timeout, || self.serial() == Some(serial)),
+            "the secondary never served serial {serial}; it serves {:?}; its log:\n{}",
+            self.serial(),
+            self.log_since(0)
+        );
+    }
+}
+
+impl Drop for Secondary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn soa_serial(short: &str) -> Option<u32> {
+    short.split_whitespace().nth(2)?.parse().ok()
+}
+
+fn serial_of(server: &Server) -> u32 {
+    soa_serial(&dig(server, &["+short", "svc.example", "SOA"])).expect("signpost serves an SOA")
+}
+
+/// `dig +short` of one name and type, lines sorted.
+fn short(output: String) -> Vec<String> {
+    let mut lines: Vec<String> = output.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+/// Names of the example zone, one of each kind signpost serves.
+const NAMES: &[(&str, &str)] = &[
+    ("svc.example", "NS"),
+    ("ns1.svc.example", "A"),
+    ("db.svc.example", "AAAA"),
+    ("web.svc.example", "A"),
+    ("web.svc.example", "AAAA"),
+    ("web.svc.example", "SRV"),
+    ("web-1.svc.example", "AAAA"),
+    ("_web._tcp.svc.example", "SRV"),
+    ("_web._tcp.svc.example", "PTR"),
+    ("web-1._web._tcp.svc.example", "TXT"),
+    ("web-2._web._tcp.svc.example", "SRV"),
+    ("_services._dns-sd._udp.svc.example", "PTR"),
+    ("_http._sub._web._tcp.svc.example", "PTR"),
+    ("http.web.svc.example", "A"),
+    ("_web._http.svc.example", "SRV"),
+    ("api.svc.example", "SRV"),
+    ("mail.svc.example", "SRV"),
+];
+
+/// signpost serving the example zones with `extra` flags and transfers to
+/// loopback, on a fixed extra port the secondaries are configured with.
+fn primary(admin: &Path, zones: &Path, port: u16, extra: &[&str]) -> (Server, SocketAddr) {
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["--listen", &listen, "--allow-transfer", "127.0.0.1"];
+    args.extend_from_slice(extra);
+    let server = Server::start_admin(zones, admin, &args);
+    (server, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn register(server: &Server, instance: &str, address: &str, extra: &[&str]) {
+    let mut args = vec![
+        "register",
+        "--zone",
+        "svc.example",
+        "--service",
+        "web",
+        "--instance",
+        instance,
+        "--address",
+        address,
+        "--port",
+        "8080",
+    ];
+    args.extend_from_slice(extra);
+    let out = server.cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until `check` holds, returning how long it took; fails after `limit`.
+fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    assert!(
+        eventually(limit, &mut check),
+        "{what}: not within {limit:?}"
+    );
+    start.elapsed()
+}
+
+#[test]
+fn knot_loads_the_zone_by_axfr_and_answers_every_name_as_signpost_does() {
+    let zones = zones_copy();
+    let admin = tempfile::tempdir().unwrap();
+    let (server, primary_addr) = primary(admin.path(), zones.path(), free_port(), &[]);
+    let knot = Secondary::knot(primary_addr, free_port(), false);
+    knot.wait_for_serial(serial_of(&server), Duration::from_secs(10));
+    assert!(
+        knot.log_since(0).contains("AXFR, incoming"),
+        "{}",
+        knot.log_since(0)
+    );
+    for (name, rtype) in NAMES {
+        let ours = short(dig(&server, &["+short", name, rtype]));
+        let theirs = short(knot.dig(&["+short", name, rtype]));
+        assert!(!ours.is_empty(), "{name} {rtype}: signpost has records");
+        assert_eq!(ours, theirs, "{name} {rtype}");
+    }
+    let missing = knot.dig(&["nope.svc.example", "A"]);
+    assert!(missing.contains("status: NXDOMAIN"), "{missing}");
+}
+
+#[test]
+fn a_registration_deregistration_and_health_flip_reach_knot_through_notify_and_ixfr() {
+    let zones = zones_copy();
+    let admin = tempfile::tempdir().unwrap();
+    let knot_port = free_port();
+    let notify = format!("127.0.0.1:{knot_port}");
+    let key = key_arg();
+    let (server, primary_addr) = primary(
+        admin.path(),
+        zones.path(),
+        free_port(),
+        &["--notify", &notify, "--tsig-key", &key],
+    );
+    // Signed: SOA queries, transfers and NOTIFY all carry the key.
+    let knot = Secondary::knot(primary_addr, knot_port, true);
+    knot.wait_for_serial(serial_of(&server), Duration::from_secs(10));
+
+    let before = knot.log_len();
+    register(&server, "web-9", "10.0.0.19", &[]);
+    let took = within(
+        Duration::from_secs(1),
+        "registration on the secondary",
+        || knot.dig(&["+short", "web-9.svc.example", "A"]).trim() == "10.0.0.19",
+    );
+    eprintln!("registration to Knot answering: {took:?}");
+    let log = knot.log_since(before);
+    assert!(log.contains("notify, incoming"), "{log}");
+    assert!(
+        log.contains("IXFR, incoming") && !log.contains("AXFR-style"),
+        "{log}"
+    );
+    assert!(
+        short(knot.dig(&["+short", "web.svc.example", "A"])).contains(&"10.0.0.19".to_string())
+    );
+
+    let out = server.cli(&[
+        "deregister",
+        "--zone",
+        "svc.example",
+        "--service",
+        "web",
+        "--instance",
+        "web-9",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    within(
+        Duration::from_secs(1),
+        "deregistration on the secondary",
+        || {
+            knot.dig(&["web-9.svc.example", "A"])
+                .contains("status: NXDOMAIN")
+        },
+    );
+
+    // A health flip: the checked port closes, the address leaves the zone,
+    // and comes back when the port opens again.
+    let listener = TcpListener::bind("127.0.0.7:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let out = server.cli(&[
+        "register",
+        "--zone",
+        "svc.example",
+        "--service",
+        "web",
+        "--instance",
+        "web-7",
+        "--address",
+        "127.0.0.7",
+        "--port",
+        &port,
+        "--check-tcp",
+        "--check-interval",
+        "1",
+        "--check-failures",
+        "1",
+        "--check-successes",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    within(
+        Duration::from_secs(2),
+        "healthy instance on the secondary",
+        || knot.dig(&["+short", "web-7.svc.example", "A"]).trim() == "127.0.0.7",
+    );
+    drop(listener);
+    within(
+        Duration::from_secs(5),
+        "unhealthy address out of signpost's answers",
+        || {
+            dig(&server, &["+short", "web-7.svc.example", "A"])
+                .trim()
+                .is_empty()
+        },
+    );
+    within(
+        Duration::from_secs(1),
+        "unhealthy address out of the secondary",
+        || {
+            knot.dig(&["+short", "web-7.svc.example", "A"])
+                .trim()
+                .is_empty()
+        },
+    );
+    let listener = TcpListener::bind(("127.0.0.7", port.parse::<u16>().unwrap())).unwrap();
+    within(
+        Duration::from_secs(5),
+        "healthy again in signpost's answers",
+        || dig(&server, &["+short", "web-7.svc.example", "A"]).trim() == "127.0.0.7",
+    );
+    within(
+        Duration::from_secs(1),
+        "healthy again on the secondary",
+        || knot.dig(&["+short", "web-7.svc.example", "A"]).trim() == "127.0.0.7",
+    );
+    drop(listener);
+}
+
+#[test]
+fn a_restart_keeps_serials_growing_and_knot_keeps_following() {
+    let zones = zones_copy();
+    let admin = tempfile::tempdir().unwrap();
+    let (port, knot_port) = (free_port(), free_port());
+    let notify = format!("127.0.0.1:{knot_port}");
+    let (mut server, primary_addr) =
+        primary(admin.path(), zones.path(), port, &["--notify", &notify]);
+    let knot = Secondary::knot(primary_addr, knot_port, false);
+    // A burst of changes runs the serial ahead of the clock.
+    for i in 0..5 {
+        register(&server, &format!("burst-{i}"), &format!("10.1.0.{i}"), &[]);
+    }
+    let before = serial_of(&server);
+    knot.wait_for_serial(before, Duration::from_secs(5));
+    server.stop();
+
+    let (server, _) = primary(admin.path(), zones.path(), port, &["--notify", &notify]);
+    let after = serial_of(&server);
+    assert!(
+        after.wrapping_sub(before) as i32 > 0,
+        "serial {after} after the restart, {before} before"
+    );
+    knot.wait_for_serial(after, Duration::from_secs(5));
+    register(&server, "web-9", "10.0.0.19", &[]);
+    within(
+        Duration::from_secs(1),
+        "a registration after the restart",
+        || knot.dig(&["+short", "web-9.svc.example", "A"]).trim() == "10.0.0.19",
+    );
+    assert!(knot.serial().unwrap().wrapping_sub(after) as i32 > 0);
+}
+
+#[test]
+fn nsd_loads_the_zone_and_follows_a_registration() {
+    let zones = zones_copy();
+    let admin = tempfile::tempdir().unwrap();
+    let nsd_port = free_port();
+    let notify = format!("127.0.0.1:{nsd_port}");
+    let key = key_arg();
+    let (server, primary_addr) = primary(
+        admin.path(),
+        zones.path(),
+        free_port(),
+        &["--notify", &notify, "--tsig-key", &key],
+    );
+    let nsd = Secondary::nsd(primary_addr, nsd_port, true);
+    nsd.wait_for_serial(serial_of(&server), Duration::from_secs(10));
+    for (name, rtype) in NAMES {
+        let ours = short(dig(&server, &["+short", name, rtype]));
+        assert_eq!(
+            ours,
+            short(nsd.dig(&["+short", name, rtype])),
+            "{name} {rtype}"
+        );
+    }
+    register(&server, "web-9", "10.0.0.19", &[]);
+    let took = within(Duration::from_secs(1), "registration on NSD", || {
+        nsd.dig(&["+short", "web-9.svc.example", "A"]).trim() == "10.0.0.19"
+    });
+    eprintln!("registration to NSD answering: {took:?}");
+    // NSD asked for the difference and got it.
+    assert!(
+        server.wait_for_log("zone=svc.example. from=", Duration::from_secs(1)),
+        "{}",
+        server.log_text()
+    );
+    let log = server.log_text();
+    let ixfr = log
+        .lines()
+        .filter(|l| l.contains(" IXFR ") && l.contains("added="))
+        .count();
+    assert!(ixfr >= 1, "{log}");
+    let out = server.cli(&[
+        "deregister",
+        "--zone",
+        "svc.example",
+        "--service",
+        "web",
+        "--instance",
+        "web-9",
+    ]);
+    assert!(out.status.success());
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            nsd.dig(&["web-9.svc.example", "A"])
+                .contains("status: NXDOMAIN")
+        }),
+        "deregistration on NSD: not within a second\nNSD:\n{}\nsignpost:\n{}",
+        nsd.log_since(0),
+        server.log_text()
+    );
+}
+
+/// An AXFR query for the example zone, signed with `signer` at `time` if given.
+fn axfr(signer: Option<(&TSigner, u64)>) -> Vec<u8> {
+    let mut q = query("svc.example.", RecordType::AXFR);
+    q.metadata.recursion_desired = false;
+    if let Some((signer, time)) = signer {
+        q.finalize(signer, time).unwrap();
+    }
+    q.to_vec().unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn signer(name: &str, secret: &[u8]) -> TSigner {
+    TSigner::new(
+        secret.to_vec(),
+        TsigAlgorithm::HmacSha256,
+        Name::from_ascii(name).unwrap(),
+        300,
+    )
+    .unwrap()
+}
+
+#[test]
+fn transfers_are_refused_from_outside_allow_transfer_and_over_udp() {
+    let outside = Server::start_with(
+        &common::example_zones(),
+        &["--allow-transfer", "192.0.2.0/24"],
+    );
+    let reply = Message::from_vec(&tcp_raw(outside.addr, &axfr(None)).unwrap()).unwrap();
+    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+    assert!(reply.answers.is_empty());
+    let out = dig(&outside, &["svc.example", "AXFR"]);
+    assert!(
+        out.contains("Transfer failed") && !out.contains("\tSOA\t"),
+        "{out}"
+    );
+
+    let inside = Server::start_with(
+        &common::example_zones(),
+        &["--allow-transfer", "127.0.0.0/8"],
+    );
+    let out = dig(&inside, &["svc.example", "AXFR"]);
+    assert!(out.contains("\tSOA\t") && !out.contains("failed"), "{out}");
+    // RFC 5936 section 4.2: AXFR is for TCP.
+    let reply = udp_raw(inside.addr, &axfr(None), Duration::from_secs(2)).unwrap();
+    let reply = Message::from_vec(&reply).unwrap();
+    assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+}
+
+#[test]
+fn with_a_key_unsigned_unknown_key_bad_mac_and_stale_transfers_are_refused() {
+    let key = key_arg();
+    let server = Server::start_with(
+        &common::example_zones(),
+        &["--allow-transfer", "127.0.0.1", "--tsig-key", &key],
+    );
+    let out = dig(&server, &["svc.example", "AXFR"]);
+    assert!(
+        out.contains("Transfer failed") && !out.contains("\tSRV\t"),
+        "{out}"
+    );
+    let reply = Message::from_vec(&tcp_raw(server.addr, &axfr(None)).unwrap()).unwrap();
+    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+
+    let wrong_secret = format!("hmac-sha256:{KEY}:c2VjcmV0LWJ1dC1ub3QtdGhlLXJpZ2h0LW9uZQ==");
+    let out = dig(&server, &["-y", &wrong_secret, "svc.example", "AXFR"]);
+    assert!(!out.contains("\tSRV\t"), "{out}");
+
+    let secret = data_encoding::BASE64.decode(SECRET.as_bytes()).unwrap();
+    let cases = [
+        (signer("other-key.", &secret), now(), TsigError::BadKey),
+        (
+            signer(&format!("{KEY}."), b"not the secret"),
+            now(),
+            TsigError::BadSig,
+        ),
+        (
+            signer(&format!("{KEY}."), &secret),
+            now() - 3600,
+            TsigError::BadTime,
+        ),
+    ];
+    for (signer, time, expected) in cases {
+        let reply = tcp_raw(server.addr, &axfr(Some((&signer, time)))).unwrap();
+        let reply = Message::from_vec(&reply).unwrap();
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NotAuth,
+            "{expected:?}"
+        );
+        assert!(reply.answers.is_empty());
+        let tsig = reply.signature().expect("a TSIG record says why");
+        assert_eq!(tsig.data.error, Some(expected));
+    }
+}
+
+#[test]
+fn dig_with_the_right_key_gets_a_verified_complete_transfer_in_many_messages() {
+    let zones = tempfile::tempdir().unwrap();
+    let mut zone = String::from(
+        "zone = \"big.example\"\nnameservers = [\"ns1\"]\n[hosts]\nns1 = \"127.0.0.1\"\n",
+    );
+    for i in 0..2000 {
+        zone.push_str(&format!("host-{i} = \"10.2.{}.{}\"\n", i / 256, i % 256));
+    }
+    std::fs::write(zones.path().join("big.example.toml"), zone).unwrap();
+    let keys = [
+        format!("hmac-sha256:{KEY}:{SECRET}"),
+        format!("hmac-sha512:{KEY}-512:{SECRET}"),
+        format!("hmac-sha1:{KEY}-1:{SECRET}"),
+    ];
+    let server = Server::start_with(
+        zones.path(),
+        &[
+            "--allow-transfer",
+            "127.0.0.1",
+            "--tsig-key",
+            &keys[0],
+            "--tsig-key",
+            &keys[1],
+            "--tsig-key",
+            &keys[2],
+        ],
+    );
+    for key in &keys {
+        let out = dig(&server, &["-y", key, "big.example", "AXFR"]);
+        assert!(
+            !out.contains("failed") && !out.contains("verify"),
+            "{key}: {out}"
+        );
+        let records = out.lines().filter(|l| l.contains("\tIN\t")).count();
+        // 2000 hosts, ns1, NS, and the SOA first and last.
+        assert_eq!(records, 2000 + 1 + 1 + 2, "{out}");
+        let size = out
+            .lines()
+            .find(|l| l.contains("XFR size"))
+            .expect("dig reports the size");
+        let messages: usize = size
+            .split("messages ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .and_then(|s| s.parse().ok())
+            .expect("a message count");
+        assert!(messages > 1, "{size}");
+    }
+}
+
+#[test]
+fn ixfr_answers_the_difference_and_falls_back_to_the_whole_zone_beyond_the_journal() {
+    let zones = zones_copy();
+    let server = Server::start_with(
+        zones.path(),
+        &["--allow-transfer", "127.0.0.1", "--ixfr-journal", "2"],
+    );
+    let mut serials = vec![serial_of(&server)];
+    for i in 0..4 {
+        register(&server, &format!("step-{i}"), &format!("10.3.0.{i}"), &[]);
+        serials.push(serial_of(&server));
+    }
+    let current = serials[4];
+    let records = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.contains("\tIN\t"))
+            .map(|l| {
+                l.split('\t')
+                    .filter(|f| !f.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    };
+    // Within the journal: the condensed difference from serial 2 to 4.
+    let out = dig(
+        &server,
+        &["+tcp", "svc.example", &format!("IXFR={}", serials[2])],
+    );
+    let rr = records(&out);
+    assert!(
+        rr[0].contains(" SOA ") && rr[0].contains(&current.to_string()),
+        "{out}"
+    );
+    assert!(
+        rr[1].contains(" SOA ") && rr[1].contains(&serials[2].to_string()),
+        "{out}"
+    );
+    assert!(
+        out.contains("step-2.svc.example.") && out.contains("step-3.svc.example."),
+        "{out}"
+    );
+    assert!(!out.contains("step-1.svc.example."), "{out}");
+    assert!(rr.len() < 40, "{out}");
+    // Older than the journal: the whole zone, as AXFR would send it.
+    let out = dig(
+        &server,
+        &["+tcp", "svc.example", &format!("IXFR={}", serials[0])],
+    );
+    let rr = records(&out);
+    assert!(!rr[1].contains(" SOA "), "{out}");
+    let axfr = records(&dig(&server, &["svc.example", "AXFR"]));
+    assert_eq!(rr.len(), axfr.len(), "{out}");
+    // Current: the SOA alone, over UDP too.
+    let out = dig(
+        &server,
+        &["+notcp", "svc.example", &format!("IXFR={current}")],
+    );
+    assert_eq!(records(&out).len(), 1, "{out}");
+    // Behind, over UDP: truncated, so the client comes back over TCP.
+    let mut q = query("svc.example.", RecordType::IXFR);
+    q.add_authority(hickory_proto::rr::Record::from_rdata(
+        Name::from_ascii("svc.example.").unwrap(),
+        0,
+        RData::SOA(hickory_proto::rr::rdata::SOA::new(
+            Name::root(),
+            Name::root(),
+            serials[3],
+            0,
+            0,
+            0,
+            0,
+        )),
+    ));
+    let reply = udp_raw(server.addr, &q.to_vec().unwrap(), Duration::from_secs(2)).unwrap();
+    let reply = Message::from_vec(&reply).unwrap();
+    assert!(reply.metadata.truncation && reply.answers.is_empty());
+}
