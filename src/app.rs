@@ -211,7 +211,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         Box::new(state_log),
         Box::new(move |targets| checker.update(targets)),
     ));
-    let admin_task = tokio::spawn(admin::run(admin, writer.clone(), shutdown.clone()));
+    let admin_task = tokio::spawn(admin::run(
+        admin,
+        writer.clone(),
+        transfers.clone(),
+        shutdown.clone(),
+    ));
 
     server::run(bound, snapshots, config.tcp, forwarder, transfers, shutdown).await?;
     // The admin server removes its socket once it sees the shutdown.

@@ -419,6 +419,20 @@ fn a_registration_deregistration_and_health_flip_reach_knot_through_notify_and_i
         || knot.dig(&["+short", "web-7.svc.example", "A"]).trim() == "127.0.0.7",
     );
     drop(listener);
+
+    // status: the journal's reach, and the secondary's last acknowledgement.
+    let serial = serial_of(&server);
+    let expected = format!("secondary {notify}: acknowledged NOTIFY of serial {serial} ");
+    let mut status = String::new();
+    let acknowledged = eventually(Duration::from_secs(2), || {
+        status = String::from_utf8_lossy(&server.cli(&["status"]).stdout).into_owned();
+        status.contains(&expected)
+    });
+    assert!(acknowledged, "{status}");
+    assert!(
+        status.contains("svc.example.: IXFR journal ") && status.contains(&format!("..{serial} (")),
+        "{status}"
+    );
 }
 
 #[test]
