@@ -20,8 +20,8 @@ use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::tsig::{TsigAlgorithm, TsigError};
 use hickory_proto::rr::{Name, RData, RecordType, TSigner};
 
+/// The key of the README's configurations.
 const KEY: &str = "xfr-key";
-/// 32 random bytes, base64.
 const SECRET: &str = "8Zt0mV6d2nWq3cQ1k9Xy4b7LhJpR5sTuVwE0aGfHiKo=";
 
 fn key_arg() -> String {
@@ -39,6 +39,44 @@ fn free_port() -> u16 {
     }
 }
 
+/// Where signpost is in the README's configurations.
+const README_PRIMARY: &str = "192.0.2.10@8600";
+
+/// The configuration block of the README's "Secondaries" section marked
+/// `name`; without its key (the `key:` section and references to it)
+/// unless `signed`.
+fn readme_block(name: &str, signed: bool) -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let marker = format!("<!-- {name}:");
+    let after = &readme[readme
+        .find(&marker)
+        .unwrap_or_else(|| panic!("README has {marker}"))..];
+    let start = after.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let block = &after[start..];
+    let block = &block[..block.find("```").expect("the block ends")];
+    if signed {
+        return block.to_string();
+    }
+    let mut out = String::new();
+    let mut in_key_section = false;
+    for line in block.lines() {
+        if line == "key:" {
+            in_key_section = true;
+            continue;
+        }
+        if in_key_section && !line.starts_with(' ') && !line.is_empty() {
+            in_key_section = false;
+        }
+        if in_key_section || line.trim() == "key: xfr-key" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// A daemon from /usr/sbin, which is not in every user's PATH.
 fn sbin(name: &str) -> std::path::PathBuf {
     let path = Path::new("/usr/sbin").join(name);
@@ -54,34 +92,33 @@ struct Secondary {
 }
 
 impl Secondary {
-    /// Knot DNS following `svc.example.` from `primary`, on `port`.
+    /// Knot DNS following `svc.example.` from `primary`, on `port`, with
+    /// the README's configuration; without the key unless `signed`.
     fn knot(primary: SocketAddr, port: u16, signed: bool) -> Secondary {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
-        let key = if signed {
-            format!("key:\n  - id: {KEY}\n    algorithm: hmac-sha256\n    secret: {SECRET}\n")
-        } else {
-            String::new()
-        };
-        let use_key = if signed {
-            format!("\n    key: {KEY}")
-        } else {
-            String::new()
-        };
-        // As root knotd would switch to the knot user: stay root, in the
-        // temporary directory.
-        let conf = format!(
-            "server:\n    rundir: \"{d}\"\n    user: root:root\n    listen: 127.0.0.1@{port}\n\
-             database:\n    storage: \"{d}\"\n\
-             {key}\
-             remote:\n  - id: primary\n    address: {ip}@{pport}{use_key}\n\
-             acl:\n  - id: notify_from_primary\n    address: {ip}\n    action: notify{use_key}\n\
-             template:\n  - id: default\n    storage: \"{d}\"\n    zonefile-sync: -1\n    zonefile-load: none\n    journal-content: all\n\
-             zone:\n  - domain: svc.example\n    master: primary\n    acl: notify_from_primary\n\
-             log:\n  - target: stderr\n    any: info\n",
-            ip = primary.ip(),
-            pport = primary.port(),
-        );
+        let mut conf = readme_block("knot.conf", signed);
+        // Loopback addresses, and as root knotd would switch to the knot
+        // user and use /var/lib/knot: stay root, in the temporary directory.
+        for (from, to) in [
+            ("listen: 0.0.0.0@53", format!("listen: 127.0.0.1@{port}")),
+            (README_PRIMARY, primary.to_string().replace(':', "@")),
+            (
+                "address: 192.0.2.10\n",
+                format!("address: {}\n", primary.ip()),
+            ),
+            (
+                "server:\n",
+                format!("server:\n    rundir: \"{d}\"\n    user: root:root\n"),
+            ),
+        ] {
+            assert!(conf.contains(from), "the README's knot.conf has `{from}`");
+            conf = conf.replacen(from, &to, 1);
+        }
+        conf.push_str(&format!(
+            "database:\n    storage: \"{d}\"\ntemplate:\n  - id: default\n    storage: \"{d}\"\n\
+             log:\n  - target: stderr\n    any: info\n"
+        ));
         let path = dir.path().join("knot.conf");
         std::fs::write(&path, conf).unwrap();
         let mut command = Command::new(sbin("knotd"));
@@ -89,35 +126,34 @@ impl Secondary {
         Secondary::spawn(command, dir, port, "knotd (apt-get install knot)")
     }
 
-    /// NSD following `svc.example.` from `primary`, on `port`.
+    /// NSD following `svc.example.` from `primary`, on `port`, with the
+    /// README's configuration; without the key unless `signed`.
     fn nsd(primary: SocketAddr, port: u16, signed: bool) -> Secondary {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
-        let (key, key_name) = if signed {
-            (
-                format!(
-                    "key:\n    name: {KEY}\n    algorithm: hmac-sha256\n    secret: \"{SECRET}\"\n"
-                ),
-                KEY.to_string(),
-            )
-        } else {
-            (String::new(), "NOKEY".to_string())
-        };
-        // No user to switch to, no chroot, every file in the directory; a
-        // transfer is served at once (NSD's default waits up to a second
-        // after the previous one).
-        let conf = format!(
-            "server:\n    ip-address: 127.0.0.1@{port}\n    username: \"\"\n    chroot: \"\"\n\
+        let mut conf = readme_block("nsd.conf", signed);
+        // Loopback addresses; no user to switch to, no chroot, every file
+        // in the temporary directory.
+        let paths = format!(
+            "ip-address: 127.0.0.1@{port}\n    username: \"\"\n    chroot: \"\"\n\
              \x20   zonesdir: \"{d}\"\n    database: \"\"\n    pidfile: \"{d}/nsd.pid\"\n\
-             \x20   xfrdfile: \"{d}/xfrd.state\"\n    xfrdir: \"{d}\"\n    zonelistfile: \"{d}/zone.list\"\n\
-             \x20   verbosity: 2\n    xfrd-reload-timeout: 0\n\
-             remote-control:\n    control-enable: no\n\
-             {key}\
-             zone:\n    name: svc.example\n    zonefile: \"svc.example.zone\"\n\
-             \x20   request-xfr: {ip}@{pport} {key_name}\n    allow-notify: {ip} {key_name}\n",
-            ip = primary.ip(),
-            pport = primary.port(),
+             \x20   xfrdfile: \"{d}/xfrd.state\"\n    xfrdir: \"{d}\"\n\
+             \x20   zonelistfile: \"{d}/zone.list\"\n    verbosity: 2\n"
         );
+        for (from, to) in [
+            ("ip-address: 0.0.0.0@53\n", paths),
+            (README_PRIMARY, primary.to_string().replace(':', "@")),
+            (
+                "allow-notify: 192.0.2.10",
+                format!("allow-notify: {}", primary.ip()),
+            ),
+        ] {
+            assert!(conf.contains(from), "the README's nsd.conf has `{from}`");
+            conf = conf.replacen(from, &to, 1);
+        }
+        if !signed {
+            conf = conf.replace(" xfr-key", " NOKEY");
+        }
         let path = dir.path().join("nsd.conf");
         std::fs::write(&path, conf).unwrap();
         let mut command = Command::new(sbin("nsd"));
@@ -265,11 +301,18 @@ fn register(server: &Server, instance: &str, address: &str, extra: &[&str]) {
 }
 
 /// Waits until `check` holds, returning how long it took; fails after `limit`.
-fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+/// `logs` shows what the servers logged when it fails.
+fn within(
+    logs: &dyn Fn() -> String,
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+) -> Duration {
     let start = Instant::now();
     assert!(
         eventually(limit, &mut check),
-        "{what}: not within {limit:?}"
+        "{what}: not within {limit:?}\n{}",
+        logs()
     );
     start.elapsed()
 }
@@ -290,7 +333,12 @@ fn knot_loads_the_zone_by_axfr_and_answers_every_name_as_signpost_does() {
         let ours = short(dig(&server, &["+short", name, rtype]));
         let theirs = short(knot.dig(&["+short", name, rtype]));
         assert!(!ours.is_empty(), "{name} {rtype}: signpost has records");
-        assert_eq!(ours, theirs, "{name} {rtype}");
+        assert_eq!(
+            ours,
+            theirs,
+            "{name} {rtype}\nsignpost:\n{}",
+            server.log_text()
+        );
     }
     let missing = knot.dig(&["nope.svc.example", "A"]);
     assert!(missing.contains("status: NXDOMAIN"), "{missing}");
@@ -312,10 +360,18 @@ fn a_registration_deregistration_and_health_flip_reach_knot_through_notify_and_i
     // Signed: SOA queries, transfers and NOTIFY all carry the key.
     let knot = Secondary::knot(primary_addr, knot_port, true);
     knot.wait_for_serial(serial_of(&server), Duration::from_secs(10));
+    let logs = || {
+        format!(
+            "signpost:\n{}\nKnot:\n{}",
+            server.log_text(),
+            knot.log_since(0)
+        )
+    };
 
     let before = knot.log_len();
     register(&server, "web-9", "10.0.0.19", &[]);
     let took = within(
+        &logs,
         Duration::from_secs(1),
         "registration on the secondary",
         || knot.dig(&["+short", "web-9.svc.example", "A"]).trim() == "10.0.0.19",
@@ -346,6 +402,7 @@ fn a_registration_deregistration_and_health_flip_reach_knot_through_notify_and_i
         String::from_utf8_lossy(&out.stderr)
     );
     within(
+        &logs,
         Duration::from_secs(1),
         "deregistration on the secondary",
         || {
@@ -384,12 +441,14 @@ fn a_registration_deregistration_and_health_flip_reach_knot_through_notify_and_i
         String::from_utf8_lossy(&out.stderr)
     );
     within(
+        &logs,
         Duration::from_secs(2),
         "healthy instance on the secondary",
         || knot.dig(&["+short", "web-7.svc.example", "A"]).trim() == "127.0.0.7",
     );
     drop(listener);
     within(
+        &logs,
         Duration::from_secs(5),
         "unhealthy address out of signpost's answers",
         || {
@@ -399,6 +458,7 @@ fn a_registration_deregistration_and_health_flip_reach_knot_through_notify_and_i
         },
     );
     within(
+        &logs,
         Duration::from_secs(1),
         "unhealthy address out of the secondary",
         || {
@@ -409,11 +469,13 @@ fn a_registration_deregistration_and_health_flip_reach_knot_through_notify_and_i
     );
     let listener = TcpListener::bind(("127.0.0.7", port.parse::<u16>().unwrap())).unwrap();
     within(
+        &logs,
         Duration::from_secs(5),
         "healthy again in signpost's answers",
         || dig(&server, &["+short", "web-7.svc.example", "A"]).trim() == "127.0.0.7",
     );
     within(
+        &logs,
         Duration::from_secs(1),
         "healthy again on the secondary",
         || knot.dig(&["+short", "web-7.svc.example", "A"]).trim() == "127.0.0.7",
@@ -459,8 +521,16 @@ fn a_restart_keeps_serials_growing_and_knot_keeps_following() {
         "serial {after} after the restart, {before} before"
     );
     knot.wait_for_serial(after, Duration::from_secs(5));
+    let logs = || {
+        format!(
+            "signpost:\n{}\nKnot:\n{}",
+            server.log_text(),
+            knot.log_since(0)
+        )
+    };
     register(&server, "web-9", "10.0.0.19", &[]);
     within(
+        &logs,
         Duration::from_secs(1),
         "a registration after the restart",
         || knot.dig(&["+short", "web-9.svc.example", "A"]).trim() == "10.0.0.19",
@@ -492,9 +562,17 @@ fn nsd_loads_the_zone_and_follows_a_registration() {
         );
     }
     register(&server, "web-9", "10.0.0.19", &[]);
-    let took = within(Duration::from_secs(1), "registration on NSD", || {
+    let start = Instant::now();
+    let reached = eventually(Duration::from_secs(1), || {
         nsd.dig(&["+short", "web-9.svc.example", "A"]).trim() == "10.0.0.19"
     });
+    let took = start.elapsed();
+    assert!(
+        reached,
+        "registration on NSD: not within a second\nNSD:\n{}\nsignpost:\n{}",
+        nsd.log_since(0),
+        server.log_text()
+    );
     eprintln!("registration to NSD answering: {took:?}");
     // NSD asked for the difference and got it.
     assert!(

@@ -82,8 +82,13 @@ pub struct Registry {
     on_publish: Option<PublishHook>,
 }
 
-/// Called with the published snapshot and the one about to replace it.
-pub type PublishHook = Box<dyn FnMut(&Snapshot, &Snapshot) + Send>;
+/// Called with the published snapshot and the one about to replace it;
+/// what it returns runs once the new one is published (a NOTIFY must not
+/// reach a secondary before the serial it announces is served).
+pub type PublishHook = Box<dyn FnMut(&Snapshot, &Snapshot) -> AfterPublish + Send>;
+
+/// Work that waits for a snapshot to be published.
+pub type AfterPublish = Option<Box<dyn FnOnce() + Send>>;
 
 /// What a registration or removal replaced: kept until the store has made
 /// the change durable, so that a change the store refuses is taken back and
@@ -374,10 +379,14 @@ impl Registry {
                 .map(|e| e.snapshot().clone())
                 .chain(self.reverse.snapshots(|k| zones.contains_key(k))),
         );
-        if let Some(hook) = self.on_publish.as_mut() {
-            hook(&self.published.load(), &snapshot);
-        }
+        let after = match self.on_publish.as_mut() {
+            Some(hook) => hook(&self.published.load(), &snapshot),
+            None => None,
+        };
         self.published.store(Arc::new(snapshot));
+        if let Some(after) = after {
+            after();
+        }
     }
 
     /// Keeps serials above those in `serials` (read from the serial file),

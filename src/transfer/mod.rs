@@ -116,12 +116,14 @@ impl Transfers {
     }
 
     /// What the registry calls with each snapshot before publishing it:
-    /// records each changed zone's difference in its journal, and tells
-    /// `notify` about zones whose records changed (not about a new serial
-    /// alone). Costs what changed (see [`records::diff`]).
+    /// records each changed zone's difference in its journal (before, so an
+    /// IXFR for the new serial finds it), and once the snapshot is published
+    /// tells `notify` about zones whose records changed (not about a new
+    /// serial alone). Costs what changed (see [`records::diff`]).
     pub fn publish_hook(self: &Arc<Self>, notify: Option<UnboundedSender<Notice>>) -> PublishHook {
         let transfers = self.clone();
         Box::new(move |old: &Snapshot, new: &Snapshot| {
+            let mut notices = Vec::new();
             for (before, zone) in records::changed_zones(old, new) {
                 let apex = records::apex(zone).to_vec();
                 let soa = records::soa(zone);
@@ -144,14 +146,22 @@ impl Transfers {
                         changed
                     }
                 };
-                if changed && let Some(tx) = &notify {
-                    let _ = tx.send(Notice {
+                if changed {
+                    notices.push(Notice {
                         apex,
                         serial: zone.serial,
                         soa,
                     });
                 }
             }
+            // Sent once the new serial is served: a secondary that asks for
+            // the SOA at once must see it.
+            let tx = notify.clone().filter(|_| !notices.is_empty())?;
+            Some(Box::new(move || {
+                for notice in notices {
+                    let _ = tx.send(notice);
+                }
+            }) as Box<dyn FnOnce() + Send>)
         })
     }
 
