@@ -122,8 +122,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     };
 
     // Transfers: the journal and NOTIFY follow every publish from the first.
-    let transfers = config.transfer.is_enabled().then(|| {
-        let transfers = Transfers::new(config.transfer.clone());
+    // Without any transfer setting there is no journal to keep, but a
+    // signed query still gets its TSIG error (BADKEY) rather than an
+    // unsigned answer, so the listeners always have the shared state.
+    let transfers = Transfers::new(config.transfer.clone());
+    if config.transfer.is_enabled() {
         let (notices, notify_rx) = mpsc::unbounded_channel();
         let to_notify = (!config.transfer.notify.is_empty()).then_some(notices);
         registry.set_publish_hook(transfers.publish_hook(to_notify));
@@ -138,8 +141,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
             notify = ?config.transfer.notify,
             "zone transfers enabled"
         );
-        transfers
-    });
+    }
+    let transfers = Some(transfers);
 
     // Runtime registrations first, so each zone is built once with them.
     let (mut state_log, stored) = StateLog::open(&config.state, lock)?;

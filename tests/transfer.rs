@@ -837,3 +837,37 @@ fn ixfr_answers_the_difference_and_falls_back_to_the_whole_zone_beyond_the_journ
     let reply = Message::from_vec(&reply).unwrap();
     assert!(reply.metadata.truncation && reply.answers.is_empty());
 }
+
+#[test]
+fn a_signed_query_gets_a_signed_answer_and_a_server_without_keys_says_badkey() {
+    let key = key_arg();
+    let server = Server::start_with(
+        &common::example_zones(),
+        &["--allow-transfer", "127.0.0.1", "--tsig-key", &key],
+    );
+    // dig checks the answer's signature and says so when it does not verify.
+    for transport in ["+notcp", "+tcp"] {
+        let out = dig(&server, &["-y", &key, transport, "web-1.svc.example", "A"]);
+        assert!(
+            out.contains("status: NOERROR") && out.contains("10.0.0.11"),
+            "{out}"
+        );
+        assert!(
+            out.contains("TSIG") && !out.contains("Couldn't verify"),
+            "{out}"
+        );
+    }
+
+    let plain = Server::start(&common::example_zones());
+    let secret = data_encoding::BASE64.decode(SECRET.as_bytes()).unwrap();
+    let signer = signer(&format!("{KEY}."), &secret);
+    let mut q = query("web-1.svc.example.", RecordType::A);
+    q.finalize(&signer, now()).unwrap();
+    let reply = udp_raw(plain.addr, &q.to_vec().unwrap(), Duration::from_secs(2)).unwrap();
+    let reply = Message::from_vec(&reply).unwrap();
+    assert_eq!(reply.metadata.response_code, ResponseCode::NotAuth);
+    assert_eq!(
+        reply.signature().unwrap().data.error,
+        Some(TsigError::BadKey)
+    );
+}

@@ -364,12 +364,11 @@ impl Registry {
             });
         }
         // Durable before any secondary can see the serials.
-        let serials: Vec<_> = self
+        let serials = self
             .zones
             .iter()
-            .map(|(k, e)| (k.clone(), e.zone.apex.clone(), e.serial()))
-            .collect();
-        if let Err(error) = self.serials.reserve(&serials) {
+            .map(|(k, e)| (k.as_slice(), &e.zone.apex, e.serial()));
+        if let Err(error) = self.serials.reserve(serials) {
             error!(%error, "serials not saved; after a restart they may go below ones already served");
         }
         let zones = &self.zones;

@@ -103,7 +103,10 @@ impl Serials {
     /// Notes that `zone` is about to be published at `serial`; when that
     /// reaches the zone's ceiling, a new one is written (durably) first.
     /// Returns whether the file was written.
-    pub fn reserve(&mut self, zones: &[(Vec<u8>, Name, u32)]) -> Result<bool, SerialsError> {
+    pub fn reserve<'z>(
+        &mut self,
+        zones: impl IntoIterator<Item = (&'z [u8], &'z Name, u32)>,
+    ) -> Result<bool, SerialsError> {
         let mut write = false;
         for (key, apex, serial) in zones {
             let reached = match self.ceilings.get(key) {
@@ -114,9 +117,9 @@ impl Serials {
             if reached {
                 let ceiling = match self.path {
                     Some(_) => serial.wrapping_add(RESERVE),
-                    None => *serial,
+                    None => serial,
                 };
-                self.ceilings.insert(key.clone(), (apex.clone(), ceiling));
+                self.ceilings.insert(key.to_vec(), (apex.clone(), ceiling));
                 write = true;
             }
         }
@@ -163,19 +166,21 @@ mod tests {
         (lower_wire(&name), name, serial)
     }
 
+    impl Serials {
+        fn reserve_one(&mut self, (key, apex, serial): (Vec<u8>, Name, u32)) -> bool {
+            self.reserve([(key.as_slice(), &apex, serial)]).unwrap()
+        }
+    }
+
     #[test]
     fn a_ceiling_is_written_only_when_a_serial_reaches_it_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.serials");
         let mut serials = Serials::open(&path).unwrap();
-        assert!(serials.reserve(&[zone("a.test.", 100)]).unwrap());
-        assert!(!serials.reserve(&[zone("a.test.", 101)]).unwrap());
-        assert!(
-            !serials
-                .reserve(&[zone("a.test.", 100 + RESERVE - 1)])
-                .unwrap()
-        );
-        assert!(serials.reserve(&[zone("A.test.", 100 + RESERVE)]).unwrap());
+        assert!(serials.reserve_one(zone("a.test.", 100)));
+        assert!(!serials.reserve_one(zone("a.test.", 101)));
+        assert!(!serials.reserve_one(zone("a.test.", 100 + RESERVE - 1)));
+        assert!(serials.reserve_one(zone("A.test.", 100 + RESERVE)));
         let again = Serials::open(&path).unwrap();
         assert_eq!(again.floor(&zone("a.test.", 0).0), Some(100 + 2 * RESERVE));
         assert_eq!(again.floor(&zone("b.test.", 0).0), None);
@@ -193,8 +198,8 @@ mod tests {
     #[test]
     fn the_ceiling_wraps_in_serial_arithmetic() {
         let mut serials = Serials::in_memory();
-        serials.reserve(&[zone("a.test.", u32::MAX)]).unwrap();
-        serials.reserve(&[zone("a.test.", 3)]).unwrap();
+        serials.reserve_one(zone("a.test.", u32::MAX));
+        serials.reserve_one(zone("a.test.", 3));
         assert_eq!(serials.floor(&zone("a.test.", 0).0), Some(3));
     }
 }

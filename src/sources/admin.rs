@@ -418,7 +418,9 @@ fn status_info(status: Status, transfers: Option<&Transfers>) -> StatusInfo {
             .zones
             .into_iter()
             .map(|z| ZoneInfo {
-                transfer: transfers.map(|t| transfer_info(t, &z.zone)),
+                transfer: transfers
+                    .filter(|t| t.config.is_enabled())
+                    .map(|t| transfer_info(t, &z.zone)),
                 zone: z.zone,
                 file: z.source.display().to_string(),
                 serial: z.serial,

@@ -14,6 +14,11 @@ use crate::answer::records::{Diff, WireRecord};
 /// Default number of changes kept per zone.
 pub const DEFAULT_JOURNAL: usize = 1000;
 
+/// Most bytes of records a zone's journal keeps, whatever its number of
+/// changes: a zone file rewritten from end to end makes one change as big
+/// as the zone, and a thousand of those must not fill the memory.
+pub const MAX_JOURNAL_BYTES: usize = 64 << 20;
+
 /// One version step of a zone.
 pub struct Step {
     /// Serial before.
@@ -30,6 +35,16 @@ pub struct Step {
 #[derive(Default)]
 pub struct Journal {
     steps: VecDeque<Step>,
+    /// Bytes of records in `steps`.
+    bytes: usize,
+}
+
+impl Step {
+    fn bytes(&self) -> usize {
+        let records =
+            |set: &std::collections::BTreeSet<WireRecord>| set.iter().map(Vec::len).sum::<usize>();
+        self.from_soa.len() + records(&self.diff.removed) + records(&self.diff.added)
+    }
 }
 
 impl Journal {
@@ -38,17 +53,20 @@ impl Journal {
     /// nothing) starts the journal over.
     pub fn push(&mut self, step: Step, limit: usize) {
         if self.steps.back().is_some_and(|last| last.to != step.from) {
-            self.steps.clear();
+            self.clear();
         }
+        self.bytes += step.bytes();
         self.steps.push_back(step);
-        while self.steps.len() > limit {
-            self.steps.pop_front();
+        while self.steps.len() > limit || (self.bytes > MAX_JOURNAL_BYTES && self.steps.len() > 1) {
+            let dropped = self.steps.pop_front().expect("not empty");
+            self.bytes -= dropped.bytes();
         }
     }
 
     /// Forgets every step (the zone went away).
     pub fn clear(&mut self) {
         self.steps.clear();
+        self.bytes = 0;
     }
 
     /// The serials the journal reaches from and to.
