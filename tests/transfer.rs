@@ -862,6 +862,28 @@ fn a_signed_query_gets_a_signed_answer_and_a_server_without_keys_says_badkey() {
         );
     }
 
+    // An answer that fits in 512 bytes, but not with its signature: TC, and
+    // dig comes back over TCP for the signed answer.
+    let zones = tempfile::tempdir().unwrap();
+    let mut zone = String::from("zone = \"big.example\"\n[hosts]\nmany = [");
+    for i in 0..27 {
+        zone.push_str(&format!("\"10.4.0.{i}\", "));
+    }
+    zone.push_str("]\n");
+    std::fs::write(zones.path().join("big.toml"), zone).unwrap();
+    let big = Server::start_with(zones.path(), &["--tsig-key", &key]);
+    let unsigned = dig(&big, &["+notcp", "+noedns", "many.big.example", "A"]);
+    assert!(!unsigned.contains("Truncated"), "{unsigned}");
+    let out = dig(
+        &big,
+        &["-y", &key, "+notcp", "+noedns", "many.big.example", "A"],
+    );
+    assert!(out.contains("Truncated, retrying in TCP mode"), "{out}");
+    assert!(
+        out.contains("ANSWER: 27") && !out.contains("Couldn't verify"),
+        "{out}"
+    );
+
     let plain = Server::start(&common::example_zones());
     let secret = data_encoding::BASE64.decode(SECRET.as_bytes()).unwrap();
     let signer = signer(&format!("{KEY}."), &secret);
@@ -874,4 +896,42 @@ fn a_signed_query_gets_a_signed_answer_and_a_server_without_keys_says_badkey() {
         reply.signature().unwrap().data.error,
         Some(TsigError::BadKey)
     );
+}
+
+#[test]
+fn a_bad_key_says_what_is_wrong_and_the_config_file_reads_keys_from_a_file() {
+    let admin = tempfile::tempdir().unwrap();
+    let zones = common::example_zones();
+    let (status, stderr) = common::serve_failure(&zones, admin.path(), &["--tsig-key", "xfr-key"]);
+    assert!(!status.success());
+    assert!(stderr.contains("[ALG:]NAME:BASE64SECRET"), "{stderr}");
+    let (_, stderr) =
+        common::serve_failure(&zones, admin.path(), &["--tsig-key", "hmac-md5:k:c2VjcmV0"]);
+    assert!(stderr.contains("unknown algorithm `hmac-md5`"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("xfr.key"),
+        format!("# the transfer key\n{}\nnot a key\n", key_arg()),
+    )
+    .unwrap();
+    let config = dir.path().join("signpost.toml");
+    std::fs::write(
+        &config,
+        "allow-transfer = [\"127.0.0.1\"]\ntsig-key-file = \"xfr.key\"\nnotify = [\"127.0.0.1:9\"]\nixfr-journal = 10\n",
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let (_, stderr) = common::serve_failure(&zones, admin.path(), &["--config", &config_arg]);
+    assert!(
+        stderr.contains("xfr.key:3:"),
+        "the bad line is named: {stderr}"
+    );
+
+    std::fs::write(dir.path().join("xfr.key"), format!("{}\n", key_arg())).unwrap();
+    let server = Server::start_with(&zones, &["--config", &config_arg]);
+    let out = dig(&server, &["-y", &key_arg(), "svc.example", "AXFR"]);
+    assert!(out.contains("\tSRV\t") && !out.contains("failed"), "{out}");
+    let out = dig(&server, &["svc.example", "AXFR"]);
+    assert!(out.contains("Transfer failed"), "{out}");
 }

@@ -56,7 +56,7 @@ fn signed(
     let mut signing = match tsig::check(&transfers.config.keys, query, now) {
         None => return vec![tsig::header_and_question(query, rcode::FORMERR)],
         Some(Checked::Refused(reply, error)) => {
-            info!(%client, ?error, "TSIG-signed query refused");
+            debug!(%client, ?error, "TSIG-signed query refused");
             return vec![reply];
         }
         Some(Checked::Valid(signing)) => signing,
@@ -76,9 +76,31 @@ fn signed(
             Some(signing),
         ),
         _ => {
-            signing.sign(&mut out, now);
+            let unsigned_out = out.clone();
+            signing.clone().sign(&mut out, now);
+            if transport == Transport::Udp && out.len() > udp_limit(&unsigned) {
+                // The signature made it too big: empty, with TC, so the
+                // client asks again over TCP.
+                out = unsigned_out;
+                out.truncate(tsig::header_and_question(&unsigned, rcode::NOERROR).len());
+                out[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+                crate::answer::wire::update_flags(&mut out, flag::TC, 0);
+                signing.sign(&mut out, now);
+            }
             vec![out]
         }
+    }
+}
+
+/// The largest UDP response the client of `query` takes (RFC 6891), as the
+/// query path caps it.
+fn udp_limit(query: &[u8]) -> usize {
+    let offered = Message::from_vec(query)
+        .ok()
+        .and_then(|m| m.edns.map(|e| e.max_payload()));
+    match offered {
+        Some(payload) => usize::from(payload.clamp(512, respond::MAX_UDP_PAYLOAD)),
+        None => 512,
     }
 }
 
@@ -110,7 +132,7 @@ fn transfer(
     };
     let qtype = question.query_type();
     if !transfers.config.allows(client, signed) {
-        info!(%client, zone = %question.name(), %qtype, signed, "zone transfer refused");
+        debug!(%client, zone = %question.name(), %qtype, signed, "zone transfer refused");
         return finish(error(rcode::REFUSED));
     }
     let Some(zone) = snapshot.zone(&lower_wire(question.name())) else {
@@ -224,7 +246,114 @@ fn pack<'r>(query: &[u8], records: impl Iterator<Item = &'r [u8]>, edns: bool) -
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use hickory_proto::op::{Message, Query, ResponseCode};
+    use hickory_proto::rr::Name;
+
     use super::*;
+    use crate::answer::build::build_zone;
+    use crate::model::{Host, Soa, Zone};
+    use crate::transfer::TransferConfig;
+
+    fn snapshot() -> Snapshot {
+        let apex = Name::from_ascii("svc.example.").unwrap();
+        let ns = Name::from_ascii("ns1.svc.example.").unwrap();
+        let zone = Zone {
+            apex: apex.clone(),
+            ttl: 30,
+            nameservers: vec![ns.clone()],
+            soa: Soa {
+                mname: ns.clone(),
+                rname: ns.clone(),
+                refresh: 1,
+                retry: 1,
+                expire: 1,
+                minimum: 1,
+            },
+            hosts: (0..3000)
+                .map(|i| Host {
+                    name: Name::from_ascii(format!("h{i}.svc.example.")).unwrap(),
+                    addresses: vec![[10, 0, (i / 256) as u8, (i % 256) as u8].into()],
+                })
+                .chain(std::iter::once(Host {
+                    name: ns,
+                    addresses: vec![[127, 0, 0, 1].into()],
+                }))
+                .collect(),
+            services: vec![],
+        };
+        Snapshot::new([Arc::new(build_zone(&zone, 7, None))])
+    }
+
+    fn axfr_query() -> Vec<u8> {
+        let mut q = Message::query();
+        q.add_query(Query::query(
+            Name::from_ascii("SVC.example.").unwrap(),
+            hickory_proto::rr::RecordType::AXFR,
+        ));
+        q.to_vec().unwrap()
+    }
+
+    fn ask(config: TransferConfig, client: [u8; 4], transport: Transport) -> Vec<Message> {
+        let snapshot = snapshot();
+        let transfers = Transfers::new(config);
+        let query = axfr_query();
+        let mut out = Vec::new();
+        let outcome = respond::respond(&snapshot, &query, transport, &mut out);
+        assert_eq!(outcome, Outcome::Transfer);
+        answer(
+            &transfers,
+            &snapshot,
+            &query,
+            client.into(),
+            transport,
+            outcome,
+            &out,
+        )
+        .iter()
+        .map(|m| Message::from_vec(m).unwrap())
+        .collect()
+    }
+
+    fn allow_loopback() -> TransferConfig {
+        TransferConfig {
+            allow: vec!["127.0.0.0/8".parse().unwrap()],
+            ..TransferConfig::default()
+        }
+    }
+
+    #[test]
+    fn an_axfr_is_every_record_between_two_soas_in_several_messages() {
+        let messages = ask(allow_loopback(), [127, 0, 0, 1], Transport::Tcp);
+        assert!(messages.len() > 1);
+        let records: Vec<_> = messages.iter().flat_map(|m| m.answers.iter()).collect();
+        assert_eq!(records.len(), 3000 + 1 + 1 + 2);
+        let soa = hickory_proto::rr::RecordType::SOA;
+        assert_eq!(records.first().unwrap().record_type(), soa);
+        assert_eq!(records.last().unwrap().record_type(), soa);
+        assert_eq!(records.iter().filter(|r| r.record_type() == soa).count(), 2);
+        assert!(messages.iter().all(|m| m.metadata.authoritative));
+        assert_eq!(messages[0].queries.len(), 1);
+    }
+
+    #[test]
+    fn an_axfr_is_refused_by_default_from_elsewhere_and_over_udp() {
+        let code =
+            |config, client, transport| ask(config, client, transport)[0].metadata.response_code;
+        assert_eq!(
+            code(TransferConfig::default(), [127, 0, 0, 1], Transport::Tcp),
+            ResponseCode::Refused
+        );
+        assert_eq!(
+            code(allow_loopback(), [192, 0, 2, 1], Transport::Tcp),
+            ResponseCode::Refused
+        );
+        assert_eq!(
+            code(allow_loopback(), [127, 0, 0, 1], Transport::Udp),
+            ResponseCode::NotImp
+        );
+    }
 
     #[test]
     fn serials_compare_in_serial_arithmetic() {

@@ -160,6 +160,7 @@ pub enum Checked {
 /// The state of signing one response, message after message (RFC 8945
 /// section 5.3.1: the first covers the request's MAC and every TSIG
 /// variable, each later one the MAC before it and the timers).
+#[derive(Clone)]
 pub struct Signing {
     key: Key,
     id: u16,
