@@ -507,22 +507,29 @@ fn a_restart_keeps_serials_growing_and_knot_keeps_following() {
     let admin = tempfile::tempdir().unwrap();
     let (port, knot_port) = (free_port(), free_port());
     let notify = format!("127.0.0.1:{knot_port}");
-    let (mut server, primary_addr) =
-        primary(admin.path(), zones.path(), port, &["--notify", &notify]);
+    let flags = ["--notify", &notify, "--reverse", "10.0.0.0/8"];
+    let (mut server, primary_addr) = primary(admin.path(), zones.path(), port, &flags);
     let knot = Secondary::knot(primary_addr, knot_port, false);
-    // A burst of changes runs the serial ahead of the clock.
+    let reverse_serial = |server: &Server| {
+        soa_serial(&dig(server, &["+short", "10.in-addr.arpa", "SOA"])).expect("a reverse zone")
+    };
+    // A burst of changes runs the serials ahead of the clock.
     for i in 0..5 {
         register(&server, &format!("burst-{i}"), &format!("10.1.0.{i}"), &[]);
     }
-    let before = serial_of(&server);
+    let (before, reverse_before) = (serial_of(&server), reverse_serial(&server));
     knot.wait_for_serial(before, Duration::from_secs(5));
     server.stop();
 
-    let (server, _) = primary(admin.path(), zones.path(), port, &["--notify", &notify]);
-    let after = serial_of(&server);
+    let (server, _) = primary(admin.path(), zones.path(), port, &flags);
+    let (after, reverse_after) = (serial_of(&server), reverse_serial(&server));
     assert!(
         after.wrapping_sub(before) as i32 > 0,
         "serial {after} after the restart, {before} before"
+    );
+    assert!(
+        reverse_after.wrapping_sub(reverse_before) as i32 > 0,
+        "reverse zone serial {reverse_after} after the restart, {reverse_before} before"
     );
     knot.wait_for_serial(after, Duration::from_secs(5));
     let logs = || {

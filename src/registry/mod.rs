@@ -353,6 +353,8 @@ impl Registry {
             self.health.zone_removed(&key);
         }
         if self.reverse.is_enabled() {
+            let serials = &self.serials;
+            self.reverse.seed_serials(|key| serials.floor(key));
             let current: Vec<(&[u8], u32)> = self
                 .zones
                 .iter()
@@ -367,7 +369,8 @@ impl Registry {
         let serials = self
             .zones
             .iter()
-            .map(|(k, e)| (k.as_slice(), &e.zone.apex, e.serial()));
+            .map(|(k, e)| (k.as_slice(), &e.zone.apex, e.serial()))
+            .chain(self.reverse.serials());
         if let Err(error) = self.serials.reserve(serials) {
             error!(%error, "serials not saved; after a restart they may go below ones already served");
         }
