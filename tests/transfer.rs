@@ -532,6 +532,10 @@ fn a_restart_keeps_serials_growing_and_knot_keeps_following() {
         "reverse zone serial {reverse_after} after the restart, {reverse_before} before"
     );
     knot.wait_for_serial(after, Duration::from_secs(5));
+    // The journal starts empty after a restart: Knot's IXFR from the old
+    // serial gets the whole zone.
+    let log = knot.log_since(0);
+    assert!(log.contains("receiving AXFR-style IXFR"), "{log}");
     let logs = || {
         format!(
             "signpost:\n{}\nKnot:\n{}",
@@ -941,4 +945,134 @@ fn a_bad_key_says_what_is_wrong_and_the_config_file_reads_keys_from_a_file() {
     assert!(out.contains("\tSRV\t") && !out.contains("failed"), "{out}");
     let out = dig(&server, &["svc.example", "AXFR"]);
     assert!(out.contains("Transfer failed"), "{out}");
+}
+
+/// A stand-in secondary: records each NOTIFY (arrival time, serial) and
+/// acknowledges it unless told to stay silent for the first few.
+struct NotifyListener {
+    socket: UdpSocket,
+}
+
+impl NotifyListener {
+    fn bind() -> NotifyListener {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        NotifyListener { socket }
+    }
+
+    fn addr(&self) -> String {
+        self.socket.local_addr().unwrap().to_string()
+    }
+
+    /// Listens for `duration`, answering all but the first `ignore` NOTIFYs.
+    fn listen(&self, duration: Duration, mut ignore: usize) -> Vec<(Instant, u32)> {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + duration;
+        let mut buf = [0u8; 1024];
+        while Instant::now() < deadline {
+            let Ok((len, from)) = self.socket.recv_from(&mut buf) else {
+                continue;
+            };
+            let message = Message::from_vec(&buf[..len]).unwrap();
+            assert_eq!(message.metadata.op_code, hickory_proto::op::OpCode::Notify);
+            let serial = match message.answers.first().map(|r| &r.data) {
+                Some(RData::SOA(soa)) => soa.serial,
+                other => panic!("a NOTIFY carries the SOA: {other:?}"),
+            };
+            seen.push((Instant::now(), serial));
+            if ignore > 0 {
+                ignore -= 1;
+                continue;
+            }
+            let mut reply = Message::response(message.metadata.id, message.metadata.op_code);
+            reply.metadata.authoritative = true;
+            reply.queries = message.queries.clone();
+            self.socket.send_to(&reply.to_vec().unwrap(), from).unwrap();
+        }
+        seen
+    }
+}
+
+#[test]
+fn notify_is_coalesced_retried_until_acknowledged_and_never_sent_for_a_heartbeat() {
+    let secondary = NotifyListener::bind();
+    let notify = secondary.addr();
+    let server = Server::start_with(
+        &common::example_zones(),
+        &["--allow-transfer", "127.0.0.1", "--notify", &notify],
+    );
+    // At start: one NOTIFY, acknowledged.
+    let start = secondary.listen(Duration::from_millis(500), 0);
+    assert_eq!(start.len(), 1, "{start:?}");
+
+    // A burst of 20 registrations from 4 clients at once.
+    let burst = std::thread::scope(|s| {
+        let listening = s.spawn(|| secondary.listen(Duration::from_millis(1500), 0));
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                let server = &server;
+                s.spawn(move || {
+                    for i in 0..5 {
+                        let name = format!("burst-{c}-{i}");
+                        register(server, &name, &format!("10.5.{c}.{i}"), &[]);
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        listening.join().unwrap()
+    });
+    let last = serial_of(&server);
+    // At most one per 200 ms, the last one with the latest serial.
+    assert!(!burst.is_empty() && burst.len() < 20, "{burst:?}");
+    for pair in burst.windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= Duration::from_millis(190),
+            "{burst:?}"
+        );
+    }
+    assert_eq!(burst.last().unwrap().1, last, "{burst:?}");
+
+    // A heartbeat that changes nothing sends nothing.
+    register(&server, "hb", "10.6.0.1", &["--ttl", "60"]);
+    secondary.listen(Duration::from_millis(400), 0);
+    let out = server.cli(&[
+        "heartbeat",
+        "--zone",
+        "svc.example",
+        "--service",
+        "web",
+        "--instance",
+        "hb",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let quiet = secondary.listen(Duration::from_millis(600), 0);
+    assert!(quiet.is_empty(), "{quiet:?}");
+    // Nor does registering the same instance again, which changes no record.
+    register(&server, "hb", "10.6.0.1", &["--ttl", "60"]);
+    let quiet = secondary.listen(Duration::from_millis(600), 0);
+    assert!(quiet.is_empty(), "{quiet:?}");
+
+    // Unanswered: asked again after about 1 s, then 2 s, then answered.
+    register(&server, "retry", "10.6.0.2", &[]);
+    let retries = secondary.listen(Duration::from_millis(4500), 2);
+    assert_eq!(retries.len(), 3, "{retries:?}");
+    let gaps: Vec<Duration> = retries.windows(2).map(|p| p[1].0 - p[0].0).collect();
+    assert!(
+        gaps[0] >= Duration::from_millis(900) && gaps[0] < Duration::from_millis(1500),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps[1] >= Duration::from_millis(1900) && gaps[1] < Duration::from_millis(2600),
+        "{gaps:?}"
+    );
+    assert!(secondary.listen(Duration::from_millis(1500), 0).is_empty());
 }

@@ -134,11 +134,12 @@ impl Transfers {
                     }
                     Some(before) => {
                         let diff = records::diff(before, zone);
-                        let changed = !diff.is_empty();
+                        let from_soa = records::soa(before);
+                        let changed = !diff.is_empty() || !same_but_serial(&from_soa, &soa);
                         let step = Step {
                             from: before.serial,
                             to: zone.serial,
-                            from_soa: records::soa(before),
+                            from_soa,
                             diff: Arc::new(diff),
                         };
                         let limit = transfers.config.journal;
@@ -199,9 +200,86 @@ impl Transfers {
     }
 }
 
+/// Two SOA records (wire form) that differ at most in their serial, which
+/// is the fifth field from the end: a new serial alone is not a change
+/// worth a NOTIFY, new timers are.
+fn same_but_serial(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    n == b.len() && n >= 20 && a[..n - 20] == b[..n - 20] && a[n - 16..] == b[n - 16..]
+}
+
 /// Seconds since the Unix epoch, as TSIG counts time.
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::rr::Name;
+
+    use super::*;
+    use crate::answer::build::build_zone;
+    use crate::model::{Host, Soa, Zone};
+
+    fn zone(hosts: usize, refresh: u32) -> Zone {
+        let ns = Name::from_ascii("ns1.svc.example.").unwrap();
+        Zone {
+            apex: Name::from_ascii("svc.example.").unwrap(),
+            ttl: 30,
+            nameservers: vec![ns.clone()],
+            soa: Soa {
+                mname: ns.clone(),
+                rname: ns,
+                refresh,
+                retry: 1,
+                expire: 1,
+                minimum: 1,
+            },
+            hosts: (0..hosts)
+                .map(|i| Host {
+                    name: Name::from_ascii(format!("h{i}.svc.example.")).unwrap(),
+                    addresses: vec![[10, 0, 0, i as u8].into()],
+                })
+                .collect(),
+            services: vec![],
+        }
+    }
+
+    #[test]
+    fn the_hook_journals_every_new_serial_and_notifies_only_changed_records() {
+        let transfers = Transfers::new(TransferConfig {
+            journal: 10,
+            ..TransferConfig::default()
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut hook = transfers.publish_hook(Some(tx));
+        let publish = |hook: &mut PublishHook, old: &Snapshot, new: &Snapshot| {
+            if let Some(after) = hook(old, new) {
+                after();
+            }
+        };
+        let v1 = Arc::new(build_zone(&zone(2, 1), 1, None));
+        let v2 = Arc::new(build_zone(&zone(2, 1), 2, Some(&v1)));
+        let v3 = Arc::new(build_zone(&zone(3, 1), 3, Some(&v2)));
+        let v4 = Arc::new(build_zone(&zone(3, 60), 4, Some(&v3)));
+        let snap = |z: &Arc<crate::answer::snapshot::ZoneSnapshot>| Snapshot::new([z.clone()]);
+        publish(&mut hook, &Snapshot::default(), &snap(&v1));
+        assert_eq!(rx.try_recv().unwrap().serial, 1, "a new zone is announced");
+        publish(&mut hook, &snap(&v1), &snap(&v2));
+        assert!(rx.try_recv().is_err(), "a new serial alone is not");
+        publish(&mut hook, &snap(&v2), &snap(&v3));
+        assert_eq!(rx.try_recv().unwrap().serial, 3);
+        publish(&mut hook, &snap(&v3), &snap(&v4));
+        assert_eq!(
+            rx.try_recv().unwrap().serial,
+            4,
+            "new SOA timers are a change"
+        );
+        let apex = records::apex(&v1).to_vec();
+        assert_eq!(transfers.status(&apex).journal, Some((1, 4)));
+        let (_, diff) = transfers.between(&apex, 1, 4).unwrap();
+        assert_eq!((diff.removed.len(), diff.added.len()), (0, 1));
+    }
 }
