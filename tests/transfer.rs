@@ -144,6 +144,20 @@ fn knot_loads_the_zone_by_axfr_and_answers_every_name_as_signpost_does() {
             server.log_text()
         );
     }
+    // The whole zone, record for record, as Knot transfers it on.
+    let records = |out: String| -> Vec<String> {
+        let mut r: Vec<String> = out
+            .lines()
+            .filter(|l| l.contains("\tIN\t"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        r.sort();
+        r
+    };
+    let ours = records(dig(&server, &["svc.example", "AXFR"]));
+    let theirs = records(knot.dig(&["svc.example", "AXFR"]));
+    assert!(ours.len() > 50, "{ours:?}");
+    assert_eq!(ours, theirs);
     let missing = knot.dig(&["nope.svc.example", "A"]);
     assert!(missing.contains("status: NXDOMAIN"), "{missing}");
 }

@@ -87,7 +87,16 @@ impl Secondary {
         let mut conf = readme_block("knot.conf", signed);
         // Loopback addresses, and as root knotd would switch to the knot
         // user and use /var/lib/knot: stay root, in the temporary directory.
+        // The tests may transfer the zone from Knot, to compare.
         for (from, to) in [
+            (
+                "acl:\n",
+                "acl:\n  - id: tests\n    address: 127.0.0.1\n    action: transfer\n".into(),
+            ),
+            (
+                "    acl: notify-from-signpost\n",
+                "    acl: [notify-from-signpost, tests]\n".into(),
+            ),
             ("listen: 0.0.0.0@53", format!("listen: 127.0.0.1@{port}")),
             (README_PRIMARY, primary.to_string().replace(':', "@")),
             (
