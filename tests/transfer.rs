@@ -412,6 +412,15 @@ fn nsd_loads_the_zone_and_follows_a_registration() {
         .filter(|l| l.contains(" IXFR ") && l.contains("added="))
         .count();
     assert!(ixfr >= 1, "{log}");
+    // NSD answers NOTIFY signed, and the answer counts.
+    let acknowledged = format!("secondary {notify}: acknowledged NOTIFY of serial");
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            String::from_utf8_lossy(&server.cli(&["status"]).stdout).contains(&acknowledged)
+        }),
+        "{}",
+        server.log_text()
+    );
     let out = server.cli(&[
         "deregister",
         "--zone",

@@ -43,6 +43,9 @@ struct Zone {
 /// A NOTIFY sent to one secondary and not answered yet.
 struct Pending {
     id: u16,
+    /// The MAC of the NOTIFY last sent, when signed: the answer must be
+    /// signed over it.
+    mac: Option<Vec<u8>>,
     serial: u32,
     attempts: u32,
     retry_at: Instant,
@@ -88,6 +91,7 @@ pub async fn run(
                     next_id = next_id.wrapping_add(0x9e37);
                     let p = Pending {
                         id: next_id,
+                        mac: None,
                         serial: zone.notice.serial,
                         attempts: 0,
                         retry_at: now,
@@ -104,7 +108,8 @@ pub async fn run(
             let Some(zone) = zones.get(apex) else {
                 continue;
             };
-            let message = notify_message(&transfers, p.id, &zone.notice);
+            let (message, mac) = notify_message(&transfers, p.id, &zone.notice);
+            p.mac = mac;
             let socket = if target.is_ipv4() {
                 v4.as_ref()
             } else {
@@ -200,6 +205,13 @@ fn acknowledged(
     };
     let code = (flags & flag::RCODE_MASK) as u8;
     let p = pending.get(&key).expect("just found");
+    if let (Some(signer), Some(mac)) = (transfers.config.keys.first(), &p.mac)
+        && !signer.verifies_response(reply, mac, unix_now())
+    {
+        // Not counted: anyone can send an unsigned datagram.
+        warn!(secondary = %from, serial = p.serial, "NOTIFY answer not signed with the key; asking again");
+        return;
+    }
     if code != rcode::NOERROR {
         // Retried on schedule: a secondary being configured may come round.
         warn!(secondary = %from, serial = p.serial, rcode = code, "secondary refused NOTIFY");
@@ -231,8 +243,8 @@ fn set_status(
 }
 
 /// A NOTIFY for the zone (RFC 1996 section 3.7: the SOA in the answer
-/// section), signed with the first key if any.
-fn notify_message(transfers: &Transfers, id: u16, notice: &Notice) -> Vec<u8> {
+/// section), signed with the first key if any, and the signature's MAC.
+fn notify_message(transfers: &Transfers, id: u16, notice: &Notice) -> (Vec<u8>, Option<Vec<u8>>) {
     let mut m = Vec::with_capacity(256);
     m.extend_from_slice(&id.to_be_bytes());
     m.extend_from_slice(&(OPCODE_NOTIFY | flag::AA).to_be_bytes());
@@ -243,8 +255,10 @@ fn notify_message(transfers: &Transfers, id: u16, notice: &Notice) -> Vec<u8> {
     m.extend_from_slice(&rtype::SOA.to_be_bytes());
     m.extend_from_slice(&CLASS_IN.to_be_bytes());
     m.extend_from_slice(&notice.soa);
-    if let Some(key) = transfers.config.keys.first() {
-        key.sign_request(&mut m, unix_now());
-    }
-    m
+    let mac = transfers
+        .config
+        .keys
+        .first()
+        .map(|key| key.sign_request(&mut m, unix_now()));
+    (m, mac)
 }

@@ -122,8 +122,9 @@ impl Key {
         }
     }
 
-    /// Signs a request (a NOTIFY): appends the TSIG record to `message`.
-    pub fn sign_request(&self, message: &mut Vec<u8>, now: u64) {
+    /// Signs a request (a NOTIFY): appends the TSIG record to `message`,
+    /// and returns its MAC, which the response's signature covers.
+    pub fn sign_request(&self, message: &mut Vec<u8>, now: u64) -> Vec<u8> {
         let id = u16::from_be_bytes([message[0], message[1]]);
         let tsig = TSIG::new(
             self.algorithm.clone(),
@@ -137,7 +138,22 @@ impl Key {
         let mut tbs = message.clone();
         tsig_variables(&mut tbs, &self.name, &tsig);
         let mac = self.sign(&tbs);
-        append_tsig(message, &self.name, &tsig.set_mac(mac));
+        append_tsig(message, &self.name, &tsig.set_mac(mac.clone()));
+        mac
+    }
+
+    /// Whether `response` is signed with this key, in answer to the request
+    /// whose MAC was `request_mac`, within the fudge of `now`.
+    pub fn verifies_response(&self, response: &[u8], request_mac: &[u8], now: u64) -> bool {
+        let Ok((tbv, record)) = signed_bitmessage_to_buf(response, Some(request_mac), true) else {
+            return false;
+        };
+        let tsig = &record.data;
+        record.name == self.name
+            && tsig.algorithm == self.algorithm
+            && tsig.error.is_none()
+            && self.verify(&tbv, &tsig.mac)
+            && now.abs_diff(tsig.time) <= u64::from(tsig.fudge)
     }
 }
 
@@ -431,6 +447,28 @@ mod tests {
                 .unwrap_or_else(|e| panic!("message {i}: {e}"));
             previous = mac;
         }
+    }
+
+    #[test]
+    fn a_signed_request_and_its_signed_response_verify_both_ways() {
+        let key = Key::parse(&format!("hmac-sha1:xfr:{SECRET}")).unwrap();
+        let now = 1_800_000_000;
+        let mut request = header_and_question(
+            &[0x12, 0x34, 0x20, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 6, 0, 1],
+            rcode::NOERROR,
+        );
+        request[2] &= !0x80; // a request, not a response
+        let mac = key.sign_request(&mut request, now);
+        let Some(Checked::Valid(mut signing)) = check(std::slice::from_ref(&key), &request, now)
+        else {
+            panic!("the request verifies");
+        };
+        let mut response = header_and_question(&request[..17], rcode::NOERROR);
+        signing.sign(&mut response, now);
+        assert!(key.verifies_response(&response, &mac, now));
+        assert!(!key.verifies_response(&response, &mac, now + 1000));
+        let other = Key::parse(&format!("hmac-sha1:xfr:{}", "c2VjcmV0")).unwrap();
+        assert!(!other.verifies_response(&response, &mac, now));
     }
 
     #[test]
