@@ -562,16 +562,20 @@ async fn tcp_connection(
         );
         if let (Outcome::Transfer | Outcome::Signed, Some(t)) = (outcome, transfers) {
             // A transfer holds its snapshot until its last message is out.
+            // Walking a large zone takes a while: off the worker, so the
+            // query loops sharing it keep answering meanwhile.
             let snapshot = snapshots.load_full();
-            let messages = transfer::answer(
-                t,
-                &snapshot,
-                &query[..len],
-                peer.ip(),
-                Transport::Tcp,
-                outcome,
-                &response,
-            );
+            let messages = tokio::task::block_in_place(|| {
+                transfer::answer(
+                    t,
+                    &snapshot,
+                    &query[..len],
+                    peer.ip(),
+                    Transport::Tcp,
+                    outcome,
+                    &response,
+                )
+            });
             for message in messages {
                 framed.clear();
                 framed.extend_from_slice(&(message.len() as u16).to_be_bytes());
