@@ -129,6 +129,11 @@ pub fn changed_zones<'a>(
         .collect()
 }
 
+/// How many names the zone has: a floor on its records.
+pub fn names(zone: &ZoneSnapshot) -> usize {
+    zone.nodes.len()
+}
+
 /// The zone's apex, lowercased, in wire form.
 pub fn apex(zone: &ZoneSnapshot) -> &[u8] {
     &zone.apex_key

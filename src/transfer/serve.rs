@@ -164,7 +164,11 @@ fn transfer(
                 crate::answer::wire::update_flags(&mut m, flag::TC | flag::AA, 0);
                 return finish(vec![m]);
             }
-            match transfers.between(records::apex(zone), from, zone.serial) {
+            let condensed = transfers
+                .between(records::apex(zone), from, zone.serial)
+                // A difference bigger than the zone goes as the zone.
+                .filter(|(_, d)| d.removed.len() + d.added.len() <= records::names(zone));
+            match condensed {
                 Some((old_soa, diff)) => {
                     info!(%client, zone = %question.name(), from, to = zone.serial, removed = diff.removed.len(), added = diff.added.len(), "IXFR");
                     let sequence = std::iter::once(current.as_slice())
@@ -176,7 +180,7 @@ fn transfer(
                     finish(pack(query, sequence, edns))
                 }
                 None => {
-                    info!(%client, zone = %question.name(), from, to = zone.serial, "IXFR from a serial the journal does not reach; sending the whole zone");
+                    info!(%client, zone = %question.name(), from, to = zone.serial, "IXFR from a serial the journal does not reach (or a difference bigger than the zone); sending the whole zone");
                     finish(full(query, zone, current, edns))
                 }
             }
@@ -257,9 +261,14 @@ mod tests {
     use crate::transfer::TransferConfig;
 
     fn snapshot() -> Snapshot {
+        Snapshot::new([Arc::new(build_zone(&zone("h"), 7, None))])
+    }
+
+    /// A zone of 3000 hosts named `prefix0` and on.
+    fn zone(prefix: &str) -> Zone {
         let apex = Name::from_ascii("svc.example.").unwrap();
         let ns = Name::from_ascii("ns1.svc.example.").unwrap();
-        let zone = Zone {
+        Zone {
             apex: apex.clone(),
             ttl: 30,
             nameservers: vec![ns.clone()],
@@ -273,7 +282,7 @@ mod tests {
             },
             hosts: (0..3000)
                 .map(|i| Host {
-                    name: Name::from_ascii(format!("h{i}.svc.example.")).unwrap(),
+                    name: Name::from_ascii(format!("{prefix}{i}.svc.example.")).unwrap(),
                     addresses: vec![[10, 0, (i / 256) as u8, (i % 256) as u8].into()],
                 })
                 .chain(std::iter::once(Host {
@@ -282,8 +291,7 @@ mod tests {
                 }))
                 .collect(),
             services: vec![],
-        };
-        Snapshot::new([Arc::new(build_zone(&zone, 7, None))])
+        }
     }
 
     fn axfr_query() -> Vec<u8> {
@@ -335,6 +343,69 @@ mod tests {
         assert_eq!(records.iter().filter(|r| r.record_type() == soa).count(), 2);
         assert!(messages.iter().all(|m| m.metadata.authoritative));
         assert_eq!(messages[0].queries.len(), 1);
+    }
+
+    #[test]
+    fn an_ixfr_sends_the_difference_unless_it_is_bigger_than_the_zone() {
+        let transfers = Transfers::new(TransferConfig {
+            journal: 10,
+            ..allow_loopback()
+        });
+        let mut hook = transfers.publish_hook(None);
+        let v1 = Arc::new(build_zone(&zone("h"), 1, None));
+        let mut small = zone("h");
+        small.hosts.remove(0);
+        let v2 = Arc::new(build_zone(&small, 2, Some(&v1)));
+        let v3 = Arc::new(build_zone(&zone("g"), 3, Some(&v2)));
+        let snap = |z: &Arc<crate::answer::snapshot::ZoneSnapshot>| Snapshot::new([z.clone()]);
+        let _ = hook(&Snapshot::default(), &snap(&v1));
+        let _ = hook(&snap(&v1), &snap(&v2));
+        let _ = hook(&snap(&v2), &snap(&v3));
+        let ixfr = |snapshot: &Snapshot, from: u32| -> Vec<Message> {
+            let mut q = Message::query();
+            q.add_query(Query::query(
+                Name::from_ascii("svc.example.").unwrap(),
+                hickory_proto::rr::RecordType::IXFR,
+            ));
+            q.add_authority(hickory_proto::rr::Record::from_rdata(
+                Name::from_ascii("svc.example.").unwrap(),
+                0,
+                RData::SOA(hickory_proto::rr::rdata::SOA::new(
+                    Name::root(),
+                    Name::root(),
+                    from,
+                    0,
+                    0,
+                    0,
+                    0,
+                )),
+            ));
+            let query = q.to_vec().unwrap();
+            let mut out = Vec::new();
+            let outcome = respond::respond(snapshot, &query, Transport::Tcp, &mut out);
+            answer(
+                &transfers,
+                snapshot,
+                &query,
+                [127, 0, 0, 1].into(),
+                Transport::Tcp,
+                outcome,
+                &out,
+            )
+            .iter()
+            .map(|m| Message::from_vec(m).unwrap())
+            .collect()
+        };
+        let count = |ms: &[Message]| ms.iter().map(|m| m.answers.len()).sum::<usize>();
+        // One host fewer: SOA, old SOA, its A record, SOA, SOA.
+        assert_eq!(count(&ixfr(&snap(&v2), 1)), 5);
+        // Every host renamed: the whole zone, as AXFR sends it.
+        let full = ixfr(&snap(&v3), 2);
+        assert_eq!(count(&full), 3000 + 2 + 2);
+        assert_ne!(
+            full[0].answers[1].record_type(),
+            hickory_proto::rr::RecordType::SOA
+        );
     }
 
     #[test]
