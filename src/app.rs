@@ -15,13 +15,15 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::net::forward::{self, ForwardError, Forwarder};
-use crate::net::server;
+use crate::net::{notify as notify_sender, server};
+use crate::registry::serials::Serials;
 use crate::registry::state_file::{StateError, StateLock, StateLog};
 use crate::registry::writer::{self, Command};
 use crate::registry::{Registry, RegistryError};
 use crate::sources::admin::{self, AdminSocket, SocketError};
 use crate::sources::health_probe;
 use crate::sources::watch::{self, Scanner};
+use crate::transfer::Transfers;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,9 @@ pub enum ServeError {
         /// What is wrong.
         source: RegistryError,
     },
+    /// The serial file is unreadable or damaged.
+    #[error(transparent)]
+    Serials(#[from] crate::registry::serials::SerialsError),
     /// The admin socket could not be created.
     #[error(transparent)]
     Socket(#[from] SocketError),
@@ -85,6 +90,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     // found it. The lock comes first: another server on the same state file
     // is refused even with its own socket and port.
     let lock = StateLock::acquire(&config.state)?;
+    registry.set_serials(Serials::open(&Serials::path_for(&config.state))?);
     // A missing directory is reported as such, before the watcher would
     // report it in its own words.
     std::fs::read_dir(&config.zones).map_err(|source| ServeError::ZonesDir {
@@ -114,6 +120,29 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
             Some(Arc::new(Forwarder::new(forward, &listen)))
         }
     };
+
+    // Transfers: the journal and NOTIFY follow every publish from the first.
+    // Without any transfer setting there is no journal to keep, but a
+    // signed query still gets its TSIG error (BADKEY) rather than an
+    // unsigned answer, so the listeners always have the shared state.
+    let transfers = Transfers::new(config.transfer.clone());
+    if config.transfer.is_enabled() {
+        let (notices, notify_rx) = mpsc::unbounded_channel();
+        let to_notify = (!config.transfer.notify.is_empty()).then_some(notices);
+        registry.set_publish_hook(transfers.publish_hook(to_notify));
+        tokio::spawn(notify_sender::run(
+            transfers.clone(),
+            notify_rx,
+            shutdown.clone(),
+        ));
+        info!(
+            allow = ?config.transfer.allow,
+            keys = config.transfer.keys.len(),
+            notify = ?config.transfer.notify,
+            "zone transfers enabled"
+        );
+    }
+    let transfers = Some(transfers);
 
     // Runtime registrations first, so each zone is built once with them.
     let (mut state_log, stored) = StateLog::open(&config.state, lock)?;
@@ -185,9 +214,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         Box::new(state_log),
         Box::new(move |targets| checker.update(targets)),
     ));
-    let admin_task = tokio::spawn(admin::run(admin, writer.clone(), shutdown.clone()));
+    let admin_task = tokio::spawn(admin::run(
+        admin,
+        writer.clone(),
+        transfers.clone(),
+        shutdown.clone(),
+    ));
 
-    server::run(bound, snapshots, config.tcp, forwarder, shutdown).await?;
+    server::run(bound, snapshots, config.tcp, forwarder, transfers, shutdown).await?;
     // The admin server removes its socket once it sees the shutdown.
     if let Ok(Err(error)) = admin_task.await {
         warn!(%error, "admin socket failed");

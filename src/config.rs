@@ -16,6 +16,9 @@ use crate::answer::reverse::ReverseZones;
 use crate::api::proto::{SOCKET_ENV, default_socket};
 use crate::net::forward::ForwardConfig;
 use crate::net::server::TcpLimits;
+use crate::transfer::TransferConfig;
+use crate::transfer::journal::DEFAULT_JOURNAL;
+use crate::transfer::tsig::Key;
 
 /// Default listen address: Consul's well-known DNS port, which needs no root.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8600";
@@ -169,6 +172,39 @@ pub struct ServeArgs {
     /// several. Replaces the config file's list
     #[arg(long, value_name = "CIDR", value_parser = parse_net)]
     pub reverse: Vec<IpNet>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub transfer: TransferArgs,
+}
+
+/// Zone transfers and NOTIFY (`signpost serve`).
+#[derive(Debug, Default, Args)]
+pub struct TransferArgs {
+    /// Network (CIDR or address) allowed to transfer zones (AXFR, IXFR);
+    /// repeat for several. Transfers are refused by default
+    #[arg(long, value_name = "CIDR", value_parser = parse_net)]
+    pub allow_transfer: Vec<IpNet>,
+    /// TSIG key `[ALG:]NAME:BASE64SECRET` (as `dig -y` takes it; ALG
+    /// hmac-sha256 by default, or hmac-sha512, hmac-sha384, hmac-sha1);
+    /// repeat for several. With a key, transfers must be signed
+    #[arg(long, value_name = "[ALG:]NAME:SECRET", value_parser = parse_key)]
+    pub tsig_key: Vec<Key>,
+    /// File of TSIG keys, one `[ALG:]NAME:BASE64SECRET` a line, so secrets
+    /// stay out of the process list
+    #[arg(long, value_name = "FILE")]
+    pub tsig_key_file: Option<PathBuf>,
+    /// Secondary to send NOTIFY to when a zone changes (port 53 if
+    /// omitted); repeat for several
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_upstream)]
+    pub notify: Vec<SocketAddr>,
+    /// Changes per zone kept for IXFR; older serials get the whole zone
+    /// [default: 1000]
+    #[arg(long, value_name = "CHANGES")]
+    pub ixfr_journal: Option<usize>,
+}
+
+fn parse_key(text: &str) -> Result<Key, String> {
+    Key::parse(text)
 }
 
 /// `ADDR` or `ADDR:PORT` (`[v6]:PORT` for IPv6 with a port).
@@ -234,6 +270,19 @@ pub struct ConfigFile {
     /// See `--reverse`.
     #[serde(default)]
     pub reverse: Vec<String>,
+    /// See `--allow-transfer`.
+    #[serde(default)]
+    pub allow_transfer: Vec<String>,
+    /// See `--tsig-key`.
+    #[serde(default)]
+    pub tsig_key: Vec<String>,
+    /// See `--tsig-key-file`.
+    pub tsig_key_file: Option<PathBuf>,
+    /// See `--notify`.
+    #[serde(default)]
+    pub notify: Vec<String>,
+    /// See `--ixfr-journal`.
+    pub ixfr_journal: Option<usize>,
 }
 
 /// Seconds in the config file: `3` and `1.5` both read naturally.
@@ -301,6 +350,8 @@ pub struct Config {
     pub reverse: ReverseZones,
     /// How long an expired registration is kept; `None`: until deregistered.
     pub reap_expired_after: Option<Duration>,
+    /// Zone transfers and NOTIFY.
+    pub transfer: TransferConfig,
 }
 
 fn read_file(path: Option<&Path>) -> Result<(ConfigFile, PathBuf), ConfigError> {
@@ -401,6 +452,7 @@ impl Config {
                 max_connections,
             },
             forward: forward_config(args, &file)?,
+            transfer: transfer_config(&args.transfer, &file, &base)?,
         })
     }
 
@@ -409,6 +461,77 @@ impl Config {
         let (file, base) = read_file(args.common.config.as_deref())?;
         Ok(zones_dir(&args.common, &file, &base))
     }
+}
+
+/// The transfer settings: each list from the flags, else the file; keys
+/// from both `tsig-key` and the key file.
+fn transfer_config(
+    args: &TransferArgs,
+    file: &ConfigFile,
+    base: &Path,
+) -> Result<TransferConfig, ConfigError> {
+    let in_file = |what: &str, e: String| ConfigError::Invalid(format!("config file {what}: {e}"));
+    let allow = if args.allow_transfer.is_empty() {
+        file.allow_transfer
+            .iter()
+            .map(|t| parse_net(t).map_err(|e| in_file("allow-transfer", e)))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        args.allow_transfer.clone()
+    };
+    let mut keys = if args.tsig_key.is_empty() {
+        file.tsig_key
+            .iter()
+            .map(|t| Key::parse(t).map_err(|e| in_file("tsig-key", e)))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        args.tsig_key.clone()
+    };
+    let key_file = match (&args.tsig_key_file, &file.tsig_key_file) {
+        (Some(flag), _) => Some(flag.clone()),
+        (None, Some(from_file)) => Some(base.join(from_file)),
+        (None, None) => None,
+    };
+    if let Some(path) = key_file {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::Invalid(format!("cannot read TSIG key file {}: {e}", path.display()))
+        })?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let key = Key::parse(line)
+                .map_err(|e| ConfigError::Invalid(format!("{}:{}: {e}", path.display(), i + 1)))?;
+            keys.push(key);
+        }
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if keys[..i].iter().any(|o| o.name == k.name) {
+            return Err(ConfigError::Invalid(format!(
+                "TSIG key `{}` is defined twice",
+                k.name
+            )));
+        }
+    }
+    let notify = if args.notify.is_empty() {
+        file.notify
+            .iter()
+            .map(|t| parse_upstream(t).map_err(|e| in_file("notify", e)))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        args.notify.clone()
+    };
+    let journal = args
+        .ixfr_journal
+        .or(file.ixfr_journal)
+        .unwrap_or(DEFAULT_JOURNAL);
+    Ok(TransferConfig {
+        allow,
+        keys,
+        notify,
+        journal,
+    })
 }
 
 /// The forwarding settings from the flags, else the file, else the defaults.

@@ -11,6 +11,8 @@
 //!   [`answer::respond`], which answers one query with no I/O.
 //! - [`net`]: the UDP and TCP loops that call it, and forwarding of names
 //!   outside every zone.
+//! - [`transfer`]: zone transfers (AXFR, IXFR) and their journal, TSIG, and
+//!   what the NOTIFY sender in [`net`] is told.
 //! - [`api`]: the admin protocol shared by the server and the CLI, and the
 //!   CLI's client commands.
 //!
@@ -27,3 +29,4 @@ pub mod model;
 pub mod net;
 pub mod registry;
 pub mod sources;
+pub mod transfer;

@@ -4,6 +4,7 @@
 pub mod build;
 mod encode;
 pub mod live;
+pub mod records;
 pub mod respond;
 pub mod reverse;
 pub mod snapshot;

@@ -35,6 +35,13 @@ pub enum Outcome {
     NotAuthoritative,
     /// Send nothing: not a query (too short to answer, or a response).
     Drop,
+    /// A zone transfer (AXFR or IXFR) of a zone served here; `out` holds a
+    /// REFUSED response for a caller that offers no transfers.
+    Transfer,
+    /// The query is signed (TSIG, RFC 8945): its signature must be checked
+    /// and the answer signed, which is the caller's rare path. `out` holds
+    /// a REFUSED response for a caller that does not check signatures.
+    Signed,
 }
 
 /// The EDNS DO bit in the OPT record's TTL field (RFC 3225).
@@ -107,7 +114,7 @@ pub fn respond(
         header_only(query, flags, malformed, edns, out);
         return Outcome::Reply;
     };
-    let Ok(edns) = parse_edns(query, question.end, counts) else {
+    let Ok((edns, signed)) = parse_edns(query, question.end, counts) else {
         header_only(query, flags, malformed, None, out);
         return Outcome::Reply;
     };
@@ -129,6 +136,10 @@ pub fn respond(
     {
         response.write(out, 0, rcode::NOERROR, Body::Empty, BADVERS_HIGH);
         return Outcome::Reply;
+    }
+    if signed {
+        response.write(out, 0, rcode::REFUSED, Body::Empty, 0);
+        return Outcome::Signed;
     }
     if flags & OPCODE_MASK != 0 {
         response.write(out, 0, rcode::NOTIMP, Body::Empty, 0);
@@ -155,10 +166,9 @@ pub fn respond(
         return Outcome::NotAuthoritative;
     };
     if matches!(question.qtype, rtype::AXFR | rtype::IXFR) {
-        // Zone transfers are not offered: the registry changes too often for
-        // secondaries to be the way to replicate it.
+        // Refused unless the caller serves transfers (see `crate::transfer`).
         response.write(out, 0, rcode::REFUSED, Body::Empty, 0);
-        return Outcome::Reply;
+        return Outcome::Transfer;
     }
     match zone.node(question.name()) {
         None => response.write(out, AA, rcode::NXDOMAIN, Body::Negative(zone), 0),
@@ -235,10 +245,12 @@ fn parse_question(query: &[u8]) -> Option<Question> {
 }
 
 /// Walks the answer, authority and additional sections after the question and
-/// returns the OPT record's contents, if any. More than one OPT record, an OPT
-/// record with a non-root owner, or bytes that do not parse are errors.
-fn parse_edns(query: &[u8], mut pos: usize, counts: [u16; 3]) -> Result<Option<Edns>, ()> {
+/// returns the OPT record's contents, if any, and whether the message ends
+/// with a TSIG record. More than one OPT record, an OPT record with a
+/// non-root owner, or bytes that do not parse are errors.
+fn parse_edns(query: &[u8], mut pos: usize, counts: [u16; 3]) -> Result<(Option<Edns>, bool), ()> {
     let mut edns = None;
+    let mut signed = false;
     for (section, &count) in counts.iter().enumerate() {
         for _ in 0..count {
             let owner_start = pos;
@@ -246,6 +258,7 @@ fn parse_edns(query: &[u8], mut pos: usize, counts: [u16; 3]) -> Result<Option<E
             let fixed = query.get(pos..pos + 10).ok_or(())?;
             let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
             let rdlen = u16::from_be_bytes([fixed[8], fixed[9]]) as usize;
+            signed = section == 2 && rtype == rtype::TSIG;
             if section == 2 && rtype == rtype::OPT {
                 if edns.is_some() || query[owner_start] != 0 {
                     return Err(());
@@ -262,7 +275,7 @@ fn parse_edns(query: &[u8], mut pos: usize, counts: [u16; 3]) -> Result<Option<E
             }
         }
     }
-    Ok(edns)
+    Ok((edns, signed))
 }
 
 /// The position after a (possibly compressed) name.
@@ -294,7 +307,9 @@ fn edns_past_questions(query: &[u8], qdcount: u16, counts: [u16; 3]) -> Option<E
     for _ in 0..qdcount {
         pos = skip_name(query, pos)? + 4;
     }
-    parse_edns(query, pos, counts).ok().flatten()
+    parse_edns(query, pos, counts)
+        .ok()
+        .and_then(|(edns, _)| edns)
 }
 
 /// A FORMERR (or other) response with no question: used when the question

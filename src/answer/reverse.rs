@@ -74,6 +74,24 @@ impl ReverseZones {
         !self.zones.is_empty()
     }
 
+    /// Makes each zone not built yet start above `floor` of its key (the
+    /// serial it had before a restart), so its serials keep growing.
+    pub fn seed_serials(&mut self, floor: impl Fn(&[u8]) -> Option<u32>) {
+        for z in self.zones.iter_mut().filter(|z| z.serial == 0) {
+            if let Some(f) = floor(&z.key).filter(|&f| f != 0) {
+                z.serial = f;
+            }
+        }
+    }
+
+    /// Each built zone's key, apex and serial.
+    pub fn serials(&self) -> impl Iterator<Item = (&[u8], &Name, u32)> {
+        self.zones
+            .iter()
+            .filter(|z| z.built.is_some())
+            .map(|z| (z.key.as_slice(), &z.zone.apex, z.serial))
+    }
+
     /// Brings the reverse zones up to date with the forward zones, given as
     /// (key, serial) pairs; `addresses` reads a forward zone's (address,
     /// name) pairs, and is called only for zones whose serial changed.

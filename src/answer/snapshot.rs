@@ -181,6 +181,21 @@ impl Nodes {
             .flat_map(|s| s.iter().map(|(k, n)| (k, n)))
     }
 
+    /// The names in shards that `other` does not share (all of them when
+    /// the two are sharded differently): a superset of the names whose
+    /// node differs, found without looking at the shared shards.
+    pub(super) fn unshared<'a>(
+        &'a self,
+        other: &'a Nodes,
+    ) -> impl Iterator<Item = (&'a Arc<[u8]>, &'a Arc<Node>)> {
+        let same_layout = self.shards.len() == other.shards.len();
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(move |&(i, s)| !(same_layout && Arc::ptr_eq(s, &other.shards[i])))
+            .flat_map(|(_, s)| s.iter().map(|(k, n)| (k, n)))
+    }
+
     /// The same names in a number of shards fit for their count now.
     pub(super) fn resharded(&self) -> Nodes {
         let mut nodes = Nodes::with_capacity(self.len);

@@ -26,6 +26,8 @@ pub mod rtype {
     pub const SRV: u16 = 33;
     /// EDNS(0) pseudo-record.
     pub const OPT: u16 = 41;
+    /// Transaction signature (RFC 8945).
+    pub const TSIG: u16 = 250;
     /// Incremental zone transfer.
     pub const IXFR: u16 = 251;
     /// Full zone transfer.
@@ -73,6 +75,8 @@ pub mod rcode {
     pub const NOTIMP: u8 = 4;
     /// Refused by policy.
     pub const REFUSED: u8 = 5;
+    /// Not authorized (RFC 8945: a TSIG that does not check out).
+    pub const NOTAUTH: u8 = 9;
 }
 
 /// Sets and clears header flag bits of a message already written.

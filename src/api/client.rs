@@ -474,7 +474,41 @@ fn status_table(s: &StatusInfo) -> String {
             out.push_str(&format!("{}: {}: {e}\n", z.zone, z.state));
         }
     }
+    transfer_lines(s, &mut out);
     out
+}
+
+/// Per zone, the IXFR journal and each secondary's last acknowledged NOTIFY.
+fn transfer_lines(s: &StatusInfo, out: &mut String) {
+    for z in &s.zones {
+        let Some(t) = &z.transfer else { continue };
+        match t.journal {
+            Some((from, to)) => out.push_str(&format!(
+                "{}: IXFR journal {from}..{to} ({} changes)\n",
+                z.zone, t.journal_changes
+            )),
+            None => out.push_str(&format!("{}: IXFR journal empty\n", z.zone)),
+        }
+        for sec in &t.secondaries {
+            let acked = match (sec.acknowledged_serial, sec.acknowledged_secs_ago) {
+                (Some(serial), Some(ago)) => {
+                    format!("acknowledged NOTIFY of serial {serial} {ago}s ago")
+                }
+                _ => "no NOTIFY acknowledged yet".into(),
+            };
+            let pending = match sec.pending_serial {
+                Some(serial) => format!(
+                    ", serial {serial} not acknowledged after {} attempts",
+                    sec.attempts
+                ),
+                None => String::new(),
+            };
+            out.push_str(&format!(
+                "{}: secondary {}: {acked}{pending}\n",
+                z.zone, sec.address
+            ));
+        }
+    }
 }
 
 fn uptime(secs: u64) -> String {

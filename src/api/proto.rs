@@ -151,6 +151,42 @@ pub struct ZoneInfo {
     /// address fails its health check.
     #[serde(default)]
     pub unhealthy_instances: usize,
+    /// Zone transfers, when the server offers them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferInfo>,
+}
+
+/// A zone's transfer state in `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferInfo {
+    /// The serials the IXFR journal reaches from and to; older serials get
+    /// the whole zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<(u32, u32)>,
+    /// Changes in the journal.
+    pub journal_changes: usize,
+    /// The secondaries notified of the zone's changes.
+    #[serde(default)]
+    pub secondaries: Vec<SecondaryInfo>,
+}
+
+/// One secondary in `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondaryInfo {
+    /// Where NOTIFY goes.
+    pub address: String,
+    /// The serial of the last NOTIFY it acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_serial: Option<u32>,
+    /// How long ago, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_secs_ago: Option<u64>,
+    /// A serial notified and not acknowledged yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_serial: Option<u32>,
+    /// NOTIFY sent so far for the pending serial.
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// Parses one request line. Errors are the messages sent back to the client.

@@ -2,5 +2,6 @@
 //! published snapshot, and forwarding of names outside every zone.
 
 pub mod forward;
+pub mod notify;
 pub mod server;
 pub mod udp_batch;

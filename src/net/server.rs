@@ -35,11 +35,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::answer::respond::{self, Transport};
+use crate::answer::respond::{self, Outcome, Transport};
 use crate::answer::snapshot::Snapshot;
 use crate::answer::snapshot::SnapshotHandle;
 use crate::net::forward::{self, Forwarder, Next};
 use crate::net::udp_batch::{Outgoing, Received};
+use crate::transfer::{Transfers, serve as transfer};
 
 /// Limits of the TCP listener (RFC 7766 section 6.2).
 #[derive(Clone, Copy, Debug)]
@@ -339,6 +340,7 @@ pub async fn run(
     snapshots: SnapshotHandle,
     limits: TcpLimits,
     forwarder: Option<Arc<Forwarder>>,
+    transfers: Option<Arc<Transfers>>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let mut tasks = JoinSet::new();
@@ -347,7 +349,12 @@ pub async fn run(
         info!(addr = %b.addr, "listening on UDP and TCP");
         for socket in b.udp {
             let socket = Arc::new(UdpSocket::from_std(socket)?);
-            tasks.spawn(udp_loop(socket, snapshots.clone(), forwarder.clone()));
+            tasks.spawn(udp_loop(
+                socket,
+                snapshots.clone(),
+                forwarder.clone(),
+                transfers.clone(),
+            ));
         }
         let listener = TcpListener::from_std(b.tcp)?;
         tasks.spawn(tcp_accept_loop(
@@ -355,6 +362,7 @@ pub async fn run(
             snapshots.clone(),
             tcp_slots.clone(),
             forwarder.clone(),
+            transfers.clone(),
             shutdown.clone(),
         ));
     }
@@ -369,6 +377,7 @@ async fn udp_loop(
     socket: Arc<UdpSocket>,
     snapshots: SnapshotHandle,
     forwarder: Option<Arc<Forwarder>>,
+    transfers: Option<Arc<Transfers>>,
 ) {
     let fd = socket.as_raw_fd();
     let mut received = Received::new();
@@ -392,7 +401,8 @@ async fn udp_loop(
                 continue;
             };
             let reply = outgoing.next_buf();
-            if answer_udp(query, peer, &snapshot, forwarder.as_ref(), &socket, reply) {
+            let context = (forwarder.as_ref(), transfers.as_deref());
+            if answer_udp(query, peer, &snapshot, context, &socket, reply) {
                 outgoing.commit(peer);
             }
         }
@@ -415,11 +425,30 @@ fn answer_udp(
     query: &[u8],
     peer: SocketAddr,
     snapshot: &Snapshot,
-    forwarder: Option<&Arc<Forwarder>>,
+    (forwarder, transfers): (Option<&Arc<Forwarder>>, Option<&Transfers>),
     socket: &Arc<UdpSocket>,
     response: &mut Vec<u8>,
 ) -> bool {
     let outcome = respond::respond(snapshot, query, Transport::Udp, response);
+    if let (Outcome::Transfer | Outcome::Signed, Some(t)) = (outcome, transfers) {
+        // The rare path: one reply at most over UDP.
+        let reply = transfer::answer(
+            t,
+            snapshot,
+            query,
+            peer.ip(),
+            Transport::Udp,
+            outcome,
+            response,
+        );
+        return match reply.into_iter().next() {
+            Some(reply) => {
+                *response = reply;
+                true
+            }
+            None => false,
+        };
+    }
     let next = forward::after_respond(
         outcome,
         forwarder.map(|f| &**f),
@@ -455,6 +484,7 @@ async fn tcp_accept_loop(
     snapshots: SnapshotHandle,
     slots: Arc<TcpSlots>,
     forwarder: Option<Arc<Forwarder>>,
+    transfers: Option<Arc<Transfers>>,
     shutdown: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
@@ -480,8 +510,10 @@ async fn tcp_accept_loop(
         let snapshots = snapshots.clone();
         let shutdown = shutdown.clone();
         let forwarder = forwarder.clone();
+        let transfers = transfers.clone();
         connections.spawn(async move {
-            let connection = tcp_connection(stream, peer, &snapshots, forwarder.as_deref(), &slot);
+            let context = (forwarder.as_deref(), transfers.as_deref());
+            let connection = tcp_connection(stream, peer, &snapshots, context, &slot);
             tokio::select! {
                 result = connection => {
                     if let Err(error) = result {
@@ -508,7 +540,7 @@ async fn tcp_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     snapshots: &SnapshotHandle,
-    forwarder: Option<&Forwarder>,
+    (forwarder, transfers): (Option<&Forwarder>, Option<&Transfers>),
     slot: &TcpSlot,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
@@ -528,6 +560,32 @@ async fn tcp_connection(
             Transport::Tcp,
             &mut response,
         );
+        if let (Outcome::Transfer | Outcome::Signed, Some(t)) = (outcome, transfers) {
+            // A transfer holds its snapshot until its last message is out.
+            // Walking a large zone takes a while: off the worker, so the
+            // query loops sharing it keep answering meanwhile.
+            let snapshot = snapshots.load_full();
+            let messages = tokio::task::block_in_place(|| {
+                transfer::answer(
+                    t,
+                    &snapshot,
+                    &query[..len],
+                    peer.ip(),
+                    Transport::Tcp,
+                    outcome,
+                    &response,
+                )
+            });
+            for message in messages {
+                framed.clear();
+                framed.extend_from_slice(&(message.len() as u16).to_be_bytes());
+                framed.extend_from_slice(&message);
+                stream.write_all(&framed).await?;
+                // A long transfer is not an idle connection.
+                slot.active();
+            }
+            continue;
+        }
         let next = forward::after_respond(
             outcome,
             forwarder,

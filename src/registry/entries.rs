@@ -39,6 +39,9 @@ pub(super) struct ZoneEntry {
     /// The zone as built, updated service by service; `None` only before
     /// the first build.
     pub(super) live: Option<LiveZone>,
+    /// The serial the zone's first build must go above: one it served
+    /// before a restart, or before its file went away.
+    pub(super) floor: Option<u32>,
 }
 
 /// One runtime registration and its health.

@@ -21,6 +21,7 @@ mod entries;
 pub mod health;
 pub mod registration;
 mod runtime;
+pub mod serials;
 mod served;
 pub mod state_file;
 pub mod store;
@@ -75,7 +76,19 @@ pub struct Registry {
     /// How long an expired instance is kept before it is removed; `None`:
     /// until it is deregistered.
     reap_after: Option<Duration>,
+    /// The serials zones must stay above, across restarts.
+    serials: serials::Serials,
+    /// Sees each snapshot before it is published, with the one it replaces.
+    on_publish: Option<PublishHook>,
 }
+
+/// Called with the published snapshot and the one about to replace it;
+/// what it returns runs once the new one is published (a NOTIFY must not
+/// reach a secondary before the serial it announces is served).
+pub type PublishHook = Box<dyn FnMut(&Snapshot, &Snapshot) -> AfterPublish + Send>;
+
+/// Work that waits for a snapshot to be published.
+pub type AfterPublish = Option<Box<dyn FnOnce() + Send>>;
 
 /// What a registration or removal replaced: kept until the store has made
 /// the change durable, so that a change the store refuses is taken back and
@@ -130,6 +143,8 @@ impl Registry {
             reverse: ReverseZones::default(),
             timers: Timers::default(),
             reap_after: None,
+            serials: serials::Serials::in_memory(),
+            on_publish: None,
         };
         (registry, published)
     }
@@ -296,6 +311,7 @@ impl Registry {
         // the previous version lends its serial and its unchanged answers.
         let mut entry = ZoneEntry::new(path, zone);
         entry.live = self.zones.remove(&key).and_then(|p| p.live);
+        entry.floor = self.serials.floor(&key);
         entry.build(
             self.runtime.get_mut(&key),
             self.services.get(&key),
@@ -337,6 +353,8 @@ impl Registry {
             self.health.zone_removed(&key);
         }
         if self.reverse.is_enabled() {
+            let serials = &self.serials;
+            self.reverse.seed_serials(|key| serials.floor(key));
             let current: Vec<(&[u8], u32)> = self
                 .zones
                 .iter()
@@ -347,6 +365,15 @@ impl Registry {
                 zone_addresses(&zones[key], runtime.get(key))
             });
         }
+        // Durable before any secondary can see the serials.
+        let serials = self
+            .zones
+            .iter()
+            .map(|(k, e)| (k.as_slice(), &e.zone.apex, e.serial()))
+            .chain(self.reverse.serials());
+        if let Err(error) = self.serials.reserve(serials) {
+            error!(%error, "serials not saved; after a restart they may go below ones already served");
+        }
         let zones = &self.zones;
         let snapshot = Snapshot::new(
             zones
@@ -354,7 +381,26 @@ impl Registry {
                 .map(|e| e.snapshot().clone())
                 .chain(self.reverse.snapshots(|k| zones.contains_key(k))),
         );
+        let after = match self.on_publish.as_mut() {
+            Some(hook) => hook(&self.published.load(), &snapshot),
+            None => None,
+        };
         self.published.store(Arc::new(snapshot));
+        if let Some(after) = after {
+            after();
+        }
+    }
+
+    /// Keeps serials above those in `serials` (read from the serial file),
+    /// and the file above every serial published. Call before loading zones.
+    pub fn set_serials(&mut self, serials: serials::Serials) {
+        self.serials = serials;
+    }
+
+    /// Shows `hook` every snapshot before it is published, with the one it
+    /// replaces (the zone transfer journal and NOTIFY follow changes so).
+    pub fn set_publish_hook(&mut self, hook: PublishHook) {
+        self.on_publish = Some(hook);
     }
 
     /// Serves these reverse zones (PTR records for every instance and host

@@ -33,6 +33,7 @@ impl ZoneEntry {
             file_services: file_services(&zone),
             zone,
             live: None,
+            floor: None,
         }
     }
 
@@ -51,7 +52,7 @@ impl ZoneEntry {
 
     /// The serial for the next version of the zone.
     fn next_serial(&self) -> u32 {
-        crate::model::serial::next(self.live.as_ref().map(LiveZone::serial))
+        crate::model::serial::next(self.live.as_ref().map(LiveZone::serial).or(self.floor))
     }
 
     /// Service `id` as it is served, before health checks: the file's

@@ -26,9 +26,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::api::proto::{self, MAX_REQUEST, Reply, Request, StatusInfo, ZoneInfo, parse_request};
+use crate::api::proto::{
+    self, MAX_REQUEST, Reply, Request, SecondaryInfo, StatusInfo, TransferInfo, ZoneInfo,
+    parse_request,
+};
 use crate::registry::Change;
 use crate::registry::writer::{Command, Outcome, Status, WriterHandle};
+use crate::transfer::Transfers;
 
 /// Most admin connections served at once. Clients send a request and wait,
 /// so a few are plenty; beyond this a newcomer replaces the connection idle
@@ -242,6 +246,7 @@ impl Drop for AdminSocket {
 pub async fn run(
     socket: AdminSocket,
     writer: WriterHandle,
+    transfers: Option<Arc<Transfers>>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let listener = UnixListener::from_std(socket.listener.try_clone()?)?;
@@ -271,10 +276,11 @@ pub async fn run(
             continue;
         };
         let writer = writer.clone();
+        let transfers = transfers.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             tokio::select! {
-                result = connection(stream, &writer, &slot) => {
+                result = connection(stream, (&writer, transfers.as_deref()), &slot) => {
                     if let Err(error) = result {
                         debug!(%error, "admin connection closed");
                     }
@@ -293,7 +299,11 @@ pub async fn run(
 }
 
 /// Serves one connection: a reply line for every request line.
-async fn connection(stream: UnixStream, writer: &WriterHandle, slot: &SlotGuard) -> io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    (writer, transfers): (&WriterHandle, Option<&Transfers>),
+    slot: &SlotGuard,
+) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut buf = Vec::with_capacity(1024);
@@ -328,7 +338,7 @@ async fn connection(stream: UnixStream, writer: &WriterHandle, slot: &SlotGuard)
         }
         slot.set_busy(true);
         let reply = match parse_request(request) {
-            Ok(request) => ask(writer, request).await,
+            Ok(request) => ask(writer, transfers, request).await,
             Err(message) => Reply::error(message),
         };
         // A client that does not read its reply is idle from here on, and
@@ -342,7 +352,7 @@ async fn connection(stream: UnixStream, writer: &WriterHandle, slot: &SlotGuard)
 
 /// Sends a request to the registry's writer and waits for its reply, which
 /// comes only once a change is saved and published.
-async fn ask(writer: &WriterHandle, request: Request) -> Reply {
+async fn ask(writer: &WriterHandle, transfers: Option<&Transfers>, request: Request) -> Reply {
     let change = match request {
         Request::Register(r) => Change::Register(r),
         Request::Deregister(k) => Change::Deregister(k),
@@ -360,7 +370,7 @@ async fn ask(writer: &WriterHandle, request: Request) -> Reply {
         Request::Status {} => {
             return match call(writer, |reply| Command::Status { reply }).await {
                 Some(status) => Reply {
-                    status: Some(status_info(status)),
+                    status: Some(status_info(status, transfers)),
                     ..Reply::ok()
                 },
                 None => shutting_down(),
@@ -398,7 +408,7 @@ fn outcome_reply(outcome: Outcome) -> Reply {
     }
 }
 
-fn status_info(status: Status) -> StatusInfo {
+fn status_info(status: Status, transfers: Option<&Transfers>) -> StatusInfo {
     StatusInfo {
         protocol: proto::VERSION,
         version: env!("CARGO_PKG_VERSION").into(),
@@ -408,6 +418,9 @@ fn status_info(status: Status) -> StatusInfo {
             .zones
             .into_iter()
             .map(|z| ZoneInfo {
+                transfer: transfers
+                    .filter(|t| t.config.is_enabled())
+                    .map(|t| transfer_info(t, &z.zone)),
                 zone: z.zone,
                 file: z.source.display().to_string(),
                 serial: z.serial,
@@ -421,6 +434,31 @@ fn status_info(status: Status) -> StatusInfo {
             })
             .collect(),
         orphaned: status.orphaned,
+    }
+}
+
+/// A zone's IXFR journal and the secondaries notified of it.
+fn transfer_info(transfers: &Transfers, zone: &str) -> TransferInfo {
+    let status = hickory_proto::rr::Name::from_ascii(zone)
+        .map(|apex| transfers.status(&crate::answer::wire::lower_wire(&apex)))
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now();
+    TransferInfo {
+        journal: status.journal,
+        journal_changes: status.journal_len,
+        secondaries: status
+            .secondaries
+            .into_iter()
+            .map(|(address, s)| SecondaryInfo {
+                address: address.to_string(),
+                acknowledged_serial: s.acknowledged.map(|(serial, _)| serial),
+                acknowledged_secs_ago: s
+                    .acknowledged
+                    .map(|(_, at)| now.duration_since(at).map_or(0, |d| d.as_secs())),
+                pending_serial: s.pending.map(|(serial, _)| serial),
+                attempts: s.pending.map_or(0, |(_, attempts)| attempts),
+            })
+            .collect(),
     }
 }
 

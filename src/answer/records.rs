@@ -1,0 +1,290 @@
+//! A zone's records as a zone transfer carries them, read back from the
+//! snapshot's pre-encoded answers: what a secondary loads is what signpost
+//! answers, record for record, with nothing kept twice.
+//!
+//! Each record is its uncompressed wire form (owner, type, class, TTL,
+//! RDATA), owner lowercased as the snapshot keys it. Walking a zone decodes
+//! every answer once; it is the rare path of transfers, never of queries.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use hickory_proto::op::Message;
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+
+use super::snapshot::{Answer, Entry, Node, Snapshot, ZoneSnapshot};
+use crate::answer::wire::{CLASS_IN, HEADER_LEN, flag::QR, rtype};
+
+/// One record in uncompressed wire form.
+pub type WireRecord = Vec<u8>;
+
+/// The zone's SOA record.
+pub fn soa(zone: &ZoneSnapshot) -> WireRecord {
+    let apex = &zone.apex_key;
+    let mut out = Vec::new();
+    if let Some(entry) = zone.node(apex).and_then(|n| n.entry(rtype::SOA)) {
+        decode(apex, entry, &mut out);
+    }
+    out.pop().expect("every zone has an SOA record at its apex")
+}
+
+/// Every record of the zone but the SOA, in no particular order.
+pub fn all(zone: &ZoneSnapshot) -> Vec<WireRecord> {
+    let mut out = Vec::with_capacity(zone.nodes.len() * 2);
+    for (key, node) in zone.nodes.iter() {
+        node_records(key, node, &mut out);
+    }
+    out
+}
+
+/// What changed between two versions of a zone, the SOA aside.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Diff {
+    /// Records in the old version only.
+    pub removed: BTreeSet<WireRecord>,
+    /// Records in the new version only.
+    pub added: BTreeSet<WireRecord>,
+}
+
+impl Diff {
+    /// No record changed.
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.added.is_empty()
+    }
+
+    /// This diff followed by `next`, as one: a record added then removed
+    /// (or removed then added back) cancels out.
+    pub fn then(&mut self, next: &Diff) {
+        for r in &next.removed {
+            if !self.added.remove(r) {
+                self.removed.insert(r.clone());
+            }
+        }
+        for r in &next.added {
+            if !self.removed.remove(r) {
+                self.added.insert(r.clone());
+            }
+        }
+    }
+}
+
+/// The records that differ between `old` and `new`. Costs what changed:
+/// shards and nodes the two versions share are skipped by pointer, and an
+/// answer whose fingerprint is unchanged is not decoded.
+pub fn diff(old: &ZoneSnapshot, new: &ZoneSnapshot) -> Diff {
+    let mut diff = Diff::default();
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for (key, node) in new.nodes.unshared(&old.nodes) {
+        let previous = old.nodes.get_arc(key);
+        if previous.is_some_and(|p| Arc::ptr_eq(p, node)) {
+            continue;
+        }
+        before.clear();
+        after.clear();
+        for entry in node.answers.iter().filter(|e| e.rtype != rtype::SOA) {
+            let unchanged = previous
+                .and_then(|p| p.entry(entry.rtype))
+                .is_some_and(|p| p.fingerprint == entry.fingerprint);
+            if !unchanged {
+                decode(key, entry, &mut after);
+            }
+        }
+        if let Some(previous) = previous {
+            for entry in previous.answers.iter().filter(|e| e.rtype != rtype::SOA) {
+                let unchanged = node
+                    .entry(entry.rtype)
+                    .is_some_and(|n| n.fingerprint == entry.fingerprint);
+                if !unchanged {
+                    decode(key, entry, &mut before);
+                }
+            }
+        }
+        let (b, a): (BTreeSet<_>, BTreeSet<_>) =
+            (before.drain(..).collect(), after.drain(..).collect());
+        diff.removed.extend(b.difference(&a).cloned());
+        diff.added.extend(a.difference(&b).cloned());
+    }
+    for (key, node) in old.nodes.unshared(&new.nodes) {
+        if new.nodes.get_arc(key).is_none() {
+            before.clear();
+            node_records(key, node, &mut before);
+            diff.removed.extend(before.drain(..));
+        }
+    }
+    diff
+}
+
+/// The zones of `new` that are not as in `old`, each with its version in
+/// `old` if it had one.
+pub fn changed_zones<'a>(
+    old: &'a Snapshot,
+    new: &'a Snapshot,
+) -> Vec<(Option<&'a ZoneSnapshot>, &'a ZoneSnapshot)> {
+    new.zones
+        .iter()
+        .filter_map(|(key, zone)| match old.zones.get(key) {
+            Some(before) if Arc::ptr_eq(before, zone) || before.serial == zone.serial => None,
+            before => Some((before.map(|b| &**b), &**zone)),
+        })
+        .collect()
+}
+
+/// How many names the zone has: a floor on its records.
+pub fn names(zone: &ZoneSnapshot) -> usize {
+    zone.nodes.len()
+}
+
+/// The zone's apex, lowercased, in wire form.
+pub fn apex(zone: &ZoneSnapshot) -> &[u8] {
+    &zone.apex_key
+}
+
+/// The records of one name, the SOA aside.
+fn node_records(key: &[u8], node: &Node, out: &mut Vec<WireRecord>) {
+    for entry in node.answers.iter().filter(|e| e.rtype != rtype::SOA) {
+        decode(key, entry, out);
+    }
+}
+
+/// The answer section of one pre-encoded answer, as records. The answer was
+/// encoded for a question at offset 12 (its owners point there), so it is
+/// read as the response to a question for `key`.
+fn decode(key: &[u8], entry: &Entry, out: &mut Vec<WireRecord>) {
+    let answer: &Answer = &entry.answer;
+    let (body, counts) = match answer.shuffled() {
+        // Every address, not the `max_answers` a response carries.
+        Some(s) => (
+            answer.body(),
+            [(answer.body().len() / s.record_len()) as u16, 0, 0],
+        ),
+        None => (answer.body(), answer.full().counts),
+    };
+    let mut message = Vec::with_capacity(HEADER_LEN + key.len() + 4 + body.len());
+    message.extend_from_slice(&[0, 0]);
+    message.extend_from_slice(&QR.to_be_bytes());
+    message.extend_from_slice(&1u16.to_be_bytes());
+    for c in counts {
+        message.extend_from_slice(&c.to_be_bytes());
+    }
+    message.extend_from_slice(key);
+    message.extend_from_slice(&entry.rtype.to_be_bytes());
+    message.extend_from_slice(&CLASS_IN.to_be_bytes());
+    message.extend_from_slice(body);
+    // The snapshot's own encoding: it always reads back.
+    let decoded = Message::from_vec(&message).expect("a pre-encoded answer decodes");
+    for record in decoded.answers {
+        // Uncompressed: each record stands alone, to be put in any message.
+        let mut bytes = Vec::new();
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_name_encoding(NameEncoding::Uncompressed);
+        record.emit(&mut encoder).expect("a decoded record encodes");
+        out.push(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::rr::{Name, Record, RecordType};
+    use hickory_proto::serialize::binary::BinDecodable;
+
+    use super::*;
+    use crate::answer::build::build_zone;
+    use crate::model::{Endpoint, Instance, Protocol, Service, Soa, Zone};
+
+    fn zone(instances: usize) -> Zone {
+        let apex = Name::from_ascii("svc.example.").unwrap();
+        let ns = Name::from_ascii("ns1.svc.example.").unwrap();
+        Zone {
+            apex: apex.clone(),
+            ttl: 30,
+            nameservers: vec![ns.clone()],
+            soa: Soa {
+                mname: ns.clone(),
+                rname: ns,
+                refresh: 1,
+                retry: 1,
+                expire: 1,
+                minimum: 1,
+            },
+            hosts: vec![],
+            services: vec![Service {
+                name: "web".into(),
+                protocol: Protocol::Tcp,
+                tags: vec![],
+                check: None,
+                instances: (0..instances)
+                    .map(|i| Instance {
+                        name: format!("web-{i}"),
+                        endpoint: Endpoint::Addresses(vec![[10, 0, 0, i as u8].into()]),
+                        port: 80,
+                        weight: 1,
+                        priority: 0,
+                        check: None,
+                        tags: vec![],
+                        metadata: vec![],
+                    })
+                    .collect(),
+                max_answers: Some(1),
+            }],
+        }
+    }
+
+    fn parse(record: &[u8]) -> Record {
+        Record::from_bytes(record).unwrap()
+    }
+
+    fn has(records: &[WireRecord], name: &str, rtype: RecordType) -> usize {
+        records
+            .iter()
+            .map(|r| parse(r))
+            .filter(|r| r.name.to_ascii() == name && r.record_type() == rtype)
+            .count()
+    }
+
+    #[test]
+    fn the_walk_has_every_record_and_every_address_of_a_capped_service() {
+        let snapshot = build_zone(&zone(3), 7, None);
+        let soa = parse(&soa(&snapshot));
+        assert_eq!(soa.record_type(), RecordType::SOA);
+        let records = all(&snapshot);
+        assert_eq!(has(&records, "svc.example.", RecordType::SOA), 0);
+        assert_eq!(has(&records, "svc.example.", RecordType::NS), 1);
+        assert_eq!(has(&records, "_web._tcp.svc.example.", RecordType::SRV), 3);
+        // max_answers caps a response, not the zone.
+        assert_eq!(has(&records, "web.svc.example.", RecordType::A), 3);
+        assert_eq!(has(&records, "web-1.svc.example.", RecordType::A), 1);
+        assert_eq!(
+            has(
+                &records,
+                "_services._dns-sd._udp.svc.example.",
+                RecordType::PTR
+            ),
+            1
+        );
+    }
+
+    #[test]
+    fn the_diff_of_two_versions_is_what_one_instance_brings() {
+        let old = build_zone(&zone(2), 7, None);
+        let new = build_zone(&zone(3), 8, Some(&old));
+        let d = diff(&old, &new);
+        assert!(
+            d.removed.is_empty(),
+            "{:?}",
+            d.removed.iter().map(|r| parse(r)).collect::<Vec<_>>()
+        );
+        let added: Vec<WireRecord> = d.added.iter().cloned().collect();
+        assert_eq!(has(&added, "web-2.svc.example.", RecordType::A), 1);
+        assert_eq!(has(&added, "web.svc.example.", RecordType::A), 1);
+        assert_eq!(has(&added, "_web._tcp.svc.example.", RecordType::SRV), 1);
+        let back = diff(&new, &old);
+        assert_eq!(back.removed, d.added);
+        let mut none = d.clone();
+        none.then(&back);
+        assert!(none.is_empty());
+        // The walk of the new version is the walk of the old plus the diff.
+        let mut walked: BTreeSet<WireRecord> = all(&old).into_iter().collect();
+        walked.extend(d.added.iter().cloned());
+        assert_eq!(walked, all(&new).into_iter().collect());
+    }
+}
