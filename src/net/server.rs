@@ -38,7 +38,9 @@ use tracing::{debug, info, warn};
 use crate::answer::respond::{self, Transport};
 use crate::answer::snapshot::Snapshot;
 use crate::answer::snapshot::SnapshotHandle;
+use crate::metrics::dns::{self, Proto};
 use crate::net::forward::{self, Forwarder, Next};
+use crate::net::query_log;
 use crate::net::udp_batch::{Outgoing, Received};
 
 /// Limits of the TCP listener (RFC 7766 section 6.2).
@@ -386,16 +388,27 @@ async fn udp_loop(
             }
         };
         outgoing.clear();
+        let received_at = Instant::now();
         let snapshot = snapshots.load();
-        for i in 0..count {
-            let (query, Some(peer)) = received.get(i) else {
-                continue;
-            };
-            let reply = outgoing.next_buf();
-            if answer_udp(query, peer, &snapshot, forwarder.as_ref(), &socket, reply) {
-                outgoing.commit(peer);
+        // Counted on this thread's shard: nothing below awaits.
+        let answered = dns::with(|shard| {
+            let mut answered = 0;
+            for i in 0..count {
+                let (query, Some(peer)) = received.get(i) else {
+                    continue;
+                };
+                shard.request(Proto::Udp, query);
+                let reply = outgoing.next_buf();
+                let forwarding = (forwarder.as_ref(), &socket, received_at);
+                if answer_udp(query, peer, &snapshot, forwarding, reply) {
+                    shard.response(Proto::Udp, reply);
+                    query_log::record(peer, query, reply, Proto::Udp, received_at);
+                    outgoing.commit(peer);
+                    answered += 1;
+                }
             }
-        }
+            answered
+        });
         drop(snapshot);
         while !outgoing.is_done() {
             if let Err(error) = socket
@@ -406,6 +419,8 @@ async fn udp_loop(
                 break;
             }
         }
+        // Per batch: every query in it waited from the read to the send.
+        dns::with(|shard| shard.duration(Proto::Udp, received_at.elapsed(), answered));
     }
 }
 
@@ -415,8 +430,7 @@ fn answer_udp(
     query: &[u8],
     peer: SocketAddr,
     snapshot: &Snapshot,
-    forwarder: Option<&Arc<Forwarder>>,
-    socket: &Arc<UdpSocket>,
+    (forwarder, socket, received_at): (Option<&Arc<Forwarder>>, &Arc<UdpSocket>, Instant),
     response: &mut Vec<u8>,
 ) -> bool {
     let outcome = respond::respond(snapshot, query, Transport::Udp, response);
@@ -436,6 +450,11 @@ fn answer_udp(
                 tokio::spawn(async move {
                     f.resolve(&query, Transport::Udp, &mut out).await;
                     drop(slot);
+                    dns::with(|shard| {
+                        shard.response(Proto::Udp, &out);
+                        shard.duration(Proto::Udp, received_at.elapsed(), 1);
+                    });
+                    query_log::record(peer, &query, &out, Proto::Udp, received_at);
                     if let Err(error) = socket.send_to(&out, peer).await {
                         debug!(%error, %peer, "UDP send failed");
                     }
@@ -443,7 +462,10 @@ fn answer_udp(
                 return false;
             }
             // Too many queries waiting for upstreams: fail fast.
-            Err(_) => forward::servfail(response),
+            Err(_) => {
+                crate::metrics::forward_result("overloaded");
+                forward::servfail(response)
+            }
         },
         _ => {}
     }
@@ -522,6 +544,8 @@ async fn tcp_connection(
         };
         stream.read_exact(&mut query[..len]).await?;
         slot.active();
+        let received_at = Instant::now();
+        dns::with(|shard| shard.request(Proto::Tcp, &query[..len]));
         let outcome = respond::respond(
             &snapshots.load(),
             &query[..len],
@@ -548,9 +572,13 @@ async fn tcp_connection(
         framed.clear();
         framed.extend_from_slice(&(response.len() as u16).to_be_bytes());
         framed.extend_from_slice(&response);
+        // Counted before the write, which may wait on a slow reader.
+        dns::with(|shard| shard.response(Proto::Tcp, &response));
+        query_log::record(peer, &query[..len], &response, Proto::Tcp, received_at);
         // A client that stops reading does not hold its slot: the write
         // stalls, no query completes, and the idle timeout or an eviction
         // ends the connection.
         stream.write_all(&framed).await?;
+        dns::with(|shard| shard.duration(Proto::Tcp, received_at.elapsed(), 1));
     }
 }
