@@ -568,3 +568,202 @@ fn service_manager_hears_ready_once_zones_are_served_and_watchdog_pings() {
     server.stop();
     assert_eq!(systemd.until("STOPPING"), "STOPPING=1\nSTATUS=stopping\n");
 }
+
+/// The metric names in `text`: words starting `signpost_` or `process_`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("signpost_") || w.starts_with("process_"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_readme_and_the_dashboard_name_exactly_the_metrics_served() {
+    // With forwarding on, so that its cache gauge is served too.
+    let (server, endpoint) = start_with_metrics(&["--forward", "192.0.2.1"]);
+    // A reload of every zone file, so that the reload counter has a zone.
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    assert!(eventually(Duration::from_secs(10), || {
+        get(endpoint, "/metrics")
+            .1
+            .contains("signpost_zone_reloads_total{")
+    }));
+    let (_, body) = get(endpoint, "/metrics");
+    let served: std::collections::BTreeSet<String> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    let histograms: Vec<&String> = served
+        .iter()
+        .filter(|f| body.contains(&format!("# TYPE {f} histogram")))
+        .collect();
+
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("### Prometheus metrics")
+        .nth(1)
+        .unwrap()
+        .split("### Query log")
+        .next()
+        .unwrap();
+    // The first column of the table names the metrics.
+    let documented: std::collections::BTreeSet<String> = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .flat_map(|l| metric_names(l.split('|').nth(1).unwrap()))
+        .collect();
+    assert_eq!(
+        documented, served,
+        "the README's table lists every metric served"
+    );
+
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/grafana-dashboard.json"
+    ))
+    .unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut used = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            used.extend(metric_names(target["expr"].as_str().unwrap()));
+        }
+    }
+    assert!(used.len() > 10);
+    for name in used {
+        let family = histograms
+            .iter()
+            .find(|h| {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name == format!("{h}{s}"))
+            })
+            .map_or(name.clone(), |h| h.to_string());
+        assert!(
+            served.contains(&family),
+            "the dashboard uses {name}, not served"
+        );
+    }
+}
+
+#[test]
+fn forwarded_queries_count_by_result() {
+    let zone = tempfile::tempdir().unwrap();
+    std::fs::write(
+        zone.path().join("upstream.test.toml"),
+        "zone = \"upstream.test\"\nttl = 300\n[hosts]\nwww = \"192.0.2.80\"\n",
+    )
+    .unwrap();
+    let upstream = Server::start(zone.path());
+    let upstream_addr = upstream.addr.to_string();
+    let (server, endpoint) = start_with_metrics(&["--forward", &upstream_addr]);
+    let result = |s: &HashMap<String, f64>, r: &str| {
+        value(
+            s,
+            &format!(r#"signpost_forward_requests_total{{result="{r}"}}"#),
+        )
+    };
+
+    let m = server.udp(&query("www.upstream.test.", RecordType::A));
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    let m = server.tcp(&query("www.upstream.test.", RecordType::A));
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    let samples = scrape(endpoint);
+    assert_eq!(result(&samples, "answered"), 1.0);
+    assert_eq!(result(&samples, "cached"), 1.0);
+    assert_eq!(value(&samples, "signpost_forward_cache_entries"), 1.0);
+    assert_eq!(
+        value(&samples, "signpost_forward_duration_seconds_count"),
+        1.0
+    );
+    // Forwarded answers count as responses like any other.
+    assert_eq!(
+        value(
+            &samples,
+            r#"signpost_dns_responses_total{proto="udp",rcode="NOERROR"}"#
+        ),
+        1.0
+    );
+
+    // An upstream that is gone: SERVFAIL, counted as failed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let (dead, dead_endpoint) = start_with_metrics(&["--forward", &port]);
+    let m = dead.udp(&query("www.upstream.test.", RecordType::A));
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    let samples = scrape(dead_endpoint);
+    assert_eq!(result(&samples, "failed"), 1.0);
+    assert_eq!(
+        value(
+            &samples,
+            r#"signpost_dns_responses_total{proto="udp",rcode="SERVFAIL"}"#
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn zone_reloads_and_staleness_follow_zone_file_edits() {
+    let zones = zones_copy();
+    let (_server, endpoint) = {
+        let server = Server::start_with(zones.path(), &["--metrics", "127.0.0.1:0"]);
+        let endpoint = metrics_addr(&server);
+        (server, endpoint)
+    };
+    let stale = r#"signpost_zone_stale{zone="svc.example."}"#;
+    let errors = r#"signpost_zone_reloads_total{zone="svc.example.",result="error"}"#;
+    let reloaded = r#"signpost_zone_reloads_total{zone="svc.example.",result="ok"}"#;
+    let file = zones.path().join("svc.example.toml");
+    let good = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(value(&scrape(endpoint), stale), 0.0);
+    assert_eq!(
+        value(&scrape(endpoint), errors),
+        0.0,
+        "the first load is no reload"
+    );
+
+    std::fs::write(&file, good.replace("port = 8080", "port = \"eighty\"")).unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        let s = scrape(endpoint);
+        value(&s, stale) == 1.0 && value(&s, errors) >= 1.0
+    }));
+    std::fs::write(&file, &good).unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        let s = scrape(endpoint);
+        value(&s, stale) == 0.0 && value(&s, reloaded) >= 1.0
+    }));
+}
+
+#[test]
+fn health_checks_and_unhealthy_instances_are_counted() {
+    let (server, endpoint) = start_with_metrics(&[]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_port = open.local_addr().unwrap().port();
+    let mut admin = server.admin();
+    for (instance, port) in [("down-1", port), ("up-1", open_port)] {
+        admin.ok(
+            json!({"op":"register","zone":"svc.example","service":"checked",
+            "instance":instance,"address":["127.0.0.1"],"port":port,
+            "check":{"tcp":true,"interval":0.1,"failures":1,"successes":1}}),
+        );
+    }
+    let unhealthy = r#"signpost_health_unhealthy_instances{zone="svc.example."}"#;
+    let counted = eventually(Duration::from_secs(10), || {
+        let s = scrape(endpoint);
+        value(&s, unhealthy) == 1.0
+            && value(&s, r#"signpost_health_checks_total{result="fail"}"#) >= 2.0
+            && value(&s, r#"signpost_health_checks_total{result="pass"}"#) >= 2.0
+    });
+    assert!(counted, "{:?}", scrape(endpoint));
+    drop(open);
+}

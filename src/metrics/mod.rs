@@ -59,14 +59,39 @@ pub struct Global {
     pub query_log_dropped: Counter,
 }
 
-static GLOBAL: LazyLock<Global> = LazyLock::new(|| Global {
-    forward_requests: Family::default(),
-    forward_duration: Histogram::new(SLOW_BUCKETS),
-    zone_reloads: Family::default(),
-    registrations: Family::default(),
-    registration_duration: Histogram::new(SLOW_BUCKETS),
-    health_checks: Family::default(),
-    query_log_dropped: Counter::default(),
+static GLOBAL: LazyLock<Global> = LazyLock::new(|| {
+    let global = Global {
+        forward_requests: Family::default(),
+        forward_duration: Histogram::new(SLOW_BUCKETS),
+        zone_reloads: Family::default(),
+        registrations: Family::default(),
+        registration_duration: Histogram::new(SLOW_BUCKETS),
+        health_checks: Family::default(),
+        query_log_dropped: Counter::default(),
+    };
+    // Every fixed label set starts at 0, so that rates and alerts on them
+    // see a series from the first scrape rather than none until the first
+    // event.
+    for result in [
+        "cached",
+        "answered",
+        "upstream_error",
+        "failed",
+        "overloaded",
+    ] {
+        let _ = global.forward_requests.get_or_create(&[("result", result)]);
+    }
+    for op in ["register", "deregister", "heartbeat"] {
+        for result in ["ok", "error"] {
+            let _ = global
+                .registrations
+                .get_or_create(&[("op", op), ("result", result)]);
+        }
+    }
+    for result in ["pass", "fail"] {
+        let _ = global.health_checks.get_or_create(&[("result", result)]);
+    }
+    global
 });
 
 /// The process-wide counters.
