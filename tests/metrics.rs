@@ -767,3 +767,49 @@ fn health_checks_and_unhealthy_instances_are_counted() {
     assert!(counted, "{:?}", scrape(endpoint));
     drop(open);
 }
+
+#[test]
+fn observability_settings_come_from_the_config_file_and_bad_ones_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("queries.jsonl");
+    let config = dir.path().join("signpost.toml");
+    std::fs::write(
+        &config,
+        "metrics = \"127.0.0.1:0\"\nquery-log = \"queries.jsonl\"\nquery-log-sample = 1\n",
+    )
+    .unwrap();
+    let server = Server::start_with(&example_zones(), &["--config", config.to_str().unwrap()]);
+    let endpoint = metrics_addr(&server);
+    server.udp(&query("web.svc.example.", RecordType::A));
+    let lines = log_lines(&log, 1);
+    assert_eq!(lines[0]["name"], "web.svc.example.");
+    assert_eq!(
+        value(
+            &scrape(endpoint),
+            r#"signpost_dns_requests_total{proto="udp",type="A"}"#
+        ),
+        1.0
+    );
+
+    let admin = tempfile::tempdir().unwrap();
+    let (status, stderr) = serve_failure(
+        &example_zones(),
+        admin.path(),
+        &["--query-log", "/nonexistent/dir/queries.jsonl"],
+    );
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        stderr.contains("cannot open query log /nonexistent/dir/queries.jsonl"),
+        "{stderr}"
+    );
+    let (status, stderr) = serve_failure(
+        &example_zones(),
+        admin.path(),
+        &["--query-log", "-", "--query-log-sample", "0"],
+    );
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        stderr.contains("query-log-sample must be at least 1"),
+        "{stderr}"
+    );
+}
