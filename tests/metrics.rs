@@ -558,12 +558,13 @@ fn service_manager_hears_ready_once_zones_are_served_and_watchdog_pings() {
     let m = server.udp(&query("web.svc.example.", RecordType::A));
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(m.answers.len(), 3);
-    // Pings every half interval: several within a second.
+    // Pings every half interval (0.1 s): three take 0.3 s on an idle
+    // machine; the bound leaves room for a loaded one.
     let started = Instant::now();
     for _ in 0..3 {
         assert_eq!(systemd.until("WATCHDOG"), "WATCHDOG=1\n");
     }
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(3));
 
     server.stop();
     assert_eq!(systemd.until("STOPPING"), "STOPPING=1\nSTATUS=stopping\n");

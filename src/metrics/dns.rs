@@ -291,6 +291,28 @@ mod tests {
     }
 
     #[test]
+    fn a_scrape_sums_every_thread_including_those_that_ended() {
+        // CAA over TCP: a slot no other test of this process counts in.
+        let caa = query(&["x"], 257);
+        let slot = type_slot(Some(257));
+        let before = totals().requests[Proto::Tcp as usize][slot];
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let caa = caa.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        with(|shard| shard.request(Proto::Tcp, &caa));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(totals().requests[Proto::Tcp as usize][slot] - before, 4000);
+    }
+
+    #[test]
     fn a_batch_counts_once_per_query_in_its_bucket() {
         let shard = Shard::default();
         shard.duration(Proto::Udp, Duration::from_micros(30), 4);
