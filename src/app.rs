@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::net::forward::{self, ForwardError, Forwarder};
-use crate::net::{notify as notify_sender, server};
+use crate::net::{metrics_http, notify as notify_sender, query_log, server};
 use crate::registry::serials::Serials;
 use crate::registry::state_file::{StateError, StateLock, StateLog};
 use crate::registry::writer::{self, Command};
@@ -24,6 +24,7 @@ use crate::sources::admin::{self, AdminSocket, SocketError};
 use crate::sources::health_probe;
 use crate::sources::watch::{self, Scanner};
 use crate::transfer::Transfers;
+use crate::{metrics, service_manager};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,22 @@ pub enum ServeError {
         addr: std::net::SocketAddr,
         /// Over which transport, and why.
         source: server::BindError,
+    },
+    /// The metrics endpoint's address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The query log cannot be opened.
+    #[error("cannot open query log {}: {source}", path.display())]
+    QueryLog {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
     },
     /// The zones directory cannot be watched.
     #[error("cannot watch zones directory {}: {source}", path.display())]
@@ -110,6 +127,24 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         })?;
         bound.push(b);
     }
+    let metrics_listener = match config.metrics {
+        None => None,
+        Some(addr) => {
+            Some(metrics_http::bind(addr).map_err(|source| ServeError::Metrics { addr, source })?)
+        }
+    };
+    if let Some(target) = &config.query_log {
+        query_log::start(target, config.query_log_sample).map_err(|source| {
+            ServeError::QueryLog {
+                path: match target {
+                    query_log::Target::File(path) => path.clone(),
+                    query_log::Target::Stdout => PathBuf::from("-"),
+                },
+                source,
+            }
+        })?;
+    }
+    service_manager::status("loading zones");
     let forwarder = match &config.forward {
         None => None,
         Some(forward) => {
@@ -220,8 +255,23 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         transfers.clone(),
         shutdown.clone(),
     ));
+    metrics::rates::spawn(shutdown.clone());
+    if let Some(listener) = metrics_listener {
+        let sources = metrics_http::Sources {
+            writer: writer.clone(),
+            forwarder: forwarder.clone(),
+        };
+        tokio::spawn(metrics_http::run(listener, sources, shutdown.clone()));
+    }
+    if let Some(interval) = service_manager::watchdog_interval() {
+        tokio::spawn(service_manager::watchdog(interval, shutdown.clone()));
+    }
+    // Zones loaded and every socket bound: queries are answered from here on.
+    let listen: Vec<String> = bound.iter().map(|b| b.addr.to_string()).collect();
+    service_manager::ready(&format!("serving DNS on {}", listen.join(", ")));
 
     server::run(bound, snapshots, config.tcp, forwarder, transfers, shutdown).await?;
+    service_manager::stopping();
     // The admin server removes its socket once it sees the shutdown.
     if let Ok(Err(error)) = admin_task.await {
         warn!(%error, "admin socket failed");

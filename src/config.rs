@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::answer::reverse::ReverseZones;
 use crate::api::proto::{SOCKET_ENV, default_socket};
 use crate::net::forward::ForwardConfig;
+use crate::net::query_log::Target as QueryLogTarget;
 use crate::net::server::TcpLimits;
 use crate::transfer::TransferConfig;
 use crate::transfer::journal::DEFAULT_JOURNAL;
@@ -172,6 +173,18 @@ pub struct ServeArgs {
     /// several. Replaces the config file's list
     #[arg(long, value_name = "CIDR", value_parser = parse_net)]
     pub reverse: Vec<IpNet>,
+    /// Serve Prometheus metrics (GET /metrics) and a health check
+    /// (GET /health) over HTTP on this address [default: off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+    /// Write one JSON line per query to this file, or to standard output
+    /// with `-`; lines the writer cannot keep up with are dropped and
+    /// counted [default: off]
+    #[arg(long, value_name = "PATH|-")]
+    pub query_log: Option<PathBuf>,
+    /// Log one query in N [default: 1, every query]
+    #[arg(long, value_name = "N")]
+    pub query_log_sample: Option<u64>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub transfer: TransferArgs,
@@ -283,6 +296,12 @@ pub struct ConfigFile {
     pub notify: Vec<String>,
     /// See `--ixfr-journal`.
     pub ixfr_journal: Option<usize>,
+    /// See `--metrics`.
+    pub metrics: Option<SocketAddr>,
+    /// See `--query-log`.
+    pub query_log: Option<PathBuf>,
+    /// See `--query-log-sample`.
+    pub query_log_sample: Option<u64>,
 }
 
 /// Seconds in the config file: `3` and `1.5` both read naturally.
@@ -352,6 +371,12 @@ pub struct Config {
     pub reap_expired_after: Option<Duration>,
     /// Zone transfers and NOTIFY.
     pub transfer: TransferConfig,
+    /// Where the metrics endpoint listens; `None`: no endpoint.
+    pub metrics: Option<SocketAddr>,
+    /// Where the query log goes; `None`: no query log.
+    pub query_log: Option<QueryLogTarget>,
+    /// Log one query in this many.
+    pub query_log_sample: u64,
 }
 
 fn read_file(path: Option<&Path>) -> Result<(ConfigFile, PathBuf), ConfigError> {
@@ -438,7 +463,25 @@ impl Config {
             .reap_expired_after
             .or(file.reap_expired_after)
             .unwrap_or(DEFAULT_REAP_EXPIRED_AFTER);
+        let query_log = match (&args.query_log, &file.query_log) {
+            (Some(flag), _) => Some(flag.clone()),
+            (None, Some(from_file)) if from_file.as_os_str() != "-" => Some(base.join(from_file)),
+            (None, from_file) => from_file.clone(),
+        }
+        .map(|path| match path.as_os_str() == "-" {
+            true => QueryLogTarget::Stdout,
+            false => QueryLogTarget::File(path),
+        });
+        let query_log_sample = args.query_log_sample.or(file.query_log_sample).unwrap_or(1);
+        if query_log_sample == 0 {
+            return Err(ConfigError::Invalid(
+                "query-log-sample must be at least 1".into(),
+            ));
+        }
         Ok(Config {
+            metrics: args.metrics.or(file.metrics),
+            query_log,
+            query_log_sample,
             reverse,
             reap_expired_after: (reap > 0).then(|| Duration::from_secs(reap)),
             socket,

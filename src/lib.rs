@@ -16,6 +16,9 @@
 //! - [`api`]: the admin protocol shared by the server and the CLI, and the
 //!   CLI's client commands.
 //!
+//! - [`metrics`]: what the server counts, rendered for Prometheus by the
+//!   endpoint in [`net`].
+//!
 //! [`model`] is the vocabulary every stage shares; [`config`] and [`app`]
 //! turn the command line into a running server.
 #![warn(missing_docs)]
@@ -25,8 +28,10 @@ pub mod answer;
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod registry;
+pub mod service_manager;
 pub mod sources;
 pub mod transfer;

@@ -436,6 +436,7 @@ fn status_table(s: &StatusInfo) -> String {
             s.orphaned
         ));
     }
+    out.push_str(&queries_line(s));
     let rows = s
         .zones
         .iter()
@@ -508,6 +509,25 @@ fn transfer_lines(s: &StatusInfo, out: &mut String) {
                 z.zone, sec.address
             ));
         }
+    }
+}
+
+/// Responses per second over the last minute, busiest code first.
+fn queries_line(s: &StatusInfo) -> String {
+    let seconds = s.queries_window_secs.max(1) as f64;
+    let total = s.queries_by_rcode.values().sum::<u64>() as f64 / seconds;
+    let mut by: Vec<(&String, &u64)> = s.queries_by_rcode.iter().collect();
+    by.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let parts: Vec<String> = by
+        .iter()
+        .map(|(rcode, n)| format!("{rcode} {:.1}", **n as f64 / seconds))
+        .collect();
+    match parts.is_empty() {
+        true => "queries/s over the last minute: 0\n".into(),
+        false => format!(
+            "queries/s over the last minute: {total:.1} ({})\n",
+            parts.join(", ")
+        ),
     }
 }
 

@@ -122,6 +122,15 @@ pub struct StatusInfo {
     /// Runtime registrations for zones no file declares now (kept, not served).
     #[serde(default)]
     pub orphaned: usize,
+    /// Responses sent over the last [`StatusInfo::queries_window_secs`]
+    /// seconds (a minute, or the uptime if shorter), by response code; only
+    /// codes sent in that time.
+    #[serde(default)]
+    pub queries_by_rcode: std::collections::BTreeMap<String, u64>,
+    /// The seconds [`StatusInfo::queries_by_rcode`] covers; 0 before the
+    /// first sample.
+    #[serde(default)]
+    pub queries_window_secs: u64,
 }
 
 /// One zone in `status`.

@@ -290,6 +290,15 @@ impl Forwarder {
         self.allow.allows(ip)
     }
 
+    /// Answers in the cache, for the metrics.
+    pub fn cache_entries(&self) -> usize {
+        self.cache
+            .lock()
+            .expect("cache lock poisoned")
+            .entries
+            .len()
+    }
+
     /// Answers `query` from the cache into `out`; false on a miss.
     pub fn answer_cached(&self, query: &[u8], transport: Transport, out: &mut Vec<u8>) -> bool {
         let Some(client) = ClientQuery::parse(query, transport) else {
@@ -303,6 +312,7 @@ impl Forwarder {
         let Some((mut message, age)) = hit else {
             return false;
         };
+        crate::metrics::forward_result("cached");
         for record in message
             .answers
             .iter_mut()
@@ -319,10 +329,28 @@ impl Forwarder {
     /// on failure it becomes SERVFAIL.
     pub async fn resolve(&self, query: &[u8], transport: Transport, out: &mut Vec<u8>) {
         let Some(client) = ClientQuery::parse(query, transport) else {
+            crate::metrics::forward_result("failed");
             servfail(out);
             return;
         };
-        if let Some(message) = self.ask_upstreams(&client).await {
+        let asked = Instant::now();
+        let answer = self.ask_upstreams(&client).await;
+        crate::metrics::global()
+            .forward_duration
+            .observe(asked.elapsed().as_secs_f64());
+        crate::metrics::forward_result(match &answer {
+            Some(m)
+                if matches!(
+                    m.metadata.response_code,
+                    ResponseCode::NoError | ResponseCode::NXDomain
+                ) =>
+            {
+                "answered"
+            }
+            Some(_) => "upstream_error",
+            None => "failed",
+        });
+        if let Some(message) = answer {
             if let Some(ttl) = cache_ttl(&message) {
                 let entry = Entry {
                     message: message.clone(),

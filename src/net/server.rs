@@ -38,7 +38,9 @@ use tracing::{debug, info, warn};
 use crate::answer::respond::{self, Outcome, Transport};
 use crate::answer::snapshot::Snapshot;
 use crate::answer::snapshot::SnapshotHandle;
+use crate::metrics::dns::{self, Proto};
 use crate::net::forward::{self, Forwarder, Next};
+use crate::net::query_log;
 use crate::net::udp_batch::{Outgoing, Received};
 use crate::transfer::{Transfers, serve as transfer};
 
@@ -395,17 +397,32 @@ async fn udp_loop(
             }
         };
         outgoing.clear();
+        let received_at = Instant::now();
         let snapshot = snapshots.load();
-        for i in 0..count {
-            let (query, Some(peer)) = received.get(i) else {
-                continue;
-            };
-            let reply = outgoing.next_buf();
-            let context = (forwarder.as_ref(), transfers.as_deref());
-            if answer_udp(query, peer, &snapshot, context, &socket, reply) {
-                outgoing.commit(peer);
+        // Counted on this thread's shard: nothing below awaits.
+        let answered = dns::with(|shard| {
+            let mut answered = 0;
+            for i in 0..count {
+                let (query, Some(peer)) = received.get(i) else {
+                    continue;
+                };
+                shard.request(Proto::Udp, query);
+                let reply = outgoing.next_buf();
+                let context = (
+                    forwarder.as_ref(),
+                    transfers.as_deref(),
+                    &socket,
+                    received_at,
+                );
+                if answer_udp(query, peer, &snapshot, context, reply) {
+                    shard.response(Proto::Udp, reply);
+                    query_log::record(peer, query, reply, Proto::Udp, received_at);
+                    outgoing.commit(peer);
+                    answered += 1;
+                }
             }
-        }
+            answered
+        });
         drop(snapshot);
         while !outgoing.is_done() {
             if let Err(error) = socket
@@ -416,6 +433,8 @@ async fn udp_loop(
                 break;
             }
         }
+        // Per batch: every query in it waited from the read to the send.
+        dns::with(|shard| shard.duration(Proto::Udp, received_at.elapsed(), answered));
     }
 }
 
@@ -425,8 +444,12 @@ fn answer_udp(
     query: &[u8],
     peer: SocketAddr,
     snapshot: &Snapshot,
-    (forwarder, transfers): (Option<&Arc<Forwarder>>, Option<&Transfers>),
-    socket: &Arc<UdpSocket>,
+    (forwarder, transfers, socket, received_at): (
+        Option<&Arc<Forwarder>>,
+        Option<&Transfers>,
+        &Arc<UdpSocket>,
+        Instant,
+    ),
     response: &mut Vec<u8>,
 ) -> bool {
     let outcome = respond::respond(snapshot, query, Transport::Udp, response);
@@ -465,6 +488,11 @@ fn answer_udp(
                 tokio::spawn(async move {
                     f.resolve(&query, Transport::Udp, &mut out).await;
                     drop(slot);
+                    dns::with(|shard| {
+                        shard.response(Proto::Udp, &out);
+                        shard.duration(Proto::Udp, received_at.elapsed(), 1);
+                    });
+                    query_log::record(peer, &query, &out, Proto::Udp, received_at);
                     if let Err(error) = socket.send_to(&out, peer).await {
                         debug!(%error, %peer, "UDP send failed");
                     }
@@ -472,7 +500,10 @@ fn answer_udp(
                 return false;
             }
             // Too many queries waiting for upstreams: fail fast.
-            Err(_) => forward::servfail(response),
+            Err(_) => {
+                crate::metrics::forward_result("overloaded");
+                forward::servfail(response)
+            }
         },
         _ => {}
     }
@@ -554,6 +585,8 @@ async fn tcp_connection(
         };
         stream.read_exact(&mut query[..len]).await?;
         slot.active();
+        let received_at = Instant::now();
+        dns::with(|shard| shard.request(Proto::Tcp, &query[..len]));
         let outcome = respond::respond(
             &snapshots.load(),
             &query[..len],
@@ -606,9 +639,13 @@ async fn tcp_connection(
         framed.clear();
         framed.extend_from_slice(&(response.len() as u16).to_be_bytes());
         framed.extend_from_slice(&response);
+        // Counted before the write, which may wait on a slow reader.
+        dns::with(|shard| shard.response(Proto::Tcp, &response));
+        query_log::record(peer, &query[..len], &response, Proto::Tcp, received_at);
         // A client that stops reading does not hold its slot: the write
         // stalls, no query completes, and the idle timeout or an eviction
         // ends the connection.
         stream.write_all(&framed).await?;
+        dns::with(|shard| shard.duration(Proto::Tcp, received_at.elapsed(), 1));
     }
 }

@@ -227,14 +227,40 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// The labels a zone file read counts under in `signpost_zone_reloads_total`:
+/// the zone a valid file declares, or the zone an invalid file last gave
+/// (its file name when it never gave one). `None` for other changes.
+fn reload_label(registry: &Registry, change: &Change) -> Option<[(&'static str, String); 2]> {
+    let (zone, result) = match change {
+        Change::FileLoaded { zone, .. } => (zone.apex.to_ascii(), "ok"),
+        Change::FileInvalid { path, .. } => {
+            let zone = registry
+                .status()
+                .into_iter()
+                .find(|z| z.source == *path)
+                .map_or_else(|| path.display().to_string(), |z| z.zone);
+            (zone, "error")
+        }
+        _ => return None,
+    };
+    Some([("zone", zone), ("result", result.to_string())])
+}
+
 /// Applies one command, or queues it to be answered after the batch.
 fn handle(registry: &mut Registry, command: Command, now: Instant, pending: &mut Vec<Pending>) {
     match command {
         Command::Apply(changes) => {
             for change in changes {
+                let reload = reload_label(registry, &change);
                 // Sources that wait for nothing have their problems logged
                 // where they are found (a rejected zone file).
                 let _ = registry.apply(change, now);
+                if let Some(labels) = reload {
+                    crate::metrics::global()
+                        .zone_reloads
+                        .get_or_create(&labels)
+                        .inc();
+                }
             }
         }
         Command::Ask { change, reply } => {

@@ -353,10 +353,11 @@ async fn connection(
 /// Sends a request to the registry's writer and waits for its reply, which
 /// comes only once a change is saved and published.
 async fn ask(writer: &WriterHandle, transfers: Option<&Transfers>, request: Request) -> Reply {
-    let change = match request {
-        Request::Register(r) => Change::Register(r),
-        Request::Deregister(k) => Change::Deregister(k),
-        Request::Heartbeat(k) => Change::Heartbeat(k),
+    let asked = Instant::now();
+    let (op, change) = match request {
+        Request::Register(r) => ("register", Change::Register(r)),
+        Request::Deregister(k) => ("deregister", Change::Deregister(k)),
+        Request::Heartbeat(k) => ("heartbeat", Change::Heartbeat(k)),
         Request::List { zone } => {
             return match call(writer, |reply| Command::List { zone, reply }).await {
                 Some(Ok(instances)) => Reply {
@@ -377,10 +378,20 @@ async fn ask(writer: &WriterHandle, transfers: Option<&Transfers>, request: Requ
             };
         }
     };
-    match call(writer, |reply| Command::Ask { change, reply }).await {
+    let reply = match call(writer, |reply| Command::Ask { change, reply }).await {
         Some(outcome) => outcome_reply(outcome),
         None => shutting_down(),
-    }
+    };
+    let metrics = crate::metrics::global();
+    let result = if reply.ok { "ok" } else { "error" };
+    metrics
+        .registrations
+        .get_or_create(&[("op", op), ("result", result)])
+        .inc();
+    metrics
+        .registration_duration
+        .observe(asked.elapsed().as_secs_f64());
+    reply
 }
 
 /// Sends a command made with a reply channel, and waits for the reply;
@@ -409,6 +420,7 @@ fn outcome_reply(outcome: Outcome) -> Reply {
 }
 
 fn status_info(status: Status, transfers: Option<&Transfers>) -> StatusInfo {
+    let recent = crate::metrics::rates::last_minute();
     StatusInfo {
         protocol: proto::VERSION,
         version: env!("CARGO_PKG_VERSION").into(),
@@ -434,6 +446,12 @@ fn status_info(status: Status, transfers: Option<&Transfers>) -> StatusInfo {
             })
             .collect(),
         orphaned: status.orphaned,
+        queries_by_rcode: recent
+            .by_rcode
+            .into_iter()
+            .map(|(rcode, n)| (rcode.to_string(), n))
+            .collect(),
+        queries_window_secs: recent.seconds,
     }
 }
 

@@ -285,6 +285,10 @@ impl Scheduler {
         let e = self.entries.get_mut(&id)?;
         self.due.push(Reverse((now + e.target.check.interval, id)));
         let ok = outcome.is_ok();
+        crate::metrics::global()
+            .health_checks
+            .get_or_create(&[("result", if ok { "pass" } else { "fail" })])
+            .inc();
         let flip_to = match (e.state, ok) {
             (State::Unknown, _) => true,
             (State::Healthy, true) | (State::Unhealthy, false) => {

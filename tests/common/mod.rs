@@ -113,10 +113,17 @@ impl Server {
     /// Starts `signpost serve` on the zones in `dir` with its admin socket
     /// and state file in `admin_dir`, so a restart finds the same state.
     pub fn start_admin(dir: &Path, admin_dir: &Path, extra: &[&str]) -> Server {
+        let mut command = serve_command(dir, admin_dir, extra);
+        command.stdout(Stdio::null());
+        Server::start_command(command, admin_dir)
+    }
+
+    /// Starts a [`serve_command`] made with `admin_dir`, set up further by
+    /// the caller (environment, standard output), and waits until it listens.
+    pub fn start_command(mut command: Command, admin_dir: &Path) -> Server {
         let (socket, state) = admin_paths(admin_dir);
-        let mut child = serve_command(dir, admin_dir, extra)
+        let mut child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start signpost");
@@ -221,6 +228,11 @@ impl Server {
     pub fn tcp(&self, query: &Message) -> Message {
         let bytes = tcp_raw(self.addr, &query.to_vec().unwrap()).expect("a TCP reply");
         Message::from_vec(&bytes).expect("a well-formed reply")
+    }
+
+    /// The child's standard output, when the command piped it.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
     }
 
     /// Process ID, for signals.
