@@ -615,11 +615,7 @@ impl<'a> Encoder<'a> {
             }
         }
 
-        Answer {
-            body: w.buf[question_end..].into(),
-            cuts: cuts.into(),
-            shuffled: None,
-        }
+        Answer::new(&w.buf[question_end..], &cuts, None)
     }
 
     /// A service's addresses: each record encoded alone, with its owner a
@@ -653,15 +649,12 @@ impl<'a> Encoder<'a> {
         let record_len = body.len() / rrset.len();
         let count = max.map_or(rrset.len(), |m| rrset.len().min(m.into()));
         let orders = self.orders(weights, count.min(MAX_BODY / record_len));
-        Answer {
-            body: body.into(),
-            cuts: cuts.into(),
-            shuffled: Some(Arc::new(Shuffled {
-                record_len,
-                count,
-                orders,
-            })),
-        }
+        let shuffled = Shuffled {
+            record_len,
+            count,
+            orders,
+        };
+        Answer::new(&body, &cuts, Some(Arc::new(shuffled)))
     }
 
     pub(super) fn record(&self, w: &mut MessageWriter, owner: &Name, rdata: &RData) {

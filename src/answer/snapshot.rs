@@ -253,17 +253,23 @@ impl Node {
 }
 
 /// The sections of one response after the question, pre-encoded for a question
-/// name of this node's length at offset 12. Cloning shares the buffers: an
+/// name of this node's length at offset 12. Cloning shares the buffer: an
 /// unchanged answer moves from one snapshot to the next without a copy.
 #[derive(Clone)]
 pub struct Answer {
-    pub(super) body: Arc<[u8]>,
-    /// Places where the body may be cut when the message is too large: after
-    /// each answer record and after each additional RRset, in order.
-    pub(super) cuts: Arc<[Cut]>,
+    /// The body, then its cuts: one allocation per answer, as a zone has
+    /// about as many answers as records. Cuts are places where the body may
+    /// be cut when the message is too large (after each answer record and
+    /// after each additional RRset, in order), [`CUT_LEN`] bytes each.
+    data: Arc<[u8]>,
+    body_len: u32,
     /// For the addresses of a service: the orders the records go out in.
     pub(super) shuffled: Option<Arc<Shuffled>>,
 }
+
+/// A cut in an answer's buffer: its length, then its three counts, each in
+/// native byte order.
+const CUT_LEN: usize = 10;
 
 /// An answer whose records are sent in one of several weighted orders, picked
 /// per query. Its body is the records one after the other, each the same
@@ -313,6 +319,23 @@ pub struct Cut {
 }
 
 impl Answer {
+    /// An answer of this body and these cuts (at least one: the whole body).
+    pub(super) fn new(body: &[u8], cuts: &[Cut], shuffled: Option<Arc<Shuffled>>) -> Answer {
+        let mut data = Vec::with_capacity(body.len() + cuts.len() * CUT_LEN);
+        data.extend_from_slice(body);
+        for cut in cuts {
+            data.extend_from_slice(&cut.len.to_ne_bytes());
+            for count in cut.counts {
+                data.extend_from_slice(&count.to_ne_bytes());
+            }
+        }
+        Answer {
+            data: data.into(),
+            body_len: body.len() as u32,
+            shuffled,
+        }
+    }
+
     /// The orders of a service's addresses, when the answer has them.
     pub fn shuffled(&self) -> Option<&Shuffled> {
         self.shuffled.as_deref()
@@ -320,24 +343,60 @@ impl Answer {
 
     /// The whole body.
     pub fn body(&self) -> &[u8] {
-        &self.body
+        &self.data[..self.body_len as usize]
+    }
+
+    fn cut_count(&self) -> usize {
+        (self.data.len() - self.body_len as usize) / CUT_LEN
+    }
+
+    fn cut_at(&self, i: usize) -> Cut {
+        let at = self.body_len as usize + i * CUT_LEN;
+        let c = &self.data[at..at + CUT_LEN];
+        let u16_at = |j: usize| u16::from_ne_bytes([c[j], c[j + 1]]);
+        Cut {
+            len: u32::from_ne_bytes([c[0], c[1], c[2], c[3]]),
+            counts: [u16_at(4), u16_at(6), u16_at(8)],
+        }
+    }
+
+    /// Every cut, shortest first.
+    #[cfg(test)]
+    pub(super) fn cuts(&self) -> impl Iterator<Item = Cut> + '_ {
+        (0..self.cut_count()).map(|i| self.cut_at(i))
+    }
+
+    /// Whether both answers are the same buffer (an answer reused, not
+    /// encoded again).
+    #[cfg(test)]
+    pub(super) fn shares_buffer(&self, other: &Answer) -> bool {
+        Arc::ptr_eq(&self.data, &other.data)
     }
 
     /// The whole body's record counts.
     pub fn full(&self) -> Cut {
-        *self.cuts.last().expect("an answer has at least one record")
+        self.cut_at(self.cut_count() - 1)
     }
 
     /// The longest prefix of whole records (whole RRsets in the additional
     /// section) no longer than `limit` bytes.
     pub fn cut(&self, limit: usize) -> Cut {
-        let i = self.cuts.partition_point(|c| c.len as usize <= limit);
-        match i {
+        // The first cut longer than `limit`; cuts grow with their index.
+        let (mut lo, mut hi) = (0, self.cut_count());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.cut_at(mid).len as usize <= limit {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        match lo {
             0 => Cut {
                 len: 0,
                 counts: [0; 3],
             },
-            i => self.cuts[i - 1],
+            i => self.cut_at(i - 1),
         }
     }
 }
