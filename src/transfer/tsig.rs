@@ -301,8 +301,8 @@ pub fn check(keys: &[Key], request: &[u8], now: u64) -> Option<Checked> {
     let key = keys
         .iter()
         .find(|k| k.name == record.name && k.algorithm == tsig.algorithm);
-    let Some(key) = key else {
-        // Unsigned, reflecting the key name and algorithm (RFC 8945 5.2.1).
+    // Unsigned, reflecting the key name and algorithm (RFC 8945 5.2.1, 5.2.2).
+    let unsigned = |name: &Name, error: TsigError| {
         let reply = error_response(request, |m| {
             let t = TSIG::new(
                 tsig.algorithm.clone(),
@@ -310,27 +310,18 @@ pub fn check(keys: &[Key], request: &[u8], now: u64) -> Option<Checked> {
                 tsig.fudge,
                 Vec::new(),
                 id,
-                Some(TsigError::BadKey),
+                Some(error),
                 Vec::new(),
             );
-            append_tsig(m, &record.name, &t);
+            append_tsig(m, name, &t);
         });
-        return Some(Checked::Refused(reply, TsigError::BadKey));
+        Some(Checked::Refused(reply, error))
+    };
+    let Some(key) = key else {
+        return unsigned(&record.name, TsigError::BadKey);
     };
     if !key.verify(&tbv, &tsig.mac) {
-        let reply = error_response(request, |m| {
-            let t = TSIG::new(
-                tsig.algorithm.clone(),
-                tsig.time,
-                tsig.fudge,
-                Vec::new(),
-                id,
-                Some(TsigError::BadSig),
-                Vec::new(),
-            );
-            append_tsig(m, &key.name, &t);
-        });
-        return Some(Checked::Refused(reply, TsigError::BadSig));
+        return unsigned(&key.name, TsigError::BadSig);
     }
     let signing = Signing {
         key: key.clone(),
