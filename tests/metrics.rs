@@ -341,6 +341,10 @@ fn query_log_writes_one_json_line_per_query() {
 
     let lines = log_lines(&path, 2);
     assert_eq!(lines.len(), 2);
+    // Client addresses are not for every local user to read.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o007, 0, "query log mode {mode:o}");
     let (first, second) = (&lines[0], &lines[1]);
     assert_eq!(first["client"], udp.local_addr().unwrap().to_string());
     assert_eq!(first["name"], "Web.Svc.Example.");

@@ -64,7 +64,17 @@ struct Entry {
 pub fn start(target: &Target, sample: u64) -> io::Result<()> {
     let out: Box<dyn Write + Send> = match target {
         Target::Stdout => Box::new(io::stdout()),
-        Target::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
+        Target::File(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Owner and group only: the log holds every client's address
+            // and what it looked up.
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(path)?;
+            Box::new(file)
+        }
     };
     let (lines, rx) = sync_channel(CAPACITY);
     std::thread::Builder::new()
