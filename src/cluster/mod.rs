@@ -227,3 +227,67 @@ impl Follower {
         match self {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(etcd: &[&str]) -> EtcdArgs {
+        EtcdArgs {
+            etcd: etcd.iter().map(ToString::to_string).collect(),
+            ..EtcdArgs::default()
+        }
+    }
+
+    #[test]
+    fn without_an_endpoint_there_is_no_cluster() {
+        let none = ClusterConfig::from(&args(&[]), &EtcdFile::default(), Path::new(""));
+        assert_eq!(none, Ok(None));
+        let stray = EtcdArgs {
+            etcd_prefix: Some("/x/".into()),
+            ..EtcdArgs::default()
+        };
+        let e = ClusterConfig::from(&stray, &EtcdFile::default(), Path::new("")).unwrap_err();
+        assert!(e.contains("--etcd URL"), "{e}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_prefix_ends_with_a_slash() {
+        let from_file = vec!["http://10.0.0.1:2379".to_string()];
+        let prefix = "/dns".to_string();
+        let ca = PathBuf::from("ca.pem");
+        let file = EtcdFile {
+            endpoints: &from_file,
+            prefix: Some(&prefix),
+            ca: Some(&ca),
+            ..EtcdFile::default()
+        };
+        let c = ClusterConfig::from(&args(&[]), &file, Path::new("/etc/signpost"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.endpoints, from_file);
+        assert_eq!(c.prefix, "/dns/");
+        assert_eq!(c.ca, Some(PathBuf::from("/etc/signpost/ca.pem")));
+        let c = ClusterConfig::from(&args(&["https://a:2379"]), &file, Path::new(""))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.endpoints, vec!["https://a:2379".to_string()]);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_a_reason() {
+        let e = ClusterConfig::from(
+            &args(&["127.0.0.1:2379"]),
+            &EtcdFile::default(),
+            Path::new(""),
+        )
+        .unwrap_err();
+        assert!(e.contains("not a URL"), "{e}");
+        let user = EtcdArgs {
+            etcd_user: Some("signpost".into()),
+            ..args(&["http://a:2379"])
+        };
+        let e = ClusterConfig::from(&user, &EtcdFile::default(), Path::new("")).unwrap_err();
+        assert!(e.contains("password"), "{e}");
+    }
+}

@@ -1,6 +1,8 @@
 //! A real etcd cluster of three members on free loopback ports in a
 //! temporary directory, and signpost nodes that share it. Needs `etcd` and
-//! `etcdctl` (Debian packages `etcd-server` and `etcd-client`).
+//! `etcdctl` (Debian packages `etcd-server` and `etcd-client`). Shared by
+//! the cluster tests and the cluster benchmark, which use different parts.
+#![allow(dead_code)]
 
 use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
