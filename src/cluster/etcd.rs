@@ -39,6 +39,8 @@ use crate::registry::writer::{Command, WriterHandle};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long one attempt at a request may take before it is tried again.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The pause before a request that failed is tried again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long reading the prefix at start-up may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting to one member may take.
@@ -99,19 +101,19 @@ pub async fn open(config: &ClusterConfig) -> Result<Joined, ClusterError> {
         }
         options = options.with_tls(tls);
     }
-    let connect = Client::connect(config.endpoints.clone(), Some(options));
-    let mut client = tokio::time::timeout(READ_TIMEOUT, connect)
-        .await
-        .map_err(|_| etcd_error(format!("no answer within {READ_TIMEOUT:?}")))?
-        .map_err(|e| etcd_error(e.to_string()))?;
-    let read = client.get(
-        config.prefix.as_str(),
-        Some(GetOptions::new().with_prefix()),
-    );
-    let response = tokio::time::timeout(READ_TIMEOUT, read)
-        .await
-        .map_err(|_| etcd_error(format!("no answer within {READ_TIMEOUT:?}")))?
-        .map_err(|e| etcd_error(e.to_string()))?;
+    // With a user, connecting authenticates: a member that is down costs a retry.
+    let client = attempts(READ_TIMEOUT, || {
+        Client::connect(config.endpoints.clone(), Some(options.clone()))
+    })
+    .await
+    .map_err(etcd_error)?;
+    let response = attempts(READ_TIMEOUT, || {
+        let mut c = client.clone();
+        let prefix = config.prefix.clone();
+        async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+    })
+    .await
+    .map_err(etcd_error)?;
     let revision = response.header().map_or(0, |h| h.revision());
     let shared = SharedRef::default();
     let mut known = HashMap::new();
@@ -183,10 +185,11 @@ struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// Commits `records`; returns the revision of each key written.
+    /// Commits `records`, and notes the revision of each key written.
     async fn write(&mut self, records: &[Record]) -> Result<(), String> {
         // One operation per key (etcd refuses a transaction that names a key
         // twice): the last record of each key wins, in the order they came.
+        let deadline = Instant::now() + WRITE_TIMEOUT;
         let mut last: HashMap<String, usize> = HashMap::new();
         for (i, r) in records.iter().enumerate() {
             last.insert(self.record_key(r)?, i);
@@ -205,7 +208,7 @@ impl EtcdStore {
                     let mut lease = None;
                     if let Some(ttl) = s.registration.ttl {
                         let client = self.client.clone();
-                        let granted = attempts(|| {
+                        let granted = attempts(left(deadline), || {
                             let mut c = client.clone();
                             async move { c.lease_grant(i64::from(ttl), None).await }
                         })
@@ -222,22 +225,25 @@ impl EtcdStore {
                 }
             }
         }
-        let mut revision = 0;
+        // Recorded only once every chunk is committed: after a failure the
+        // writer takes the whole batch back, and the watch brings back what
+        // was committed of it.
+        let mut revisions = Vec::new();
         for chunk in ops.chunks(MAX_TXN_OPS) {
             let client = self.client.clone();
-            let response = attempts(|| {
+            let response = attempts(left(deadline), || {
                 let mut c = client.clone();
                 let txn = Txn::new().and_then(chunk.to_vec());
                 async move { c.txn(txn).await }
             })
             .await?;
-            revision = response.header().map_or(0, |h| h.revision());
+            revisions.push(response.header().map_or(0, |h| h.revision()));
         }
         let mut old = Vec::new();
         {
             let mut s = lock(&self.shared);
-            for (key, lease) in leases {
-                s.written.insert(key.clone(), revision);
+            for (i, (key, lease)) in leases.into_iter().enumerate() {
+                s.written.insert(key.clone(), revisions[i / MAX_TXN_OPS]);
                 let before = match lease {
                     Some(l) => s.leases.insert(key, l),
                     None => s.leases.remove(&key),
@@ -266,11 +272,12 @@ impl EtcdStore {
     }
 
     async fn keep_alive(&mut self, lease: i64) -> Result<(), String> {
-        let (mut keeper, mut stream) = self
-            .client
-            .lease_keep_alive(lease)
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = self.client.clone();
+        let (mut keeper, mut stream) = attempts(WRITE_TIMEOUT, || {
+            let mut c = client.clone();
+            async move { c.lease_keep_alive(lease).await }
+        })
+        .await?;
         keeper.keep_alive().await.map_err(|e| e.to_string())?;
         match stream.message().await.map_err(|e| e.to_string())? {
             Some(r) if r.ttl() > 0 => Ok(()),
@@ -280,24 +287,34 @@ impl EtcdStore {
 }
 
 /// Runs one request, and again when it fails or takes longer than a
-/// second, within the write timeout: a member that hangs (or a connection
-/// to it that died silently) costs a retry, which the client balances to
-/// another member. Every request retried is idempotent: a put or delete of
-/// the same value, or a lease grant (an extra lease holds no key and lapses).
-async fn attempts<T, F, Fut>(mut request: F) -> Result<T, String>
+/// second, until `within` has passed: a member that is down or hangs (or a
+/// connection to it that died silently) costs a retry, which the client
+/// balances to another member. Every request retried is idempotent: a put
+/// or delete of the same value, a read, or a lease grant (an extra lease
+/// holds no key and lapses).
+async fn attempts<T, F, Fut>(within: Duration, mut request: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
 {
-    let mut last = String::new();
-    for _ in 0..3 {
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, request()).await {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let problem = match tokio::time::timeout(ATTEMPT_TIMEOUT.min(left), request()).await {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => last = e.to_string(),
-            Err(_) => last = format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()),
+        };
+        if Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(problem);
         }
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
-    Err(last)
+}
+
+/// The time from now to `deadline`.
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 /// Runs `work` on the runtime from the writer's blocking section, within
@@ -307,7 +324,8 @@ fn block_on<T>(
 ) -> Result<T, StoreError> {
     let handle = tokio::runtime::Handle::current();
     let run = async {
-        match tokio::time::timeout(WRITE_TIMEOUT, work).await {
+        // A safety net: the requests give up within WRITE_TIMEOUT themselves.
+        match tokio::time::timeout(WRITE_TIMEOUT + ATTEMPT_TIMEOUT, work).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(problem)) => Err(StoreError::Etcd(problem)),
             Err(_) => Err(StoreError::Etcd(format!(
