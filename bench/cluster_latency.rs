@@ -6,8 +6,9 @@
 //! after the other, each through the next node, and from the moment the
 //! reply "ok" arrives (etcd committed the write) queries all three nodes in
 //! a tight loop until each answers the new name; reports p50, p99 and the
-//! maximum. Throughput: 8 clients (a connection to each node's admin socket
-//! apiece, spread over the nodes) register as fast as their replies come,
+//! maximum. Throughput: 8 clients (a connection to a node's admin socket
+//! apiece, spread over the nodes) register into 200 services as fast as
+//! their replies come,
 //! and the rate is the registrations acknowledged per second, then the time
 //! until every node answers the last of them.
 //!
@@ -28,14 +29,17 @@ use common::AdminClient;
 use harness::{Etcd, Node};
 use serde_json::json;
 
-fn register(instance: &str, address: &str) -> serde_json::Value {
-    json!({"op":"register","zone":"svc.example","service":"bench","instance":instance,
+fn register(service: &str, instance: &str, address: &str) -> serde_json::Value {
+    json!({"op":"register","zone":"svc.example","service":service,"instance":instance,
            "address":[address],"port":8080})
 }
 
 fn address(i: usize) -> String {
     format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
 }
+
+/// The services the throughput run registers into.
+const SERVICES: usize = 200;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -68,7 +72,7 @@ fn main() {
     for i in 0..registrations {
         let name = format!("lat-{i}");
         let addr = address(i + 1);
-        admins[i % 3].ok(register(&name, &addr));
+        admins[i % 3].ok(register("lat", &name, &addr));
         let acked = Instant::now();
         let fqdn = format!("{name}.svc.example.");
         let mut waiting: Vec<&Node> = nodes.iter().collect();
@@ -90,7 +94,9 @@ fn main() {
         ms(*latencies.last().unwrap())
     );
 
-    // Throughput: 8 clients at once, spread over the nodes.
+    // Throughput: 8 clients at once, spread over the nodes, into 200
+    // services (what one change costs grows with its service's size, which
+    // the single-node benchmark measures: tests/admin_latency.rs).
     let clients = 8;
     let started = Instant::now();
     let threads: Vec<_> = (0..clients)
@@ -99,7 +105,12 @@ fn main() {
             std::thread::spawn(move || {
                 let mut admin = AdminClient::connect(&socket);
                 for i in (c..burst).step_by(clients) {
-                    admin.ok(register(&format!("tp-{i}"), &address(100_000 + i)));
+                    let service = format!("tp{}", i % SERVICES);
+                    admin.ok(register(
+                        &service,
+                        &format!("tp-{i}"),
+                        &address(100_000 + i),
+                    ));
                 }
             })
         })
