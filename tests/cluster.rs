@@ -201,6 +201,18 @@ fn losing_an_etcd_member_then_a_node_changes_nothing_and_a_restarted_node_catche
     // And takes registrations again.
     nodes[2].server.admin().ok(register("web-12", "10.0.0.22"));
     assert!(all_answer(&nodes, "web-12.svc.example.", "10.0.0.22"));
+
+    // A clean shutdown keeps the registrations made through the node: they
+    // belong to the services.
+    assert!(nodes[2].server.stop().success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(all_answer(&nodes[..2], "web-12.svc.example.", "10.0.0.22"));
+    let out = etcd.etcdctl(&[
+        "get",
+        "--keys-only",
+        &format!("{PREFIX}svc.example./web-12"),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("web-12"));
 }
 
 #[test]

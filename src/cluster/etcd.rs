@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use super::format;
 use super::{ClusterConfig, ClusterError, Joined};
 use crate::registry::Change;
-use crate::registry::registration::InstanceKey;
+use crate::registry::registration::{InstanceKey, Registration};
 use crate::registry::store::{Record, Store, StoreError, Stored};
 use crate::registry::writer::{Command, WriterHandle};
 
@@ -154,7 +154,7 @@ pub async fn open(config: &ClusterConfig) -> Result<Joined, ClusterError> {
 
 /// The key and registration of one key-value, or `None` (logged) when the
 /// value cannot be read.
-fn read_kv(kv: &KeyValue) -> Option<(String, InstanceKeyed)> {
+fn read_kv(kv: &KeyValue) -> Option<(String, Registration)> {
     let key = String::from_utf8_lossy(kv.key()).into_owned();
     match format::decode(kv.value()) {
         Ok(r) => Some((key, r)),
@@ -165,9 +165,7 @@ fn read_kv(kv: &KeyValue) -> Option<(String, InstanceKeyed)> {
     }
 }
 
-type InstanceKeyed = crate::registry::registration::Registration;
-
-fn instance_key(r: &InstanceKeyed) -> InstanceKey {
+fn instance_key(r: &Registration) -> InstanceKey {
     InstanceKey {
         zone: r.zone.clone(),
         service: r.service.clone(),
