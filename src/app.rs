@@ -80,6 +80,9 @@ pub enum ServeError {
         /// What is wrong.
         source: RegistryError,
     },
+    /// etcd could not be reached or read (`--etcd`).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The serial file is unreadable or damaged.
     #[error(transparent)]
     Serials(#[from] crate::registry::serials::SerialsError),
@@ -179,16 +182,36 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     }
     let transfers = Some(transfers);
 
-    // Runtime registrations first, so each zone is built once with them.
-    let (mut state_log, stored) = StateLog::open(&config.state, lock)?;
-    let restored = stored.len();
-    registry
-        .restore(stored, started)
-        .map_err(|source| ServeError::StateContent {
-            path: config.state.clone(),
-            source,
-        })?;
-    info!(file = %config.state.display(), registrations = restored, "state file read");
+    // Runtime registrations first, so each zone is built once with them:
+    // from the state file, or in a cluster from etcd (the lock still keeps
+    // this node's serial file to itself).
+    let (mut state_log, follower, _lock) = match &config.cluster {
+        None => {
+            let (state_log, stored) = StateLog::open(&config.state, lock)?;
+            let restored = stored.len();
+            registry
+                .restore(stored, started)
+                .map_err(|source| ServeError::StateContent {
+                    path: config.state.clone(),
+                    source,
+                })?;
+            info!(file = %config.state.display(), registrations = restored, "state file read");
+            (Ok(state_log), None, None)
+        }
+        Some(cluster) => {
+            let (stored, store, follower) = crate::cluster::open(cluster).await?;
+            registry.set_store_keeps_ttls();
+            for s in stored {
+                // One bad key, written by another tool, does not stop a node.
+                let (zone, instance) =
+                    (s.registration.zone.clone(), s.registration.instance.clone());
+                if let Err(problem) = registry.restore(vec![s], started) {
+                    warn!(%problem, %zone, %instance, "registration in etcd not applied");
+                }
+            }
+            (Err(store), Some(follower), Some(lock))
+        }
+    };
 
     let watching = watch::watch(&config.zones).map_err(|source| ServeError::Watch {
         path: config.zones.clone(),
@@ -226,7 +249,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let hangups = signal(SignalKind::hangup())?;
 
     // The first write to the state file, once nothing else can refuse the start.
-    state_log.prepare(|| registry.stored())?;
+    if let Ok(state_log) = state_log.as_mut() {
+        state_log.prepare(|| registry.stored())?;
+    }
 
     tokio::spawn(reload_on_sighup(hangups, reload));
     // The checker reports state flips to the registry's writer, which tells
@@ -243,12 +268,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         shutdown.clone(),
     );
     checker.update(registry.take_health_updates());
+    let store = state_log.map_or_else(|store| store, |log| Box::new(log) as Box<_>);
     tokio::spawn(writer::run(
         registry,
         inbox,
-        Box::new(state_log),
+        store,
         Box::new(move |targets| checker.update(targets)),
     ));
+    if let Some(follower) = follower {
+        follower.follow(writer.clone(), shutdown.clone());
+    }
     let admin_task = tokio::spawn(admin::run(
         admin,
         writer.clone(),

@@ -188,6 +188,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub transfer: TransferArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub etcd: Box<crate::cluster::EtcdArgs>,
 }
 
 /// Zone transfers and NOTIFY (`signpost serve`).
@@ -302,6 +305,21 @@ pub struct ConfigFile {
     pub query_log: Option<PathBuf>,
     /// See `--query-log-sample`.
     pub query_log_sample: Option<u64>,
+    /// etcd members whose registrations this node shares (`["http://..."]`).
+    #[serde(default)]
+    pub etcd: Vec<String>,
+    /// See `--etcd-prefix`.
+    pub etcd_prefix: Option<String>,
+    /// See `--etcd-ca`.
+    pub etcd_ca: Option<PathBuf>,
+    /// See `--etcd-cert`.
+    pub etcd_cert: Option<PathBuf>,
+    /// See `--etcd-key`.
+    pub etcd_key: Option<PathBuf>,
+    /// See `--etcd-user`.
+    pub etcd_user: Option<String>,
+    /// See `--etcd-password`.
+    pub etcd_password: Option<String>,
 }
 
 /// Seconds in the config file: `3` and `1.5` both read naturally.
@@ -377,6 +395,9 @@ pub struct Config {
     pub query_log: Option<QueryLogTarget>,
     /// Log one query in this many.
     pub query_log_sample: u64,
+    /// etcd, when registrations are shared with other nodes (the state
+    /// file is then not used for them).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 fn read_file(path: Option<&Path>) -> Result<(ConfigFile, PathBuf), ConfigError> {
@@ -496,6 +517,20 @@ impl Config {
             },
             forward: forward_config(args, &file)?,
             transfer: transfer_config(&args.transfer, &file, &base)?,
+            cluster: crate::cluster::ClusterConfig::from(
+                &args.etcd,
+                &crate::cluster::EtcdFile {
+                    endpoints: &file.etcd,
+                    prefix: file.etcd_prefix.as_ref(),
+                    ca: file.etcd_ca.as_ref(),
+                    cert: file.etcd_cert.as_ref(),
+                    key: file.etcd_key.as_ref(),
+                    user: file.etcd_user.as_ref(),
+                    password: file.etcd_password.as_ref(),
+                },
+                &base,
+            )
+            .map_err(ConfigError::Invalid)?,
         })
     }
 

@@ -16,6 +16,8 @@
 //! - [`api`]: the admin protocol shared by the server and the CLI, and the
 //!   CLI's client commands.
 //!
+//! - [`cluster`]: runtime registrations shared by several nodes through
+//!   etcd, a store and a source at once.
 //! - [`metrics`]: what the server counts, rendered for Prometheus by the
 //!   endpoint in [`net`].
 //!
@@ -27,6 +29,7 @@
 pub mod answer;
 pub mod api;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod model;

@@ -80,6 +80,9 @@ pub struct Registry {
     serials: serials::Serials,
     /// Sees each snapshot before it is published, with the one it replaces.
     on_publish: Option<PublishHook>,
+    /// The store expires TTL instances (etcd's leases remove their keys):
+    /// no local expiry timers.
+    store_keeps_ttls: bool,
 }
 
 /// Called with the published snapshot and the one about to replace it;
@@ -145,6 +148,7 @@ impl Registry {
             reap_after: None,
             serials: serials::Serials::in_memory(),
             on_publish: None,
+            store_keeps_ttls: false,
         };
         (registry, published)
     }
@@ -171,6 +175,31 @@ impl Registry {
                 Ok(None)
             }
         }
+    }
+
+    /// Applies a change another node made, read from a shared store: it is
+    /// not saved again (the journal is left as it was), and a refusal is
+    /// logged, since nobody waits for it.
+    pub fn apply_remote(&mut self, change: Change, now: Instant) {
+        let journal = self.journal.len();
+        let (zone, instance) = match &change {
+            Change::Register(r) => (r.zone.clone(), r.instance.clone()),
+            Change::Deregister(k) | Change::Heartbeat(k) => (k.zone.clone(), k.instance.clone()),
+            _ => Default::default(),
+        };
+        match self.apply(change, now) {
+            Ok(_) | Err(RegistryError::NotRegistered { .. }) => {}
+            Err(problem) => {
+                warn!(%problem, %zone, %instance, "change from the cluster not applied");
+            }
+        }
+        self.journal.truncate(journal);
+    }
+
+    /// Leaves TTL expiry to the store (a cluster's leases): instances are
+    /// removed when the store says so, never by this node's clock.
+    pub fn set_store_keeps_ttls(&mut self) {
+        self.store_keeps_ttls = true;
     }
 
     /// What `change` (a registration or a removal) is about to replace, for
@@ -503,7 +532,7 @@ impl Registry {
                 return Err(RegistryError::Conflict(reason));
             }
         }
-        let timer = expiry(valid.ttl, now);
+        let timer = expiry(valid.ttl.filter(|_| !self.store_keeps_ttls), now);
         let new = RuntimeEntry {
             request,
             valid,
@@ -558,7 +587,7 @@ impl Registry {
             .get_mut(&key)
             .and_then(|z| z.get_mut(&id))
             .expect("found");
-        let timer = expiry(r.valid.ttl, now);
+        let timer = expiry(r.valid.ttl.filter(|_| !self.store_keeps_ttls), now);
         self.timers.retime(&key, &id, r.timer, timer);
         r.timer = timer;
         if r.expired {
@@ -845,7 +874,7 @@ impl Registry {
             // Alive: a fresh TTL from now. Expired: the reaping age from now,
             // since the file does not say when it expired.
             let timer = match s.expired {
-                false => expiry(valid.ttl, now),
+                false => expiry(valid.ttl.filter(|_| !self.store_keeps_ttls), now),
                 true => self.reap_after.map(|age| (now + age, Timer::Reap)),
             };
             let zone = self.runtime.entry(key.clone()).or_default();

@@ -1,8 +1,7 @@
 //! Where runtime registrations are kept, so that they survive a restart:
 //! a [`Store`] makes each batch of changes durable before any of them is
-//! acknowledged. The one implementation today is the append-only state file
-//! ([`super::state_file`]); a cluster puts a shared store behind the same
-//! trait without touching the writer.
+//! acknowledged: the append-only state file ([`super::state_file`]) on one
+//! machine, etcd in a cluster (`crate::cluster`).
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +30,13 @@ pub trait Store: Send {
 
     /// Where the registrations are kept, as `status` shows it.
     fn location(&self) -> String;
+
+    /// Renews the TTL of a registration, for a store that keeps TTLs itself
+    /// (etcd's leases); a heartbeat is acknowledged only once this returns Ok.
+    fn renew(&mut self, zone: &str, instance: &str) -> Result<(), StoreError> {
+        let _ = (zone, instance);
+        Ok(())
+    }
 }
 
 /// Why a store could not read or save.
@@ -39,6 +45,9 @@ pub enum StoreError {
     /// The state file failed.
     #[error(transparent)]
     StateFile(#[from] super::state_file::StateError),
+    /// etcd did not commit the change.
+    #[error("etcd: {0}")]
+    Etcd(String),
 }
 
 /// A runtime registration as a store keeps it.

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
 use super::health::Target;
-use super::registration::InstanceInfo;
+use super::registration::{InstanceInfo, InstanceKey};
 use super::store::Store;
 use super::{Change, Registry, RegistryError, Undo, ZoneStatus};
 
@@ -27,6 +27,9 @@ pub enum Command {
     /// Apply changes from a source that waits for nothing (zone files,
     /// health checks), in order.
     Apply(Vec<Change>),
+    /// Apply changes that another node made, read from the shared store:
+    /// they are in the store already, so they are not saved again.
+    Remote(Vec<Change>),
     /// Apply one change and say what became of it. The reply is sent once
     /// the change is in the store and in the published snapshot, so "ok"
     /// means durable and answerable.
@@ -77,6 +80,8 @@ enum Pending {
     Durable(oneshot::Sender<Outcome>, Outcome, Option<Box<Undo>>),
     /// Nothing to save; sent as is.
     Done(oneshot::Sender<Outcome>, Outcome),
+    /// A heartbeat: sent once the store renewed the instance's TTL.
+    Renew(oneshot::Sender<Outcome>, Outcome, InstanceKey),
     /// A read: answered after the batch, so it sees it.
     List(
         oneshot::Sender<Result<Vec<InstanceInfo>, RegistryError>>,
@@ -146,6 +151,15 @@ pub async fn run(
                 }
             }
         }
+        // Heartbeats renew what the store keeps of TTLs (etcd's leases).
+        for p in pending.iter_mut() {
+            if let Pending::Renew(_, outcome, key) = p
+                && outcome.is_ok()
+                && let Err(problem) = store.renew(&key.zone, &key.instance)
+            {
+                *outcome = Err(RegistryError::NotSaved(problem.to_string()));
+            }
+        }
         if registry.needs_publish() {
             registry.publish();
             if files_changed {
@@ -163,7 +177,7 @@ pub async fn run(
                     };
                     let _ = tx.send(outcome);
                 }
-                Pending::Done(tx, outcome) => {
+                Pending::Done(tx, outcome) | Pending::Renew(tx, outcome, _) => {
                     let _ = tx.send(outcome);
                 }
                 Pending::List(tx, zone) => {
@@ -263,14 +277,23 @@ fn handle(registry: &mut Registry, command: Command, now: Instant, pending: &mut
                 }
             }
         }
+        Command::Remote(changes) => {
+            for change in changes {
+                registry.apply_remote(change, now);
+            }
+        }
         Command::Ask { change, reply } => {
             let undo = registry.undo_point(&change).map(Box::new);
             let durable = change.needs_durability();
+            let heartbeat = match &change {
+                Change::Heartbeat(k) => Some(k.clone()),
+                _ => None,
+            };
             let outcome = registry.apply(change, now);
-            pending.push(if durable && outcome.is_ok() {
-                Pending::Durable(reply, outcome, undo)
-            } else {
-                Pending::Done(reply, outcome)
+            pending.push(match heartbeat {
+                Some(k) if outcome.is_ok() => Pending::Renew(reply, outcome, k),
+                _ if durable && outcome.is_ok() => Pending::Durable(reply, outcome, undo),
+                _ => Pending::Done(reply, outcome),
             });
         }
         Command::List { zone, reply } => pending.push(Pending::List(reply, zone)),
