@@ -21,6 +21,7 @@ use super::build::{
 };
 use super::encode::{Encoder, NodeRecords, RData};
 use super::snapshot::{SHARD_NAMES, ZoneSnapshot};
+use super::weighted::Weighted;
 use crate::answer::wire::{lower_wire, rtype};
 use crate::model::{Endpoint, Instance, Protocol, Service, ServiceKey, Zone};
 
@@ -131,6 +132,18 @@ impl LiveZone {
         changes: impl IntoIterator<Item = (ServiceKey, Option<Service>)>,
         serial: u32,
     ) {
+        let mut changes: Vec<(ServiceKey, Option<Service>)> = changes.into_iter().collect();
+        // One instance more, less or changed in a large service: its names
+        // are patched rather than gathered again from every instance.
+        if let [(key, Some(new))] = &changes[..]
+            && *key == ServiceKey::of(new)
+            && let Some((touched, fresh, changed)) = self.patch(key, new)
+        {
+            let (key, new) = changes.pop().expect("one change");
+            self.services.insert(key, new.expect("a service"));
+            self.apply(touched, fresh, changed, serial);
+            return;
+        }
         let apex = self.zone.apex.clone();
         let mut touched: HashSet<Vec<u8>> = HashSet::new();
         let mut changed_services: Vec<ServiceKey> = Vec::new();
@@ -269,9 +282,22 @@ impl LiveZone {
             }
         }
 
-        // Apply what changed; names that appear or go change the counts of
-        // names below their ancestors.
-        let mut changed: Vec<Vec<u8>> = Vec::new();
+        self.apply(touched, fresh, Vec::new(), serial);
+    }
+
+    /// Stores the records gathered again at the `touched` names (`fresh`
+    /// has those that exist), with `changed` the names already changed in
+    /// place, and encodes what changed, what reads it and the apex.
+    fn apply(
+        &mut self,
+        touched: HashSet<Vec<u8>>,
+        mut fresh: HashMap<Vec<u8>, NodeRecords>,
+        mut changed: Vec<Vec<u8>>,
+        serial: u32,
+    ) {
+        let apex = self.zone.apex.clone();
+        // Names that appear or go change the counts of names below their
+        // ancestors.
         let mut presence: Vec<(Vec<u8>, bool)> = Vec::new();
         for key in touched {
             let new = fresh.remove(&key);
@@ -471,6 +497,314 @@ impl LiveZone {
     }
 }
 
+/// Services with fewer instances are gathered again whole on a change:
+/// that is as cheap as patching, and one path less to keep right.
+const PATCH_FROM: usize = 16;
+
+/// At most this many instances changed at once are patched in.
+const PATCH_CHANGED: usize = 8;
+
+/// How many instances before the changed ones are looked at to find where
+/// a new instance's records go in an RRset.
+const PATCH_LOOK_BACK: usize = 32;
+
+/// How many changes were patched in, so tests know they tried the patching.
+#[cfg(test)]
+static PATCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// An edit of one RRset of a name: `remove` records from `at` replaced by
+/// `insert` (with their weights, for a service name's addresses).
+struct Splice {
+    rtype: u16,
+    at: usize,
+    remove: usize,
+    insert: Vec<RData>,
+    weights: Option<Vec<(u16, f64)>>,
+}
+
+impl LiveZone {
+    /// A change to the instances of a large service, `new` replacing the
+    /// service of the same key, made by editing the RRsets of its names in
+    /// place: the records of the instances that differ are taken out and
+    /// those of their replacements put in where a build would put them.
+    /// Returns the names touched, the records of those whose node is
+    /// replaced whole, and those edited in place; `None` (nothing done) when
+    /// the change is not one this can do exactly, and the service is to be
+    /// gathered again.
+    ///
+    /// Exact when the instances that differ share no record with the
+    /// others (no name, address, SRV target or tag spelled otherwise), and
+    /// no other service or host has records at the names they touch: then
+    /// every RRset is the unchanged instances' records before them, theirs,
+    /// and the unchanged instances' records after them.
+    #[allow(clippy::type_complexity)]
+    fn patch(
+        &mut self,
+        key: &ServiceKey,
+        new: &Service,
+    ) -> Option<(
+        HashSet<Vec<u8>>,
+        HashMap<Vec<u8>, NodeRecords>,
+        Vec<Vec<u8>>,
+    )> {
+        let apex = &self.zone.apex;
+        let old = self.services.get(key)?;
+        if old.instances.len() < PATCH_FROM || !same_fields(old, new) || same_service(old, new) {
+            return None;
+        }
+        let (start, end) = differing_bounds(old, new);
+        let (before, after) = differing(old, new);
+        let changed: Vec<&Instance> = before.instances.iter().chain(&after.instances).collect();
+        if changed.len() > PATCH_CHANGED
+            || changed
+                .iter()
+                .any(|i| !matches!(i.endpoint, Endpoint::Addresses(_)))
+        {
+            return None;
+        }
+        // The changed instances' records are theirs alone.
+        let hosts: Vec<Vec<u8>> = changed
+            .iter()
+            .map(|i| target_key(apex, i))
+            .collect::<Option<_>>()?;
+        let unchanged = old.instances[..start]
+            .iter()
+            .chain(&old.instances[old.instances.len() - end..]);
+        if unchanged
+            .clone()
+            .any(|other| shares(&changed, &hosts, self.apex_len, other))
+        {
+            return None;
+        }
+        let own: Vec<Vec<u8>> = service_names(apex, new)
+            .map(|(a, b)| vec![lower_wire(&a), lower_wire(&b)])
+            .unwrap_or_default();
+        // An instance named like its service has its host name there.
+        if hosts.iter().any(|h| own.contains(h)) {
+            return None;
+        }
+        let gone = gathered(apex, &before);
+        let come = gathered(apex, &after);
+        let mut seen = HashSet::new();
+        let mut looked_back: Vec<(usize, HashMap<Vec<u8>, NodeRecords>)> = Vec::new();
+        let mut fresh: HashMap<Vec<u8>, NodeRecords> = HashMap::new();
+        let mut edits: Vec<(Vec<u8>, Vec<Splice>, bool)> = Vec::new();
+        let mut touched: HashSet<Vec<u8>> = HashSet::new();
+        for name in gone.keys().chain(come.keys()) {
+            if !touched.insert(name.clone()) {
+                continue;
+            }
+            // Nobody else has records here.
+            if self.base_keys.contains(name) {
+                return None;
+            }
+            let mut others = BTreeSet::new();
+            self.contributors(name, &mut seen, &mut others);
+            if others.iter().any(|k| k != key) {
+                return None;
+            }
+            let (was, will) = (gone.get(name), come.get(name));
+            let Some(node) = self.names.get(name) else {
+                // A name of the new instances alone.
+                if was.is_some() {
+                    return None;
+                }
+                fresh.insert(name.clone(), will?.clone());
+                continue;
+            };
+            if [was, will]
+                .into_iter()
+                .flatten()
+                .any(|n| !names_same(n.name.as_ref(), node.name.as_ref()))
+            {
+                return None;
+            }
+            let mut types: Vec<u16> = [was, will]
+                .into_iter()
+                .flatten()
+                .flat_map(|n| n.rrsets.keys().copied())
+                .collect();
+            types.sort_unstable();
+            types.dedup();
+            let mut splices = Vec::new();
+            let mut left = 0;
+            for &rtype in &types {
+                let current = node.rrsets.get(&rtype).map_or(&[][..], Vec::as_slice);
+                let out = was
+                    .and_then(|n| n.rrsets.get(&rtype))
+                    .map_or(&[][..], Vec::as_slice);
+                let insert = will
+                    .and_then(|n| n.rrsets.get(&rtype))
+                    .cloned()
+                    .unwrap_or_default();
+                let at = match out.first() {
+                    Some(first) => {
+                        let at = current.iter().position(|r| r.same(first))?;
+                        let run = current.get(at..at + out.len())?;
+                        if !run.iter().zip(out).all(|(a, b)| a.same(b)) {
+                            return None;
+                        }
+                        at
+                    }
+                    None => self.records_before(
+                        apex,
+                        old,
+                        start,
+                        name,
+                        rtype,
+                        current,
+                        &mut looked_back,
+                    )?,
+                };
+                left += current.len() - out.len() + insert.len();
+                let weights = match (weights_of(Some(node), rtype), weights_of(will, rtype)) {
+                    (None, None) if weights_of(was, rtype).is_none() => None,
+                    (current_weights, new_weights) => {
+                        // Weights go with the addresses, one for one.
+                        if current_weights.map_or(0, Vec::len) != current.len()
+                            || new_weights.map_or(0, Vec::len) != insert.len()
+                            || weights_of(was, rtype).map_or(0, Vec::len) != out.len()
+                        {
+                            return None;
+                        }
+                        Some(new_weights.cloned().unwrap_or_default())
+                    }
+                };
+                splices.push(Splice {
+                    rtype,
+                    at,
+                    remove: out.len(),
+                    insert,
+                    weights,
+                });
+            }
+            let others_left = node.rrsets.keys().filter(|t| !types.contains(t)).count();
+            // A name left without records stays when a build would still
+            // make it: the service's own names, or a new instance's.
+            let keep = left > 0 || others_left > 0 || will.is_some() || own.contains(name);
+            if !keep {
+                let was_theirs = hosts.contains(name)
+                    || before.instances.iter().any(|i| {
+                        service_names(apex, &before)
+                            .and_then(|(_, srv)| try_child(&srv, &i.name))
+                            .is_some_and(|n| lower_wire(&n) == *name)
+                    });
+                if !was_theirs {
+                    return None;
+                }
+            }
+            edits.push((name.clone(), splices, keep));
+        }
+
+        // Exact: now change.
+        index(&mut self.by_target, apex, key, &before.instances, false);
+        index(&mut self.by_target, apex, key, &after.instances, true);
+        let max_answers = new.max_answers;
+        let mut changed_names = Vec::new();
+        for (name, splices, keep) in edits {
+            if !keep {
+                // Gone: `apply` finds it absent from `fresh`.
+                continue;
+            }
+            touched.remove(&name);
+            let node = self.names.get_mut(&name).expect("a name with records");
+            let mut seen = node.seen.take();
+            for s in splices {
+                let mut records = node.rrsets.take(s.rtype);
+                if let Some(seen) = &mut seen {
+                    for r in &records[s.at..s.at + s.remove] {
+                        seen.remove(&r.key());
+                    }
+                    seen.extend(s.insert.iter().map(RData::key));
+                }
+                records.splice(s.at..s.at + s.remove, s.insert);
+                let empty = records.is_empty();
+                node.rrsets.set(s.rtype, records);
+                if let Some(weights) = s.weights {
+                    let weighted = node.weighted.get_or_insert_with(|| {
+                        Box::new(Weighted {
+                            max_answers,
+                            by_type: BTreeMap::new(),
+                        })
+                    });
+                    let list = weighted.by_type.entry(s.rtype).or_default();
+                    list.splice(s.at..s.at + s.remove, weights);
+                    if empty {
+                        weighted.by_type.remove(&s.rtype);
+                    }
+                    if weighted.by_type.is_empty() {
+                        node.weighted = None;
+                    }
+                }
+            }
+            node.seen = seen;
+            changed_names.push(name);
+        }
+        #[cfg(test)]
+        PATCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some((touched, fresh, changed_names))
+    }
+
+    /// How many records of `rtype` at `name` the service's instances before
+    /// `start` make: just past the last record of the last of them with one
+    /// there. `None` when it is not among the few looked at.
+    #[allow(clippy::too_many_arguments)]
+    fn records_before(
+        &self,
+        apex: &Name,
+        service: &Service,
+        start: usize,
+        name: &[u8],
+        rtype: u16,
+        current: &[RData],
+        looked_back: &mut Vec<(usize, HashMap<Vec<u8>, NodeRecords>)>,
+    ) -> Option<usize> {
+        for i in (start.saturating_sub(PATCH_LOOK_BACK)..start).rev() {
+            let at = match looked_back.iter().position(|(j, _)| *j == i) {
+                Some(at) => at,
+                None => {
+                    let one = Service {
+                        instances: vec![service.instances[i].clone()],
+                        ..service.clone_without_instances()
+                    };
+                    looked_back.push((i, gathered(apex, &one)));
+                    looked_back.len() - 1
+                }
+            };
+            let Some(mine) = looked_back[at]
+                .1
+                .get(name)
+                .and_then(|n| n.rrsets.get(&rtype))
+                .filter(|r| !r.is_empty())
+            else {
+                continue;
+            };
+            // Its last record ends the records before only if it placed
+            // it, not an instance before it with the same record.
+            let instance = &service.instances[i];
+            let host = target_key(apex, instance)?;
+            let alone = service.instances.iter().enumerate().all(|(j, other)| {
+                j == i
+                    || !shares(
+                        &[instance],
+                        std::slice::from_ref(&host),
+                        self.apex_len,
+                        other,
+                    )
+            });
+            if !alone || !matches!(instance.endpoint, Endpoint::Addresses(_)) {
+                return None;
+            }
+            let mut last = 0;
+            for r in mine {
+                last = last.max(current.iter().rposition(|c| c.same(r))?);
+            }
+            return Some(last + 1);
+        }
+        (start <= PATCH_LOOK_BACK).then_some(0)
+    }
+}
+
 trait WithoutInstances {
     fn clone_without_instances(&self) -> Service;
 }
@@ -487,6 +821,33 @@ impl WithoutInstances for Service {
             max_answers: self.max_answers,
         }
     }
+}
+
+/// Whether `other` may have a record that one of `these` instances (all with
+/// addresses; `hosts` their host names' keys) also has: the same name, an
+/// address, an SRV target at one of their host names, or a tag spelled
+/// otherwise (whose name takes the letter case of its first instance).
+fn shares(these: &[&Instance], hosts: &[Vec<u8>], apex_len: usize, other: &Instance) -> bool {
+    these.iter().any(|c| {
+        c.name.eq_ignore_ascii_case(&other.name)
+            || other.tags.iter().any(|tag| {
+                c.tags
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(tag) && t != tag)
+            })
+            || match (&c.endpoint, &other.endpoint) {
+                (Endpoint::Addresses(mine), Endpoint::Addresses(theirs)) => {
+                    mine.iter().any(|a| theirs.contains(a))
+                }
+                (_, Endpoint::Target(_)) => hosts.iter().any(|h| points_at(h, apex_len, other)),
+                (Endpoint::Target(_), _) => true,
+            }
+    })
+}
+
+/// The weights of a node's addresses of this type, if it has them.
+fn weights_of(node: Option<&NodeRecords>, rtype: u16) -> Option<&Vec<(u16, f64)>> {
+    node?.weighted.as_ref()?.by_type.get(&rtype)
 }
 
 /// The PTR records of the enumeration name now.
@@ -635,6 +996,21 @@ fn same_fields(a: &Service, b: &Service) -> bool {
 /// and end, each as a service of its own.
 fn differing(old: &Service, new: &Service) -> (Service, Service) {
     let (a, b) = (&old.instances, &new.instances);
+    let (start, end) = differing_bounds(old, new);
+    let part = |s: &Service, instances: &[Instance]| Service {
+        instances: instances.to_vec(),
+        ..s.clone_without_instances()
+    };
+    (
+        part(old, &a[start..a.len() - end]),
+        part(new, &b[start..b.len() - end]),
+    )
+}
+
+/// How many instances `old` and `new` have in common at their start, and
+/// then at their end.
+fn differing_bounds(old: &Service, new: &Service) -> (usize, usize) {
+    let (a, b) = (&old.instances, &new.instances);
     let start = a
         .iter()
         .zip(b)
@@ -646,14 +1022,7 @@ fn differing(old: &Service, new: &Service) -> (Service, Service) {
         .zip(b[start..].iter().rev())
         .take_while(|(x, y)| same_instance(x, y))
         .count();
-    let part = |s: &Service, instances: &[Instance]| Service {
-        instances: instances.to_vec(),
-        ..s.clone_without_instances()
-    };
-    (
-        part(old, &a[start..a.len() - end]),
-        part(new, &b[start..b.len() - end]),
-    )
+    (start, end)
 }
 
 fn same_instance(a: &Instance, b: &Instance) -> bool {
@@ -907,6 +1276,95 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An instance of a large service: mostly names and addresses of its
+    /// own, sometimes shared with another instance, a tag spelled
+    /// otherwise, a target, no address or the service's own name.
+    fn large_instance(rng: &mut Rng) -> Instance {
+        let mut i = instance(rng);
+        if rng.below(8) != 0 {
+            i.name = format!("n{}", rng.below(400));
+            i.tags.retain(|t| t != "Blue");
+        }
+        if rng.below(16) != 0 {
+            i.endpoint = Endpoint::Addresses(Vec::new());
+        }
+        if let Endpoint::Addresses(addrs) = &mut i.endpoint
+            && rng.below(8) != 0
+        {
+            *addrs = (0..1 + rng.below(2))
+                .map(|k| match k {
+                    0 => format!("10.1.{}.{}", rng.below(4), rng.below(250)),
+                    _ => format!("fd01::{}", rng.below(1000)),
+                })
+                .map(|a| a.parse().unwrap())
+                .collect();
+        }
+        if rng.below(64) == 0 {
+            i.name = "large".into();
+        }
+        i
+    }
+
+    #[test]
+    fn changes_to_instances_of_a_large_service_equal_building_the_final_services() {
+        let before = PATCHED.load(std::sync::atomic::Ordering::Relaxed);
+        for seed in 1..=4u64 {
+            let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9));
+            let base = base();
+            let mut large = service(&mut rng);
+            large.name = "large".into();
+            large.instances = (0..PATCH_FROM + 8)
+                .map(|_| large_instance(&mut rng))
+                .collect();
+            let small: Vec<Service> = (0..4).map(|_| service(&mut rng)).collect();
+            let mut live =
+                LiveZone::build(&base, small.into_iter().chain([large.clone()]), 1, None);
+            let key = ServiceKey::of(&large);
+            for step in 0..300 {
+                let mut s = live.service(&key).cloned().unwrap_or_else(|| large.clone());
+                let n = s.instances.len();
+                match rng.below(10) {
+                    0..=2 => s
+                        .instances
+                        .insert(rng.below(n + 1), large_instance(&mut rng)),
+                    3..=5 if n > PATCH_FROM => {
+                        s.instances.remove(rng.below(n));
+                    }
+                    6 if n > 0 => {
+                        // Another port, or health leaving no address.
+                        let at = rng.below(n);
+                        match &mut s.instances[at].endpoint {
+                            Endpoint::Addresses(a) if rng.below(2) == 0 => a.clear(),
+                            _ => s.instances[at].port += 1,
+                        }
+                    }
+                    7 if n > 0 => {
+                        let at = rng.below(n);
+                        s.instances[at] = large_instance(&mut rng);
+                    }
+                    8 => {
+                        let (k, other) = change(&mut rng, &live);
+                        let serial = step + 2;
+                        live.update([(k, other)], serial);
+                        continue;
+                    }
+                    _ => s.instances.push(large_instance(&mut rng)),
+                }
+                let serial = step + 2;
+                live.update([(key.clone(), Some(s.clone()))], serial);
+                let services: Vec<Service> = live.services().map(|(_, s)| s.clone()).collect();
+                let fresh = LiveZone::build(&base, services, serial, None);
+                assert_same(
+                    live.snapshot(),
+                    fresh.snapshot(),
+                    &format!("seed {seed}, step {step}"),
+                );
+            }
+        }
+        let patched = PATCHED.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(patched > 200, "only {patched} changes patched");
     }
 
     #[test]
