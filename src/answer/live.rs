@@ -132,17 +132,43 @@ impl LiveZone {
         changes: impl IntoIterator<Item = (ServiceKey, Option<Service>)>,
         serial: u32,
     ) {
-        let mut changes: Vec<(ServiceKey, Option<Service>)> = changes.into_iter().collect();
-        // One instance more, less or changed in a large service: its names
-        // are patched rather than gathered again from every instance.
+        let changes: Vec<(ServiceKey, Option<Service>)> = changes.into_iter().collect();
+        // Names changed, and empty non-terminals that came or went, so far.
+        let (mut changed, mut ents) = (Vec::new(), Vec::new());
+        // A few instances more, less or changed in a large service: its
+        // names are patched rather than gathered again from every instance,
+        // one run of changed instances at a time.
         if let [(key, Some(new))] = &changes[..]
             && *key == ServiceKey::of(new)
-            && let Some((touched, fresh, changed)) = self.patch(key, new)
+            && let Some(old) = self.services.get(key)
+            && old.instances.len() >= PATCH_FROM
+            && same_fields(old, new)
+            && !same_service(old, new)
+            && let Some(runs) = runs(old, new)
         {
-            let (key, new) = changes.pop().expect("one change");
-            self.services.insert(key, new.expect("a service"));
-            self.apply(touched, fresh, changed, serial);
-            return;
+            let mut current = self.services.remove(key).expect("the service");
+            let mut done = true;
+            for (start, remove, insert) in runs {
+                let insert = &new.instances[insert];
+                let Some((touched, fresh, in_place)) =
+                    self.patch(key, &current, start, remove, insert)
+                else {
+                    done = false;
+                    break;
+                };
+                current
+                    .instances
+                    .splice(start..start + remove, insert.iter().cloned());
+                changed.extend(in_place);
+                self.settle(touched, fresh, &mut changed, &mut ents);
+            }
+            self.services.insert(key.clone(), current);
+            if done {
+                self.finish(changed, ents, serial);
+                return;
+            }
+            // The rest of the change is gathered, from where patching
+            // stopped.
         }
         let apex = self.zone.apex.clone();
         let mut touched: HashSet<Vec<u8>> = HashSet::new();
@@ -282,20 +308,20 @@ impl LiveZone {
             }
         }
 
-        self.apply(touched, fresh, Vec::new(), serial);
+        self.settle(touched, fresh, &mut changed, &mut ents);
+        self.finish(changed, ents, serial);
     }
 
     /// Stores the records gathered again at the `touched` names (`fresh`
-    /// has those that exist), with `changed` the names already changed in
-    /// place, and encodes what changed, what reads it and the apex.
-    fn apply(
+    /// has those that exist), adding to `changed` the names whose records
+    /// changed and to `ents` the empty non-terminals that came or went.
+    fn settle(
         &mut self,
         touched: HashSet<Vec<u8>>,
         mut fresh: HashMap<Vec<u8>, NodeRecords>,
-        mut changed: Vec<Vec<u8>>,
-        serial: u32,
+        changed: &mut Vec<Vec<u8>>,
+        ents: &mut Vec<Vec<u8>>,
     ) {
-        let apex = self.zone.apex.clone();
         // Names that appear or go change the counts of names below their
         // ancestors.
         let mut presence: Vec<(Vec<u8>, bool)> = Vec::new();
@@ -319,7 +345,6 @@ impl LiveZone {
             }
             changed.push(key);
         }
-        let mut ents: Vec<Vec<u8>> = Vec::new();
         for (key, added) in &presence {
             for suffix in ancestors(key, self.apex_len) {
                 if *added {
@@ -340,9 +365,13 @@ impl LiveZone {
                 }
             }
         }
+    }
 
-        // Re-encode what changed, what reads it, and the apex (its SOA has
-        // the serial).
+    /// Encodes again the names in `changed` and `ents`, those whose answers
+    /// read them, and the apex (its SOA has the serial), and publishes the
+    /// snapshot with `serial`.
+    fn finish(&mut self, changed: Vec<Vec<u8>>, ents: Vec<Vec<u8>>, serial: u32) {
+        let apex = self.zone.apex.clone();
         let mut encode: HashSet<Vec<u8>> = HashSet::new();
         encode.insert(lower_wire(&apex));
         self.readers(&changed, &mut encode);
@@ -541,19 +570,21 @@ impl LiveZone {
     fn patch(
         &mut self,
         key: &ServiceKey,
-        new: &Service,
+        old: &Service,
+        start: usize,
+        remove: usize,
+        insert: &[Instance],
     ) -> Option<(
         HashSet<Vec<u8>>,
         HashMap<Vec<u8>, NodeRecords>,
         Vec<Vec<u8>>,
     )> {
         let apex = &self.zone.apex;
-        let old = self.services.get(key)?;
-        if old.instances.len() < PATCH_FROM || !same_fields(old, new) || same_service(old, new) {
-            return None;
-        }
-        let (start, end) = differing_bounds(old, new);
-        let (before, after) = differing(old, new);
+        let part = |instances: &[Instance]| Service {
+            instances: instances.to_vec(),
+            ..old.clone_without_instances()
+        };
+        let (before, after) = (part(&old.instances[start..start + remove]), part(insert));
         let changed: Vec<&Instance> = before.instances.iter().chain(&after.instances).collect();
         if changed.len() > PATCH_CHANGED
             || changed
@@ -569,14 +600,14 @@ impl LiveZone {
             .collect::<Option<_>>()?;
         let unchanged = old.instances[..start]
             .iter()
-            .chain(&old.instances[old.instances.len() - end..]);
+            .chain(&old.instances[start + remove..]);
         if unchanged
             .clone()
             .any(|other| shares(&changed, &hosts, self.apex_len, other))
         {
             return None;
         }
-        let own: Vec<Vec<u8>> = service_names(apex, new)
+        let own: Vec<Vec<u8>> = service_names(apex, old)
             .map(|(a, b)| vec![lower_wire(&a), lower_wire(&b)])
             .unwrap_or_default();
         // An instance named like its service has its host name there.
@@ -699,7 +730,7 @@ impl LiveZone {
         // Exact: now change.
         index(&mut self.by_target, apex, key, &before.instances, false);
         index(&mut self.by_target, apex, key, &after.instances, true);
-        let max_answers = new.max_answers;
+        let max_answers = old.max_answers;
         let mut changed_names = Vec::new();
         for (name, splices, keep) in edits {
             if !keep {
@@ -1039,6 +1070,46 @@ fn differing(old: &Service, new: &Service) -> (Service, Service) {
     )
 }
 
+/// How `old`'s instances become `new`'s as runs of instances replaced, in
+/// order, each (where it starts in the instances as the runs before it
+/// left them, how many it removes, which of `new`'s it puts there); `None`
+/// when that takes more runs, or longer ones, than are worth patching.
+/// Instances match when equal, looking a few ahead for the next match:
+/// changes to a service's instances are a few registrations, removals or
+/// updates, each in its place in the order.
+fn runs(old: &Service, new: &Service) -> Option<Vec<(usize, usize, std::ops::Range<usize>)>> {
+    let (a, b) = (&old.instances, &new.instances);
+    let (mut i, mut j, mut shift) = (0, 0, 0isize);
+    let mut runs = Vec::new();
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && same_instance(&a[i], &b[j]) {
+            i += 1;
+            j += 1;
+            continue;
+        }
+        // The nearest next match: x of a's removed, y of b's put in.
+        let found = (1..=PATCH_CHANGED).find_map(|d| {
+            (0..=d).find_map(|x| {
+                let y = d - x;
+                let (k, l) = (i + x, j + y);
+                let end = k == a.len() && l == b.len();
+                (end || (k < a.len() && l < b.len() && same_instance(&a[k], &b[l])))
+                    .then_some((x, y))
+            })
+        });
+        let (x, y) = found?;
+        if runs.len() == PATCH_CHANGED {
+            return None;
+        }
+        let at = (i as isize + shift) as usize;
+        runs.push((at, x, j..j + y));
+        shift += y as isize - x as isize;
+        i += x;
+        j += y;
+    }
+    Some(runs)
+}
+
 /// How many instances `old` and `new` have in common at their start, and
 /// then at their end.
 fn differing_bounds(old: &Service, new: &Service) -> (usize, usize) {
@@ -1358,9 +1429,21 @@ mod tests {
                 let mut s = live.service(&key).cloned().unwrap_or_else(|| large.clone());
                 let n = s.instances.len();
                 match rng.below(10) {
-                    0..=2 => s
+                    0 | 1 => s
                         .instances
                         .insert(rng.below(n + 1), large_instance(&mut rng)),
+                    2 => {
+                        // A batch: a few changes spread over the service.
+                        for _ in 0..2 + rng.below(4) {
+                            let n = s.instances.len();
+                            if rng.below(3) == 0 && n > PATCH_FROM {
+                                s.instances.remove(rng.below(n));
+                            } else {
+                                s.instances
+                                    .insert(rng.below(n + 1), large_instance(&mut rng));
+                            }
+                        }
+                    }
                     3..=5 if n > PATCH_FROM => {
                         s.instances.remove(rng.below(n));
                     }
