@@ -21,6 +21,7 @@ use super::build::{
 };
 use super::encode::{Encoder, NodeRecords, RData};
 use super::snapshot::{SHARD_NAMES, ZoneSnapshot};
+use super::weighted::Weighted;
 use crate::answer::wire::{lower_wire, rtype};
 use crate::model::{Endpoint, Instance, Protocol, Service, ServiceKey, Zone};
 
@@ -131,6 +132,44 @@ impl LiveZone {
         changes: impl IntoIterator<Item = (ServiceKey, Option<Service>)>,
         serial: u32,
     ) {
+        let changes: Vec<(ServiceKey, Option<Service>)> = changes.into_iter().collect();
+        // Names changed, and empty non-terminals that came or went, so far.
+        let (mut changed, mut ents) = (Vec::new(), Vec::new());
+        // A few instances more, less or changed in a large service: its
+        // names are patched rather than gathered again from every instance,
+        // one run of changed instances at a time.
+        if let [(key, Some(new))] = &changes[..]
+            && *key == ServiceKey::of(new)
+            && let Some(old) = self.services.get(key)
+            && old.instances.len() >= PATCH_FROM
+            && same_fields(old, new)
+            && !same_service(old, new)
+            && let Some(runs) = runs(old, new)
+        {
+            let mut current = self.services.remove(key).expect("the service");
+            let mut done = true;
+            for (start, remove, insert) in runs {
+                let insert = &new.instances[insert];
+                let Some((touched, fresh, in_place)) =
+                    self.patch(key, &current, start, remove, insert)
+                else {
+                    done = false;
+                    break;
+                };
+                current
+                    .instances
+                    .splice(start..start + remove, insert.iter().cloned());
+                changed.extend(in_place);
+                self.settle(touched, fresh, &mut changed, &mut ents);
+            }
+            self.services.insert(key.clone(), current);
+            if done {
+                self.finish(changed, ents, serial);
+                return;
+            }
+            // The rest of the change is gathered, from where patching
+            // stopped.
+        }
         let apex = self.zone.apex.clone();
         let mut touched: HashSet<Vec<u8>> = HashSet::new();
         let mut changed_services: Vec<ServiceKey> = Vec::new();
@@ -269,9 +308,22 @@ impl LiveZone {
             }
         }
 
-        // Apply what changed; names that appear or go change the counts of
-        // names below their ancestors.
-        let mut changed: Vec<Vec<u8>> = Vec::new();
+        self.settle(touched, fresh, &mut changed, &mut ents);
+        self.finish(changed, ents, serial);
+    }
+
+    /// Stores the records gathered again at the `touched` names (`fresh`
+    /// has those that exist), adding to `changed` the names whose records
+    /// changed and to `ents` the empty non-terminals that came or went.
+    fn settle(
+        &mut self,
+        touched: HashSet<Vec<u8>>,
+        mut fresh: HashMap<Vec<u8>, NodeRecords>,
+        changed: &mut Vec<Vec<u8>>,
+        ents: &mut Vec<Vec<u8>>,
+    ) {
+        // Names that appear or go change the counts of names below their
+        // ancestors.
         let mut presence: Vec<(Vec<u8>, bool)> = Vec::new();
         for key in touched {
             let new = fresh.remove(&key);
@@ -293,7 +345,6 @@ impl LiveZone {
             }
             changed.push(key);
         }
-        let mut ents: Vec<Vec<u8>> = Vec::new();
         for (key, added) in &presence {
             for suffix in ancestors(key, self.apex_len) {
                 if *added {
@@ -314,9 +365,13 @@ impl LiveZone {
                 }
             }
         }
+    }
 
-        // Re-encode what changed, what reads it, and the apex (its SOA has
-        // the serial).
+    /// Encodes again the names in `changed` and `ents`, those whose answers
+    /// read them, and the apex (its SOA has the serial), and publishes the
+    /// snapshot with `serial`.
+    fn finish(&mut self, changed: Vec<Vec<u8>>, ents: Vec<Vec<u8>>, serial: u32) {
+        let apex = self.zone.apex.clone();
         let mut encode: HashSet<Vec<u8>> = HashSet::new();
         encode.insert(lower_wire(&apex));
         self.readers(&changed, &mut encode);
@@ -471,6 +526,316 @@ impl LiveZone {
     }
 }
 
+/// Services with fewer instances are gathered again whole on a change:
+/// that is as cheap as patching, and one path less to keep right.
+const PATCH_FROM: usize = 16;
+
+/// At most this many instances changed at once are patched in.
+const PATCH_CHANGED: usize = 8;
+
+/// How many instances before the changed ones are looked at to find where
+/// a new instance's records go in an RRset.
+const PATCH_LOOK_BACK: usize = 32;
+
+/// How many changes were patched in, so tests know they tried the patching.
+#[cfg(test)]
+static PATCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// An edit of one RRset of a name: `remove` records from `at` replaced by
+/// `insert` (with their weights, for a service name's addresses).
+struct Splice {
+    rtype: u16,
+    at: usize,
+    remove: usize,
+    insert: Vec<RData>,
+    weights: Option<Vec<(u16, f64)>>,
+}
+
+impl LiveZone {
+    /// A change to the instances of a large service, `new` replacing the
+    /// service of the same key, made by editing the RRsets of its names in
+    /// place: the records of the instances that differ are taken out and
+    /// those of their replacements put in where a build would put them.
+    /// Returns the names touched, the records of those whose node is
+    /// replaced whole, and those edited in place; `None` (nothing done) when
+    /// the change is not one this can do exactly, and the service is to be
+    /// gathered again.
+    ///
+    /// Exact when the instances that differ share no record with the
+    /// others (no name, address, SRV target or tag spelled otherwise), and
+    /// no other service or host has records at the names they touch: then
+    /// every RRset is the unchanged instances' records before them, theirs,
+    /// and the unchanged instances' records after them.
+    #[allow(clippy::type_complexity)]
+    fn patch(
+        &mut self,
+        key: &ServiceKey,
+        old: &Service,
+        start: usize,
+        remove: usize,
+        insert: &[Instance],
+    ) -> Option<(
+        HashSet<Vec<u8>>,
+        HashMap<Vec<u8>, NodeRecords>,
+        Vec<Vec<u8>>,
+    )> {
+        let apex = &self.zone.apex;
+        let part = |instances: &[Instance]| Service {
+            instances: instances.to_vec(),
+            ..old.clone_without_instances()
+        };
+        let (before, after) = (part(&old.instances[start..start + remove]), part(insert));
+        let changed: Vec<&Instance> = before.instances.iter().chain(&after.instances).collect();
+        if changed.len() > PATCH_CHANGED
+            || changed
+                .iter()
+                .any(|i| !matches!(i.endpoint, Endpoint::Addresses(_)))
+        {
+            return None;
+        }
+        // The changed instances' records are theirs alone.
+        let hosts: Vec<Vec<u8>> = changed
+            .iter()
+            .map(|i| target_key(apex, i))
+            .collect::<Option<_>>()?;
+        let unchanged = old.instances[..start]
+            .iter()
+            .chain(&old.instances[start + remove..]);
+        if unchanged
+            .clone()
+            .any(|other| shares(&changed, &hosts, self.apex_len, other))
+        {
+            return None;
+        }
+        let own: Vec<Vec<u8>> = service_names(apex, old)
+            .map(|(a, b)| vec![lower_wire(&a), lower_wire(&b)])
+            .unwrap_or_default();
+        // An instance named like its service has its host name there.
+        if hosts.iter().any(|h| own.contains(h)) {
+            return None;
+        }
+        let gone = gathered(apex, &before);
+        let come = gathered(apex, &after);
+        let mut seen = HashSet::new();
+        let mut looked_back: Vec<(usize, HashMap<Vec<u8>, NodeRecords>)> = Vec::new();
+        let mut fresh: HashMap<Vec<u8>, NodeRecords> = HashMap::new();
+        let mut edits: Vec<(Vec<u8>, Vec<Splice>, bool)> = Vec::new();
+        let mut touched: HashSet<Vec<u8>> = HashSet::new();
+        for name in gone.keys().chain(come.keys()) {
+            if !touched.insert(name.clone()) {
+                continue;
+            }
+            // Nobody else has records here.
+            if self.base_keys.contains(name) {
+                return None;
+            }
+            let mut others = BTreeSet::new();
+            self.contributors(name, &mut seen, &mut others);
+            if others.iter().any(|k| k != key) {
+                return None;
+            }
+            let (was, will) = (gone.get(name), come.get(name));
+            let Some(node) = self.names.get(name) else {
+                // A name of the new instances alone.
+                if was.is_some() {
+                    return None;
+                }
+                fresh.insert(name.clone(), will?.clone());
+                continue;
+            };
+            if [was, will]
+                .into_iter()
+                .flatten()
+                .any(|n| !names_same(n.name.as_ref(), node.name.as_ref()))
+            {
+                return None;
+            }
+            let mut types: Vec<u16> = [was, will]
+                .into_iter()
+                .flatten()
+                .flat_map(|n| n.rrsets.keys().copied())
+                .collect();
+            types.sort_unstable();
+            types.dedup();
+            let mut splices = Vec::new();
+            let mut left = 0;
+            for &rtype in &types {
+                let current = node.rrsets.get(&rtype).map_or(&[][..], Vec::as_slice);
+                let out = was
+                    .and_then(|n| n.rrsets.get(&rtype))
+                    .map_or(&[][..], Vec::as_slice);
+                let insert = will
+                    .and_then(|n| n.rrsets.get(&rtype))
+                    .cloned()
+                    .unwrap_or_default();
+                let at = match out.first() {
+                    Some(first) => {
+                        let at = current.iter().position(|r| same_record(r, first))?;
+                        let run = current.get(at..at + out.len())?;
+                        if !run.iter().zip(out).all(|(a, b)| a.same(b)) {
+                            return None;
+                        }
+                        at
+                    }
+                    None => self.records_before(
+                        apex,
+                        old,
+                        start,
+                        name,
+                        rtype,
+                        current,
+                        &mut looked_back,
+                    )?,
+                };
+                left += current.len() - out.len() + insert.len();
+                let weights = match (weights_of(Some(node), rtype), weights_of(will, rtype)) {
+                    (None, None) if weights_of(was, rtype).is_none() => None,
+                    (current_weights, new_weights) => {
+                        // Weights go with the addresses, one for one.
+                        if current_weights.map_or(0, Vec::len) != current.len()
+                            || new_weights.map_or(0, Vec::len) != insert.len()
+                            || weights_of(was, rtype).map_or(0, Vec::len) != out.len()
+                        {
+                            return None;
+                        }
+                        Some(new_weights.cloned().unwrap_or_default())
+                    }
+                };
+                splices.push(Splice {
+                    rtype,
+                    at,
+                    remove: out.len(),
+                    insert,
+                    weights,
+                });
+            }
+            let others_left = node.rrsets.keys().filter(|t| !types.contains(t)).count();
+            // A name left without records stays when a build would still
+            // make it: the service's own names, or a new instance's.
+            let keep = left > 0 || others_left > 0 || will.is_some() || own.contains(name);
+            if !keep {
+                let was_theirs = hosts.contains(name)
+                    || before.instances.iter().any(|i| {
+                        service_names(apex, &before)
+                            .and_then(|(_, srv)| try_child(&srv, &i.name))
+                            .is_some_and(|n| lower_wire(&n) == *name)
+                    });
+                if !was_theirs {
+                    return None;
+                }
+            }
+            edits.push((name.clone(), splices, keep));
+        }
+
+        // Exact: now change.
+        index(&mut self.by_target, apex, key, &before.instances, false);
+        index(&mut self.by_target, apex, key, &after.instances, true);
+        let max_answers = old.max_answers;
+        let mut changed_names = Vec::new();
+        for (name, splices, keep) in edits {
+            if !keep {
+                // Gone: `apply` finds it absent from `fresh`.
+                continue;
+            }
+            touched.remove(&name);
+            let node = self.names.get_mut(&name).expect("a name with records");
+            let mut seen = node.seen.take();
+            for s in splices {
+                let mut records = node.rrsets.take(s.rtype);
+                if let Some(seen) = &mut seen {
+                    for r in &records[s.at..s.at + s.remove] {
+                        seen.remove(&r.key());
+                    }
+                    seen.extend(s.insert.iter().map(RData::key));
+                }
+                records.splice(s.at..s.at + s.remove, s.insert);
+                let empty = records.is_empty();
+                node.rrsets.set(s.rtype, records);
+                if let Some(weights) = s.weights {
+                    let weighted = node.weighted.get_or_insert_with(|| {
+                        Box::new(Weighted {
+                            max_answers,
+                            by_type: BTreeMap::new(),
+                        })
+                    });
+                    let list = weighted.by_type.entry(s.rtype).or_default();
+                    list.splice(s.at..s.at + s.remove, weights);
+                    if empty {
+                        weighted.by_type.remove(&s.rtype);
+                    }
+                    if weighted.by_type.is_empty() {
+                        node.weighted = None;
+                    }
+                }
+            }
+            node.seen = seen;
+            changed_names.push(name);
+        }
+        #[cfg(test)]
+        PATCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some((touched, fresh, changed_names))
+    }
+
+    /// How many records of `rtype` at `name` the service's instances before
+    /// `start` make: just past the last record of the last of them with one
+    /// there. `None` when it is not among the few looked at.
+    #[allow(clippy::too_many_arguments)]
+    fn records_before(
+        &self,
+        apex: &Name,
+        service: &Service,
+        start: usize,
+        name: &[u8],
+        rtype: u16,
+        current: &[RData],
+        looked_back: &mut Vec<(usize, HashMap<Vec<u8>, NodeRecords>)>,
+    ) -> Option<usize> {
+        for i in (start.saturating_sub(PATCH_LOOK_BACK)..start).rev() {
+            let at = match looked_back.iter().position(|(j, _)| *j == i) {
+                Some(at) => at,
+                None => {
+                    let one = Service {
+                        instances: vec![service.instances[i].clone()],
+                        ..service.clone_without_instances()
+                    };
+                    looked_back.push((i, gathered(apex, &one)));
+                    looked_back.len() - 1
+                }
+            };
+            let Some(mine) = looked_back[at]
+                .1
+                .get(name)
+                .and_then(|n| n.rrsets.get(&rtype))
+                .filter(|r| !r.is_empty())
+            else {
+                continue;
+            };
+            // Its last record ends the records before only if it placed
+            // it, not an instance before it with the same record.
+            let instance = &service.instances[i];
+            let host = target_key(apex, instance)?;
+            let alone = service.instances.iter().enumerate().all(|(j, other)| {
+                j == i
+                    || !shares(
+                        &[instance],
+                        std::slice::from_ref(&host),
+                        self.apex_len,
+                        other,
+                    )
+            });
+            if !alone || !matches!(instance.endpoint, Endpoint::Addresses(_)) {
+                return None;
+            }
+            let mut last = 0;
+            for r in mine {
+                last = last.max(current.iter().rposition(|c| same_record(c, r))?);
+            }
+            return Some(last + 1);
+        }
+        (start <= PATCH_LOOK_BACK).then_some(0)
+    }
+}
+
 trait WithoutInstances {
     fn clone_without_instances(&self) -> Service;
 }
@@ -487,6 +852,65 @@ impl WithoutInstances for Service {
             max_answers: self.max_answers,
         }
     }
+}
+
+/// Whether `other` may have a record that one of `these` instances (all with
+/// addresses; `hosts` their host names' keys) also has: the same name, an
+/// address, an SRV target at one of their host names, or a tag spelled
+/// otherwise (whose name takes the letter case of its first instance).
+fn shares(these: &[&Instance], hosts: &[Vec<u8>], apex_len: usize, other: &Instance) -> bool {
+    these.iter().any(|c| {
+        c.name.eq_ignore_ascii_case(&other.name)
+            || other.tags.iter().any(|tag| {
+                c.tags
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(tag) && t != tag)
+            })
+            || match (&c.endpoint, &other.endpoint) {
+                (Endpoint::Addresses(mine), Endpoint::Addresses(theirs)) => {
+                    mine.iter().any(|a| theirs.contains(a))
+                }
+                (_, Endpoint::Target(_)) => hosts.iter().any(|h| points_at(h, apex_len, other)),
+                (Endpoint::Target(_), _) => true,
+            }
+    })
+}
+
+/// [`RData::same`], first comparing what is quick to compare: a large
+/// service's RRsets are searched for one record, and its names all end
+/// alike.
+fn same_record(a: &RData, b: &RData) -> bool {
+    let quick = match (a, b) {
+        (RData::Addr(x), RData::Addr(y)) => return x == y,
+        (
+            RData::Srv {
+                priority: p1,
+                weight: w1,
+                port: o1,
+                target: t1,
+            },
+            RData::Srv {
+                priority: p2,
+                weight: w2,
+                port: o2,
+                target: t2,
+            },
+        ) => (p1, w1, o1) == (p2, w2, o2) && t1.len() == t2.len(),
+        (RData::Ptr(x), RData::Ptr(y)) | (RData::Ns(x), RData::Ns(y)) => x.len() == y.len(),
+        _ => true,
+    };
+    quick
+        && match (a, b) {
+            (RData::Srv { target: x, .. }, RData::Srv { target: y, .. })
+            | (RData::Ptr(x), RData::Ptr(y))
+            | (RData::Ns(x), RData::Ns(y)) => x.iter().next() == y.iter().next() && a.same(b),
+            _ => a.same(b),
+        }
+}
+
+/// The weights of a node's addresses of this type, if it has them.
+fn weights_of(node: Option<&NodeRecords>, rtype: u16) -> Option<&Vec<(u16, f64)>> {
+    node?.weighted.as_ref()?.by_type.get(&rtype)
 }
 
 /// The PTR records of the enumeration name now.
@@ -635,6 +1059,61 @@ fn same_fields(a: &Service, b: &Service) -> bool {
 /// and end, each as a service of its own.
 fn differing(old: &Service, new: &Service) -> (Service, Service) {
     let (a, b) = (&old.instances, &new.instances);
+    let (start, end) = differing_bounds(old, new);
+    let part = |s: &Service, instances: &[Instance]| Service {
+        instances: instances.to_vec(),
+        ..s.clone_without_instances()
+    };
+    (
+        part(old, &a[start..a.len() - end]),
+        part(new, &b[start..b.len() - end]),
+    )
+}
+
+/// How `old`'s instances become `new`'s as runs of instances replaced, in
+/// order, each (where it starts in the instances as the runs before it
+/// left them, how many it removes, which of `new`'s it puts there); `None`
+/// when that takes more runs, or longer ones, than are worth patching.
+/// Instances match when equal, looking a few ahead for the next match:
+/// changes to a service's instances are a few registrations, removals or
+/// updates, each in its place in the order.
+fn runs(old: &Service, new: &Service) -> Option<Vec<(usize, usize, std::ops::Range<usize>)>> {
+    let (a, b) = (&old.instances, &new.instances);
+    let (mut i, mut j, mut shift) = (0, 0, 0isize);
+    let mut runs = Vec::new();
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && same_instance(&a[i], &b[j]) {
+            i += 1;
+            j += 1;
+            continue;
+        }
+        // The nearest next match: x of a's removed, y of b's put in.
+        let found = (1..=PATCH_CHANGED).find_map(|d| {
+            (0..=d).find_map(|x| {
+                let y = d - x;
+                let (k, l) = (i + x, j + y);
+                let end = k == a.len() && l == b.len();
+                (end || (k < a.len() && l < b.len() && same_instance(&a[k], &b[l])))
+                    .then_some((x, y))
+            })
+        });
+        let (x, y) = found?;
+        if runs.len() == PATCH_CHANGED {
+            return None;
+        }
+        let at = (i as isize + shift) as usize;
+        runs.push((at, x, j..j + y));
+        shift += y as isize - x as isize;
+        i += x;
+        j += y;
+    }
+    Some(runs)
+}
+
+/// How many instances `old` and `new` have in common at their start, and
+/// then at their end.
+fn differing_bounds(old: &Service, new: &Service) -> (usize, usize) {
+    let (a, b) = (&old.instances, &new.instances);
     let start = a
         .iter()
         .zip(b)
@@ -646,14 +1125,7 @@ fn differing(old: &Service, new: &Service) -> (Service, Service) {
         .zip(b[start..].iter().rev())
         .take_while(|(x, y)| same_instance(x, y))
         .count();
-    let part = |s: &Service, instances: &[Instance]| Service {
-        instances: instances.to_vec(),
-        ..s.clone_without_instances()
-    };
-    (
-        part(old, &a[start..a.len() - end]),
-        part(new, &b[start..b.len() - end]),
-    )
+    (start, end)
 }
 
 fn same_instance(a: &Instance, b: &Instance) -> bool {
@@ -907,6 +1379,107 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An instance of a large service: mostly names and addresses of its
+    /// own, sometimes shared with another instance, a tag spelled
+    /// otherwise, a target, no address or the service's own name.
+    fn large_instance(rng: &mut Rng) -> Instance {
+        let mut i = instance(rng);
+        if rng.below(8) != 0 {
+            i.name = format!("n{}", rng.below(400));
+            i.tags.retain(|t| t != "Blue");
+        }
+        if rng.below(16) != 0 {
+            i.endpoint = Endpoint::Addresses(Vec::new());
+        }
+        if let Endpoint::Addresses(addrs) = &mut i.endpoint
+            && rng.below(8) != 0
+        {
+            *addrs = (0..1 + rng.below(2))
+                .map(|k| match k {
+                    0 => format!("10.1.{}.{}", rng.below(4), rng.below(250)),
+                    _ => format!("fd01::{}", rng.below(1000)),
+                })
+                .map(|a| a.parse().unwrap())
+                .collect();
+        }
+        if rng.below(64) == 0 {
+            i.name = "large".into();
+        }
+        i
+    }
+
+    #[test]
+    fn changes_to_instances_of_a_large_service_equal_building_the_final_services() {
+        let before = PATCHED.load(std::sync::atomic::Ordering::Relaxed);
+        for seed in 1..=4u64 {
+            let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9));
+            let base = base();
+            let mut large = service(&mut rng);
+            large.name = "large".into();
+            large.instances = (0..PATCH_FROM + 8)
+                .map(|_| large_instance(&mut rng))
+                .collect();
+            let small: Vec<Service> = (0..4).map(|_| service(&mut rng)).collect();
+            let mut live =
+                LiveZone::build(&base, small.into_iter().chain([large.clone()]), 1, None);
+            let key = ServiceKey::of(&large);
+            for step in 0..300 {
+                let mut s = live.service(&key).cloned().unwrap_or_else(|| large.clone());
+                let n = s.instances.len();
+                match rng.below(10) {
+                    0 | 1 => s
+                        .instances
+                        .insert(rng.below(n + 1), large_instance(&mut rng)),
+                    2 => {
+                        // A batch: a few changes spread over the service.
+                        for _ in 0..2 + rng.below(4) {
+                            let n = s.instances.len();
+                            if rng.below(3) == 0 && n > PATCH_FROM {
+                                s.instances.remove(rng.below(n));
+                            } else {
+                                s.instances
+                                    .insert(rng.below(n + 1), large_instance(&mut rng));
+                            }
+                        }
+                    }
+                    3..=5 if n > PATCH_FROM => {
+                        s.instances.remove(rng.below(n));
+                    }
+                    6 if n > 0 => {
+                        // Another port, or health leaving no address.
+                        let at = rng.below(n);
+                        match &mut s.instances[at].endpoint {
+                            Endpoint::Addresses(a) if rng.below(2) == 0 => a.clear(),
+                            _ => s.instances[at].port += 1,
+                        }
+                    }
+                    7 if n > 0 => {
+                        let at = rng.below(n);
+                        s.instances[at] = large_instance(&mut rng);
+                    }
+                    8 => {
+                        let (k, other) = change(&mut rng, &live);
+                        let serial = step + 2;
+                        live.update([(k, other)], serial);
+                        continue;
+                    }
+                    _ => s.instances.push(large_instance(&mut rng)),
+                }
+                let serial = step + 2;
+                live.update([(key.clone(), Some(s.clone()))], serial);
+                let services: Vec<Service> = live.services().map(|(_, s)| s.clone()).collect();
+                let fresh = LiveZone::build(&base, services, serial, None);
+                assert_same(
+                    live.snapshot(),
+                    fresh.snapshot(),
+                    &format!("seed {seed}, step {step}"),
+                );
+            }
+        }
+        let patched = PATCHED.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(patched > 200, "only {patched} changes patched");
     }
 
     #[test]
