@@ -274,6 +274,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         inbox,
         store,
         Box::new(move |targets| checker.update(targets)),
+        Box::new(|labels| {
+            metrics::global().zone_reloads.get_or_create(&labels).inc();
+        }),
     ));
     if let Some(follower) = follower {
         follower.follow(writer.clone(), shutdown.clone());
