@@ -38,3 +38,4 @@ pub mod registry;
 pub mod service_manager;
 pub mod sources;
 pub mod transfer;
+pub mod utc;

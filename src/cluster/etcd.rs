@@ -360,7 +360,7 @@ impl Store for EtcdStore {
             Some((since, why)) => format!(
                 "{}: STALE since {} ({} s ago): {why}",
                 self.location,
-                utc(*since),
+                crate::utc::rfc3339(*since, false),
                 since.elapsed().map_or(0, |d| d.as_secs())
             ),
         }
@@ -587,41 +587,5 @@ impl Follower {
                 .map_err(|_| "the server is stopping".to_string())?;
         }
         Ok(())
-    }
-}
-
-/// `2026-12-02T01:23:45Z`
-fn utc(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_are_shown_in_utc() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_175_825);
-        assert_eq!(utc(t), "2026-12-02T01:43:45Z");
-        assert_eq!(utc(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
     }
 }

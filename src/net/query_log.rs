@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use crate::answer::wire::HEADER_LEN;
 use crate::metrics::dns::{self, PROTOS, Proto};
@@ -175,7 +175,7 @@ impl Entry {
         let _ = writeln!(
             line,
             r#"{{"time":"{}","client":"{}","name":{},"type":"{}","rcode":"{}","answers":{},"micros":{},"proto":"{}"}}"#,
-            rfc3339(self.at),
+            crate::utc::rfc3339(self.at, true),
             self.client,
             serde_json::Value::String(name),
             qtype,
@@ -216,43 +216,9 @@ fn name_text(wire: &[u8]) -> String {
     text
 }
 
-/// UTC time as RFC 3339 with microseconds.
-fn rfc3339(at: SystemTime) -> String {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60,
-        since.subsec_micros()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn times_are_rfc3339_utc() {
-        let at = UNIX_EPOCH + Duration::from_micros(1_796_171_445_123_456);
-        assert_eq!(rfc3339(at), "2026-12-02T00:30:45.123456Z");
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000000Z");
-    }
 
     #[test]
     fn names_print_as_dig_does() {
