@@ -335,3 +335,74 @@ fn a_directory_without_zone_files_is_an_error() {
         assert!(stderr.contains(".toml"), "{stderr}");
     }
 }
+
+/// A zone file of `services` services, two instances each; `extra` adds a
+/// line to the service of that number. Returns the text and, for each
+/// extra line, the line number it landed on.
+fn large_zone(services: usize, extra: &[(usize, &str)]) -> (String, Vec<usize>) {
+    let mut text = String::from("zone = \"big.test\"\n[hosts]\nns1 = \"10.9.0.1\"\n");
+    let mut lines = Vec::new();
+    for i in 0..services {
+        text += &format!("\n[[services]]\nname = \"s{i}\"\nport = 80\n");
+        for (at, line) in extra {
+            if *at == i {
+                text += line;
+                text.push('\n');
+                lines.push(text.lines().count());
+            }
+        }
+        for j in 0..2 {
+            text += &format!(
+                "[[services.instances]]\nname = \"i{i}-{j}\"\naddress = \"10.{}.{}.{}\"\n",
+                i / 250,
+                i % 250,
+                j + 1
+            );
+        }
+    }
+    (text, lines)
+}
+
+/// A file of megabytes is parsed in pieces on every core: the problems in
+/// its last services are reported at their own lines, as for a small file,
+/// and a syntax error late in it too.
+#[test]
+fn problems_deep_in_a_large_file_are_reported_at_their_lines() {
+    let (valid, _) = large_zone(12_000, &[]);
+    assert!(valid.len() > 1 << 20, "large enough to be parsed in pieces");
+    let ok = zone_dir(&[("big.test.toml", &valid)]);
+    let out = check(ok.path());
+    assert!(out.status.success(), "{}", text(&out.stdout));
+
+    let (bad, lines) = large_zone(
+        12_000,
+        &[(9_000, "protocol = \"sctp\""), (11_500, "max_answers = 0")],
+    );
+    let dir = zone_dir(&[("big.test.toml", &bad)]);
+    let out = check(dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let problems: Vec<(usize, usize, String)> = text(&out.stderr)
+        .lines()
+        .filter_map(parse_problem)
+        .map(|(_, line, column, message)| (line, column, message))
+        .collect();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert_eq!(
+        (problems[0].0, problems[0].1),
+        (lines[0], 12),
+        "{problems:?}"
+    );
+    assert!(problems[0].2.contains("sctp"), "{problems:?}");
+    assert_eq!(
+        (problems[1].0, problems[1].1),
+        (lines[1], 15),
+        "{problems:?}"
+    );
+
+    let (syntax, lines) = large_zone(12_000, &[(10_000, "port = = 1")]);
+    let dir = zone_dir(&[("big.test.toml", &syntax)]);
+    let out = check(dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let first = text(&out.stderr).lines().find_map(parse_problem);
+    assert_eq!(first.map(|p| p.1), Some(lines[0]), "{}", text(&out.stderr));
+}
