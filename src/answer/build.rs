@@ -360,11 +360,10 @@ pub(super) fn snapshot_on(
         .collect();
     let encode = |part: &[(&Vec<u8>, Option<&NodeRecords>)]| {
         let encoder = Encoder::new(zone, serial, names);
-        let mut input = Vec::new();
         part.iter()
             .map(|&(key, node)| {
                 let before = previous.and_then(|p| p.nodes.get_arc(key));
-                let node = encoder.node(key, node, before, &mut input);
+                let node = encoder.node(key, node, before);
                 (Arc::<[u8]>::from(&key[..]), node)
             })
             .collect::<Vec<_>>()
@@ -615,11 +614,17 @@ mod tests {
         all
     }
 
-    type Flat<'a> = (&'a [u8], Vec<Cut>, Option<(usize, usize, Vec<&'a [u16]>)>);
+    type Flat<'a> = (
+        &'a [u8],
+        Vec<Cut>,
+        Option<(usize, usize, Option<Vec<&'a [u16]>>)>,
+    );
 
     fn flat(a: &Answer) -> Flat<'_> {
         let shuffled = a.shuffled().map(|s| {
-            let orders = (0..s.variants()).map(|v| s.order(v)).collect();
+            let orders = s
+                .drawn()
+                .map(|o| (0..o.variants()).map(|v| o.get(v)).collect());
             (s.record_len(), s.count(), orders)
         });
         (a.body(), a.cuts().collect(), shuffled)

@@ -1,18 +1,16 @@
 //! Encoding one answer: the sections after the question, with name
-//! compression, record counts and cut points, and the fingerprint of its
-//! inputs that lets a rebuild reuse it.
+//! compression, record counts and cut points.
 
 use std::cell::RefCell;
-use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 
 // Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
 use foldhash::{HashMap, HashSet, HashSetExt};
 
-use super::snapshot::{Answer, Cut, Entry, Fingerprint, Node, Shuffled};
+use super::snapshot::{Answer, Cut, Entry, Node, Shuffled};
 use super::weighted::{Orders, Weighted};
 use crate::answer::wire::{MessageWriter, lower_wire, lower_wire_into, rtype};
 use crate::model::Zone;
@@ -233,98 +231,6 @@ impl NodeRecords {
     }
 }
 
-/// How many of an RRset's records an answer can read: it stops after the
-/// first record that takes it past [`MAX_BODY`], and each record takes at
-/// least an owner of 2 bytes (a pointer, at best), 10 bytes of type, class,
-/// TTL and length, and its data, where a compressed name takes at least 2
-/// bytes (1 for the root). All of them when they may fit; and whether the
-/// answer section is then sure to be past [`MAX_BODY`], so that no
-/// additional record is read.
-fn readable(rrset: &[RData]) -> (usize, bool) {
-    let name_len = |n: &Name| n.iter().map(|l| 1 + l.len()).sum::<usize>() + 1;
-    let compressed = |n: &Name| if n.is_root() { 1 } else { 2 };
-    let mut len = 0;
-    for (i, r) in rrset.iter().enumerate() {
-        len += 12
-            + match r {
-                RData::Addr(IpAddr::V4(_)) => 4,
-                RData::Addr(IpAddr::V6(_)) => 16,
-                // RFC 2782: the SRV target is not compressed.
-                RData::Srv { target, .. } => 6 + name_len(target),
-                RData::Ns(n) | RData::Ptr(n) => compressed(n),
-                RData::Soa => 2 + 2 + 20,
-                RData::Txt(t) => t.iter().map(|s| 1 + s.len()).sum(),
-            };
-        if len > MAX_BODY {
-            return (i + 1, true);
-        }
-    }
-    (rrset.len(), false)
-}
-
-/// Appends a name's wire form, letter case kept, to a fingerprint's input.
-pub(super) fn put_name(input: &mut Vec<u8>, name: Option<&Name>) {
-    let Some(name) = name else {
-        input.push(0xFF);
-        return;
-    };
-    for label in name.iter() {
-        input.push(label.len() as u8);
-        input.extend_from_slice(label);
-    }
-    input.push(0);
-}
-
-/// Appends an RRset (or its absence) to a fingerprint's input.
-pub(super) fn put_rrset(input: &mut Vec<u8>, rrset: Option<&[RData]>) {
-    let Some(rrset) = rrset else {
-        input.extend_from_slice(&u32::MAX.to_be_bytes());
-        return;
-    };
-    input.extend_from_slice(&(rrset.len() as u32).to_be_bytes());
-    for rdata in rrset {
-        match rdata {
-            RData::Addr(IpAddr::V4(a)) => {
-                input.push(1);
-                input.extend_from_slice(&a.octets());
-            }
-            RData::Addr(IpAddr::V6(a)) => {
-                input.push(2);
-                input.extend_from_slice(&a.octets());
-            }
-            RData::Srv {
-                priority,
-                weight,
-                port,
-                target,
-            } => {
-                input.push(3);
-                for v in [priority, weight, port] {
-                    input.extend_from_slice(&v.to_be_bytes());
-                }
-                put_name(input, Some(target));
-            }
-            RData::Ns(n) => {
-                input.push(4);
-                put_name(input, Some(n));
-            }
-            RData::Soa => input.push(5),
-            RData::Ptr(n) => {
-                input.push(6);
-                put_name(input, Some(n));
-            }
-            RData::Txt(strings) => {
-                input.push(7);
-                input.extend_from_slice(&(strings.len() as u32).to_be_bytes());
-                for s in strings {
-                    input.push(s.len() as u8);
-                    input.extend_from_slice(s);
-                }
-            }
-        }
-    }
-}
-
 pub(super) struct Encoder<'a> {
     pub(super) zone: &'a Zone,
     pub(super) serial: u32,
@@ -338,10 +244,6 @@ pub(super) struct Encoder<'a> {
 
 /// Orders by the (priority, weight bits) list they were drawn for.
 type OrdersByWeights = HashMap<Vec<(u16, u64)>, Arc<Orders>>;
-
-/// The keys of answer fingerprints, drawn once per process.
-static FINGERPRINT_KEYS: LazyLock<[RandomState; 2]> =
-    LazyLock::new(|| [RandomState::new(), RandomState::new()]);
 
 impl<'a> Encoder<'a> {
     pub(super) fn new(
@@ -359,14 +261,15 @@ impl<'a> Encoder<'a> {
     }
 
     /// The answers of the name at `key` (`None`: an empty non-terminal),
-    /// each taken from `before` (the name in the previous snapshot) when
-    /// its fingerprint is unchanged; `before` itself when all are.
+    /// each taken from `before` (the name in the previous snapshot) when it
+    /// encodes to the same bytes; `before` itself when all do. Comparing the
+    /// encodings, rather than what they were made from, cannot miss an input
+    /// that changed, and costs about what encoding does.
     pub(super) fn node(
         &self,
         key: &[u8],
         node: Option<&NodeRecords>,
         before: Option<&Arc<Node>>,
-        input: &mut Vec<u8>,
     ) -> Arc<Node> {
         let Some(node) = node else {
             return match before {
@@ -381,17 +284,13 @@ impl<'a> Encoder<'a> {
             .rrsets
             .keys()
             .map(|&rtype| {
-                let fingerprint = self.fingerprint(key, node, rtype, input);
+                let answer = self.answer(key, node, rtype);
                 match before.and_then(|n| n.entry(rtype)) {
-                    Some(e) if e.fingerprint == fingerprint => {
+                    Some(e) if e.answer.same(&answer) => {
                         reused += 1;
                         e.clone()
                     }
-                    _ => Entry {
-                        rtype,
-                        fingerprint,
-                        answer: self.answer(key, node, rtype),
-                    },
+                    _ => Entry { rtype, answer },
                 }
             })
             .collect();
@@ -423,93 +322,6 @@ impl<'a> Encoder<'a> {
         let mut key = self.scratch.borrow_mut();
         lower_wire_into(name, &mut key);
         self.names.get(&key[..])
-    }
-
-    /// The fingerprint of the answer for (`key`, `qtype`): a digest of
-    /// everything [`Encoder::answer`] reads for it, written to `input` first.
-    /// Reading more than the answer uses only costs a needless encoding;
-    /// missing an input would serve a stale answer.
-    pub(super) fn fingerprint(
-        &self,
-        key: &[u8],
-        node: &NodeRecords,
-        qtype: u16,
-        input: &mut Vec<u8>,
-    ) -> Fingerprint {
-        input.clear();
-        input.extend_from_slice(&qtype.to_be_bytes());
-        input.extend_from_slice(&self.zone.ttl.to_be_bytes());
-        input.extend_from_slice(key);
-        put_name(input, node.name.as_ref());
-        let all = &node.rrsets[&qtype];
-        // A service's addresses go out in any order: all are read. Other
-        // answers read their records in order, and only so many can fit.
-        let (count, past) = readable(all);
-        let rrset = match qtype {
-            rtype::A | rtype::AAAA => &all[..],
-            _ => &all[..count],
-        };
-        put_rrset(input, Some(rrset));
-        match node.weighted.as_ref() {
-            Some(w) => {
-                input.push(1);
-                input.extend_from_slice(
-                    &w.max_answers.map_or(0, |m| u32::from(m) + 1).to_be_bytes(),
-                );
-                let weights = w.by_type.get(&qtype).map_or(&[][..], Vec::as_slice);
-                input.extend_from_slice(&(weights.len() as u32).to_be_bytes());
-                for &(p, w) in weights {
-                    input.extend_from_slice(&p.to_be_bytes());
-                    input.extend_from_slice(&w.to_bits().to_be_bytes());
-                }
-            }
-            None => input.push(0),
-        }
-        if rrset.contains(&RData::Soa) {
-            let soa = &self.zone.soa;
-            put_name(input, Some(&soa.mname));
-            put_name(input, Some(&soa.rname));
-            for v in [self.serial, soa.refresh, soa.retry, soa.expire, soa.minimum] {
-                input.extend_from_slice(&v.to_be_bytes());
-            }
-        }
-        // The additional section: the nodes it is read from, unless the
-        // answer section alone cannot fit in a message (then the answer
-        // stops before it; see MAX_BODY).
-        if past {
-            let [a, b] = &*FINGERPRINT_KEYS;
-            return [a.hash_one(&input[..]), b.hash_one(&input[..])];
-        }
-        let addresses = |input: &mut Vec<u8>, target: &Name| match self.lookup(target) {
-            Some(t) => {
-                input.push(1);
-                put_rrset(input, t.rrsets.get(&rtype::A).map(Vec::as_slice));
-                put_rrset(input, t.rrsets.get(&rtype::AAAA).map(Vec::as_slice));
-            }
-            None => input.push(0),
-        };
-        for rdata in rrset {
-            match rdata {
-                // A DNS-SD instance's records, when the target is one (has TXT).
-                RData::Ptr(n) => match self.lookup(n) {
-                    Some(t) if t.rrsets.contains_key(&rtype::TXT) => {
-                        input.push(1);
-                        put_rrset(input, t.rrsets.get(&rtype::SRV).map(Vec::as_slice));
-                        put_rrset(input, t.rrsets.get(&rtype::TXT).map(Vec::as_slice));
-                        for r in t.rrsets.get(&rtype::SRV).into_iter().flatten() {
-                            if let RData::Srv { target, .. } = r {
-                                addresses(input, target);
-                            }
-                        }
-                    }
-                    _ => input.push(0),
-                },
-                RData::Srv { target: n, .. } | RData::Ns(n) => addresses(input, n),
-                _ => {}
-            }
-        }
-        let [a, b] = &*FINGERPRINT_KEYS;
-        [a.hash_one(&input[..]), b.hash_one(&input[..])]
     }
 
     /// The orders for records of these priorities and weights.
@@ -648,7 +460,9 @@ impl<'a> Encoder<'a> {
         }
         let record_len = body.len() / rrset.len();
         let count = max.map_or(rrset.len(), |m| rrset.len().min(m.into()));
-        let orders = self.orders(weights, count.min(MAX_BODY / record_len));
+        // One level of equal weights needs no drawn orders (see Shuffled).
+        let uniform = weights.windows(2).all(|p| p[0] == p[1]);
+        let orders = (!uniform).then(|| self.orders(weights, count.min(MAX_BODY / record_len)));
         let shuffled = Shuffled {
             record_len,
             count,

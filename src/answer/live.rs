@@ -55,8 +55,8 @@ impl LiveZone {
     /// Builds a zone from scratch: `base` gives apex, ttl, soa, nameservers
     /// and hosts (its `services` are ignored); `services` are the served
     /// services (already merged and health-filtered), in any order, the last
-    /// of two with the same key kept; `previous` lends answers whose
-    /// fingerprint is unchanged (file reloads stay cheap).
+    /// of two with the same key kept; `previous` lends the answers that
+    /// encode the same (so a file reload leaves unchanged answers shared).
     pub fn build(
         base: &Zone,
         services: impl IntoIterator<Item = Service>,
@@ -383,7 +383,6 @@ impl LiveZone {
         let encoder = Encoder::new(&self.zone, serial, &self.names);
         let before = &self.snapshot.nodes;
         let mut nodes = before.clone();
-        let mut input = Vec::new();
         for key in &encode {
             let node = self.names.get(key);
             if node.is_none() && !self.below.contains_key(key) {
@@ -391,7 +390,7 @@ impl LiveZone {
                 continue;
             }
             let old = before.get_arc(key);
-            let new = encoder.node(key, node, old, &mut input);
+            let new = encoder.node(key, node, old);
             if !old.is_some_and(|o| Arc::ptr_eq(o, &new)) {
                 nodes.insert(Arc::from(&key[..]), new);
             }
@@ -925,11 +924,17 @@ mod tests {
         (key, Some(s))
     }
 
-    type Flat<'a> = (&'a [u8], Vec<Cut>, Option<(usize, usize, Vec<&'a [u16]>)>);
+    type Flat<'a> = (
+        &'a [u8],
+        Vec<Cut>,
+        Option<(usize, usize, Option<Vec<&'a [u16]>>)>,
+    );
 
     fn flat(a: &Answer) -> Flat<'_> {
         let shuffled = a.shuffled().map(|s| {
-            let orders = (0..s.variants()).map(|v| s.order(v)).collect();
+            let orders = s
+                .drawn()
+                .map(|o| (0..o.variants()).map(|v| o.get(v)).collect());
             (s.record_len(), s.count(), orders)
         });
         (a.body(), a.cuts().collect(), shuffled)

@@ -70,7 +70,7 @@ impl Diff {
 
 /// The records that differ between `old` and `new`. Costs what changed:
 /// shards and nodes the two versions share are skipped by pointer, and an
-/// answer whose fingerprint is unchanged is not decoded.
+/// answer that encodes the same is not decoded.
 pub fn diff(old: &ZoneSnapshot, new: &ZoneSnapshot) -> Diff {
     let mut diff = Diff::default();
     let (mut before, mut after) = (Vec::new(), Vec::new());
@@ -84,7 +84,7 @@ pub fn diff(old: &ZoneSnapshot, new: &ZoneSnapshot) -> Diff {
         for entry in node.answers.iter().filter(|e| e.rtype != rtype::SOA) {
             let unchanged = previous
                 .and_then(|p| p.entry(entry.rtype))
-                .is_some_and(|p| p.fingerprint == entry.fingerprint);
+                .is_some_and(|p| p.answer.same(&entry.answer));
             if !unchanged {
                 decode(key, entry, &mut after);
             }
@@ -93,7 +93,7 @@ pub fn diff(old: &ZoneSnapshot, new: &ZoneSnapshot) -> Diff {
             for entry in previous.answers.iter().filter(|e| e.rtype != rtype::SOA) {
                 let unchanged = node
                     .entry(entry.rtype)
-                    .is_some_and(|n| n.fingerprint == entry.fingerprint);
+                    .is_some_and(|n| n.answer.same(&entry.answer));
                 if !unchanged {
                     decode(key, entry, &mut before);
                 }

@@ -391,8 +391,8 @@ impl Response<'_> {
             .limit
             .saturating_sub(HEADER_LEN + question.len() + opt_len);
 
-        // A service's addresses: as many as allowed and fit, in one of the
-        // weighted orders.
+        // A service's addresses: as many as allowed and fit, in the
+        // weighted order drawn for this query.
         let mut shuffled = None;
         // Choose what of the body goes out.
         let (bytes, counts, truncated): (&[u8], [u16; 3], bool) = match body {
@@ -457,13 +457,9 @@ impl Response<'_> {
             && n > 0
         {
             let len = s.record_len();
-            let record = |i: u16| &records[i as usize * len..(i as usize + 1) * len];
-            let first = s.pick_first(next_random(), next_random());
-            out.extend_from_slice(record(first));
-            let rest = s.order(next_random() as usize % s.variants());
-            for &i in rest.iter().filter(|&&i| i != first).take(n - 1) {
-                out.extend_from_slice(record(i));
-            }
+            s.order(records.len() / len, n, next_random, |i| {
+                out.extend_from_slice(&records[i * len..(i + 1) * len]);
+            });
         }
         if let Some(edns) = self.edns {
             write_opt(out, ext_rcode, edns.dnssec_ok);

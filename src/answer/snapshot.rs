@@ -223,18 +223,12 @@ pub struct Node {
     pub(super) answers: Box<[Entry]>,
 }
 
-/// One type's answer, with the fingerprint of what it was encoded from.
+/// One type's answer.
 #[derive(Clone)]
 pub(super) struct Entry {
     pub(super) rtype: u16,
-    pub(super) fingerprint: Fingerprint,
     pub(super) answer: Answer,
 }
-
-/// A 128-bit digest of everything an answer's encoding depends on: when a
-/// zone is built again, an answer whose fingerprint is unchanged is taken
-/// from the previous snapshot instead of being encoded.
-pub(super) type Fingerprint = [u64; 2];
 
 impl Node {
     /// The answer for this type, if the name has records of it.
@@ -271,15 +265,20 @@ pub struct Answer {
 /// native byte order.
 const CUT_LEN: usize = 10;
 
-/// An answer whose records are sent in one of several weighted orders, picked
-/// per query. Its body is the records one after the other, each the same
-/// length (an A or AAAA record whose owner is a pointer to the question), so
-/// any order of them is a valid answer section and no order is stored twice.
+/// An answer whose records are sent in an order picked per query. Its body
+/// is the records one after the other, each the same length (an A or AAAA
+/// record whose owner is a pointer to the question), so any order of them is
+/// a valid answer section and no order is stored twice.
 pub struct Shuffled {
     pub(super) record_len: usize,
     /// Records per answer: all of them, or the service's `max_answers`.
     pub(super) count: usize,
-    pub(super) orders: Arc<Orders>,
+    /// The weighted orders, or `None` when every record has the same
+    /// priority and weight: then any record is as likely at any place, and
+    /// the order is a random start and a random stride through the records
+    /// (see [`Shuffled::order`]), drawn per query. Nothing is stored, so a
+    /// change to a service of thousands of equal instances draws no orders.
+    pub(super) orders: Option<Arc<Orders>>,
 }
 
 impl Shuffled {
@@ -293,20 +292,71 @@ impl Shuffled {
         self.record_len
     }
 
-    /// Number of orders to choose from.
-    pub fn variants(&self) -> usize {
-        self.orders.variants()
+    /// The weighted orders drawn for this answer (`None`: equal weights).
+    #[cfg(test)]
+    pub(super) fn drawn(&self) -> Option<&Orders> {
+        self.orders.as_deref()
     }
 
-    /// The record indexes of order `variant`, first to last.
-    pub fn order(&self, variant: usize) -> &[u16] {
-        self.orders.get(variant)
+    /// Calls `put` with the indexes of the first `take` records of an order
+    /// of `records` records, drawn with `random`. Weighted: the first record
+    /// from the alias table, the rest from one of the drawn orders. Equal
+    /// weights: record `(start + k * stride) mod records` at place `k`, with
+    /// a random start (so each record comes first equally often) and a random
+    /// stride coprime to the count (so it visits every record once).
+    pub fn order(
+        &self,
+        records: usize,
+        take: usize,
+        mut random: impl FnMut() -> u32,
+        mut put: impl FnMut(usize),
+    ) {
+        if take == 0 || records == 0 {
+            return;
+        }
+        match &self.orders {
+            Some(orders) => {
+                let first = orders.pick_first(random(), random());
+                put(usize::from(first));
+                let rest = orders.get(random() as usize % orders.variants());
+                for &i in rest.iter().filter(|&&i| i != first).take(take - 1) {
+                    put(usize::from(i));
+                }
+            }
+            None => {
+                let mut at = random() as usize % records;
+                let stride = coprime_stride(records, random());
+                for _ in 0..take.min(records) {
+                    put(at);
+                    at += stride;
+                    if at >= records {
+                        at -= records;
+                    }
+                }
+            }
+        }
     }
+}
 
-    /// The record that goes first, drawn by weight from two random numbers.
-    pub fn pick_first(&self, r1: u32, r2: u32) -> u16 {
-        self.orders.pick_first(r1, r2)
+/// A stride in 1..n (1 when n < 3) with no common factor with `n`, from a
+/// random number: the next such number at or after a random point, so a
+/// visit with that stride reaches every record. Few candidates are tried:
+/// a run of numbers sharing a factor with n is short.
+fn coprime_stride(n: usize, random: u32) -> usize {
+    if n < 3 {
+        return 1;
     }
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let mut stride = 1 + random as usize % (n - 1);
+    while gcd(stride, n) != 1 {
+        stride = if stride + 1 == n { 1 } else { stride + 1 };
+    }
+    stride
 }
 
 /// A prefix of an answer's body and how many records of each section it holds.
@@ -334,6 +384,28 @@ impl Answer {
             body_len: body.len() as u32,
             shuffled,
         }
+    }
+
+    /// Whether the two answers go out alike: the same bytes, and for a
+    /// service's addresses the same count and orders. A rebuild keeps the
+    /// previous answer when they do, so unchanged answers stay shared.
+    pub(super) fn same(&self, other: &Answer) -> bool {
+        let orders = match (&self.shuffled, &other.shuffled) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.record_len == b.record_len
+                    && a.count == b.count
+                    && match (&a.orders, &b.orders) {
+                        (None, None) => true,
+                        (Some(x), Some(y)) => Arc::ptr_eq(x, y) || x == y,
+                        _ => false,
+                    }
+            }
+            _ => false,
+        };
+        orders
+            && self.body_len == other.body_len
+            && (Arc::ptr_eq(&self.data, &other.data) || self.data == other.data)
     }
 
     /// The orders of a service's addresses, when the answer has them.
@@ -397,6 +469,72 @@ impl Answer {
                 counts: [0; 3],
             },
             i => self.cut_at(i - 1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xorshift(x: &mut u32) -> u32 {
+        *x ^= *x << 13;
+        *x ^= *x >> 17;
+        *x ^= *x << 5;
+        *x
+    }
+
+    #[test]
+    fn an_order_of_equal_weights_visits_every_record_once() {
+        let mut x = 0x9e37_79b9;
+        for n in [1, 2, 3, 64, 97, 100, 5000] {
+            let s = Shuffled {
+                record_len: 16,
+                count: n,
+                orders: None,
+            };
+            for _ in 0..50 {
+                let mut seen = vec![0u8; n];
+                s.order(n, n, || xorshift(&mut x), |i| seen[i] += 1);
+                assert!(seen.iter().all(|&c| c == 1), "n={n}: {seen:?}");
+            }
+            // A shorter answer takes distinct records too.
+            let mut taken = Vec::new();
+            s.order(n, n.min(7), || xorshift(&mut x), |i| taken.push(i));
+            taken.sort();
+            taken.dedup();
+            assert_eq!(taken.len(), n.min(7));
+        }
+    }
+
+    #[test]
+    fn each_of_many_equal_records_comes_first_and_second_in_its_share() {
+        let n = 100;
+        let s = Shuffled {
+            record_len: 16,
+            count: n,
+            orders: None,
+        };
+        let (mut first, mut second) = (vec![0; n], vec![0; n]);
+        let mut x = 0x1234_5678;
+        for _ in 0..200_000 {
+            let mut k = 0;
+            s.order(
+                n,
+                2,
+                || xorshift(&mut x),
+                |i| {
+                    [&mut first, &mut second][k][i] += 1;
+                    k += 1;
+                },
+            );
+        }
+        // 2000 expected each; the binomial deviation is about 44.
+        for places in [&first, &second] {
+            assert!(
+                places.iter().all(|&c| (1700..2300).contains(&c)),
+                "{places:?}"
+            );
         }
     }
 }

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 /// drawn per query from the lowest priority level with an alias table
 /// (Vose), which gives every record exactly its weight's share of first
 /// places at any size; the rest of the answer follows one of the orders.
+#[derive(PartialEq)]
 pub(super) struct Orders {
     /// Records per order.
     pub(super) n: usize,
