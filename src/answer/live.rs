@@ -466,29 +466,17 @@ impl LiveZone {
     /// point there, found by gathering just those instances.
     fn readers(&self, changed: &[Vec<u8>], out: &mut HashSet<Vec<u8>>) {
         let apex = &self.zone.apex;
-        let mut reading: BTreeMap<&ServiceKey, BTreeSet<usize>> = BTreeMap::new();
+        // Per service, the changed names its instances may point at, and
+        // the instance names (lowercase) whose DNS-SD name changed: gathered
+        // first, so that each service's instances are looked at once per
+        // batch, not once per changed name.
+        type Wanted<'k> = (HashSet<&'k [u8]>, HashSet<Vec<u8>>);
+        let mut wanted: BTreeMap<&ServiceKey, Wanted> = BTreeMap::new();
         for key in changed {
             for (service, _) in self.by_target.get(key).into_iter().flatten() {
-                let Some(s) = self.services.get(service) else {
-                    continue;
-                };
-                // Instances of the same name share a DNS-SD name, which
-                // the PTR records of each one's subtypes read.
-                let pointing: Vec<&str> = s
-                    .instances
-                    .iter()
-                    .filter(|i| points_at(key, self.apex_len, i))
-                    .map(|i| i.name.as_str())
-                    .collect();
-                let named = s
-                    .instances
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, i)| pointing.iter().any(|p| p.eq_ignore_ascii_case(&i.name)));
-                reading
-                    .entry(service)
-                    .or_default()
-                    .extend(named.map(|(n, _)| n));
+                if let Some((service, _)) = self.services.get_key_value(service) {
+                    wanted.entry(service).or_default().0.insert(key);
+                }
             }
             // `<instance>._<service>._<protocol>.<zone>`
             let labels: Vec<&[u8]> = labels(&key[..key.len() - self.apex_len]).collect();
@@ -504,15 +492,47 @@ impl LiveZone {
                     name: String::from_utf8_lossy(name).into_owned(),
                     protocol,
                 };
-                if let Some((k, s)) = self.services.get_key_value(&k) {
-                    let named = s
-                        .instances
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, i)| i.name.as_bytes().eq_ignore_ascii_case(instance));
-                    reading.entry(k).or_default().extend(named.map(|(n, _)| n));
+                if let Some((k, _)) = self.services.get_key_value(&k) {
+                    wanted
+                        .entry(k)
+                        .or_default()
+                        .1
+                        .insert(instance.to_ascii_lowercase());
                 }
             }
+        }
+        let mut reading: BTreeMap<&ServiceKey, Vec<usize>> = BTreeMap::new();
+        for (key, (targets, mut names)) in wanted {
+            let s = &self.services[key];
+            // Instances of the same name share a DNS-SD name, which the PTR
+            // records of each one's subtypes read: so the names of those
+            // pointing at a changed name, then every instance of those names.
+            if !targets.is_empty() {
+                // An instance with addresses points at its host name, one
+                // label above the apex: that label, as the keys spell it.
+                let hosts: HashSet<&[u8]> = targets
+                    .iter()
+                    .filter(|k| {
+                        k.len() > self.apex_len && k[0] as usize + 1 + self.apex_len == k.len()
+                    })
+                    .map(|k| &k[1..k.len() - self.apex_len])
+                    .collect();
+                for i in &s.instances {
+                    let hit = match &i.endpoint {
+                        Endpoint::Addresses(_) => hosts.contains(&*lowercase(&i.name)),
+                        Endpoint::Target(t) => targets.contains(&lower_wire(t)[..]),
+                    };
+                    if hit {
+                        names.insert(lowercase(&i.name).into_owned());
+                    }
+                }
+            }
+            let named = s.instances.iter().enumerate();
+            let named = named.filter(|(_, i)| names.contains(&*lowercase(&i.name)));
+            reading
+                .entry(key)
+                .or_default()
+                .extend(named.map(|(n, _)| n));
         }
         for (key, instances) in reading {
             let service = &self.services[key];
@@ -600,6 +620,15 @@ fn index(
                 by_target.remove(&target);
             }
         }
+    }
+}
+
+/// A name in lowercase, copied only when it has capitals.
+fn lowercase(name: &str) -> std::borrow::Cow<'_, [u8]> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.as_bytes().to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name.as_bytes())
     }
 }
 
