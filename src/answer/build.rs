@@ -401,9 +401,9 @@ const PARALLEL_NAMES: usize = 16_384;
 /// The services in the order their records are gathered in: by
 /// [`ServiceKey`]; two with the same key (which a zone file may declare)
 /// both, in the order given.
-fn in_order(services: &[Service]) -> Vec<&Service> {
+fn in_order(services: &[Arc<Service>]) -> Vec<&Service> {
     let mut keyed: Vec<(ServiceKey, &Service)> =
-        services.iter().map(|s| (ServiceKey::of(s), s)).collect();
+        services.iter().map(|s| (ServiceKey::of(s), &**s)).collect();
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
     keyed.into_iter().map(|(_, s)| s).collect()
 }
@@ -592,14 +592,14 @@ mod tests {
             0,
         ));
         Zone {
-            services: vec![Service {
+            services: vec![Arc::new(Service {
                 name: "web".into(),
                 protocol: Protocol::Tcp,
                 tags: vec!["prod".into()],
                 check: None,
                 instances,
                 max_answers: Some(8),
-            }],
+            })],
             ..test_base_zone()
         }
     }
@@ -663,14 +663,15 @@ mod tests {
 
         // One instance's address.
         let mut z = base.clone();
-        z.services[0].instances[3].endpoint =
+        Arc::make_mut(&mut z.services[0]).instances[3].endpoint =
             Endpoint::Addresses(vec!["10.9.9.9".parse().unwrap()]);
         let reused = rebuild_matches(&base, &z, 2);
         assert!(reused > 0 && reused < total - 1, "{reused} of {total}");
 
         // A target name's letter case: SRV answers change, lookups do not.
         let mut z = base.clone();
-        z.services[0].instances[40].endpoint = Endpoint::Target(Box::new(name("DB.svc.example.")));
+        Arc::make_mut(&mut z.services[0]).instances[40].endpoint =
+            Endpoint::Target(Box::new(name("DB.svc.example.")));
         rebuild_matches(&base, &z, 1);
 
         // A glue host's address (SRV target and NS).
@@ -683,8 +684,8 @@ mod tests {
 
         // A weight and an instance's metadata.
         let mut z = base.clone();
-        z.services[0].instances[5].weight = 9;
-        z.services[0].instances[6]
+        Arc::make_mut(&mut z.services[0]).instances[5].weight = 9;
+        Arc::make_mut(&mut z.services[0]).instances[6]
             .metadata
             .push(("k".into(), "v".into()));
         rebuild_matches(&base, &z, 1);
@@ -698,7 +699,7 @@ mod tests {
         z.ttl = 60;
         assert_eq!(rebuild_matches(&base, &z, 1), 0);
         let mut z = base.clone();
-        z.services[0].max_answers = None;
+        Arc::make_mut(&mut z.services[0]).max_answers = None;
         rebuild_matches(&base, &z, 1);
         let mut z = base.clone();
         z.hosts[2].name = name("A.b.c.svc.example.");
@@ -707,7 +708,7 @@ mod tests {
         z.hosts[2].name = name("x.y.z.svc.example.");
         rebuild_matches(&base, &z, 1);
         let mut z = base.clone();
-        z.services[0].instances.remove(0);
+        Arc::make_mut(&mut z.services[0]).instances.remove(0);
         rebuild_matches(&base, &z, 1);
     }
 }

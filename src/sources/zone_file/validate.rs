@@ -8,6 +8,7 @@ use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 use toml::Spanned;
@@ -410,14 +411,14 @@ impl Cx<'_> {
             .iter()
             .map(|s| s.get_ref().instances.as_ref().map_or(0, Vec::len))
             .sum();
-        let mut services: Vec<Service> = Vec::with_capacity(raw_services.len());
+        let mut services: Vec<Arc<Service>> = Vec::with_capacity(raw_services.len());
         // (service name, protocol, span of the name), by (lowercased name, protocol).
         let mut service_keys: ServiceKeys = Seen::with_capacity(raw_services.len());
         // (instance name, span of the name), by lowercased name.
         let mut instance_names: InstanceNames = Seen::with_capacity(instance_count);
         for svc in raw_services {
             if let Some(service) = self.service(svc, apex, &mut service_keys, &mut instance_names) {
-                services.push(service);
+                services.push(Arc::new(service));
             }
         }
 
