@@ -238,7 +238,9 @@ impl Cx<'_> {
                     .collect()
             }
         };
-        let mut out: Vec<IpAddr> = Vec::new();
+        // Sized to the list: a vector grown by pushing keeps room for four,
+        // and a zone has an address list for every instance.
+        let mut out: Vec<IpAddr> = Vec::with_capacity(items.len());
         for (s, span) in items {
             match s.trim().parse::<IpAddr>() {
                 Ok(ip) if out.contains(&ip) => {
@@ -582,7 +584,9 @@ impl Cx<'_> {
             }
         }
 
-        let mut instances = Vec::new();
+        // Sized to the list, not grown by doubling: the file's instances
+        // are kept for as long as the file is served.
+        let mut instances = Vec::with_capacity(raw.instances.as_ref().map_or(0, Vec::len));
         for inst in raw.instances.iter().flatten() {
             let service_port = raw.port.as_ref().map(|_| port);
             if let Some(i) = self.instance(inst, &label, service_port, apex, instance_names) {
