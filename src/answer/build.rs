@@ -60,7 +60,7 @@ impl<'z> Builder<'z> {
         // instance): the key is copied only when the name is new.
         if !self.names.contains_key(&self.key) {
             self.names
-                .insert(self.key.clone(), NodeRecords::new(Some(name.clone())));
+                .insert(self.key.clone(), NodeRecords::new(Some(name)));
         }
         self.names.get_mut(&self.key)
     }

@@ -22,7 +22,7 @@ use super::build::{
 use super::encode::{Encoder, NodeRecords, RData};
 use super::snapshot::{SHARD_NAMES, ZoneSnapshot};
 use super::weighted::Weighted;
-use crate::answer::wire::{lower_wire, rtype};
+use crate::answer::wire::{WireName, lower_wire, rtype};
 use crate::model::{Endpoint, Instance, Protocol, Service, ServiceKey, Zone};
 
 mod patch;
@@ -310,9 +310,9 @@ impl LiveZone {
                     .hosts
                     .iter()
                     .any(|h| !h.addresses.is_empty() && lower_wire(&h.name) == *browse_key);
-                let node = node.get_or_insert_with(|| NodeRecords::new(Some(browse.clone())));
+                let node = node.get_or_insert_with(|| NodeRecords::new(Some(browse)));
                 if !host_first {
-                    node.name = Some(browse.clone());
+                    node.name = Some(WireName::new(browse));
                 }
                 node.rrsets.set(rtype::PTR, ptrs);
             }

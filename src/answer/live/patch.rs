@@ -126,7 +126,7 @@ impl LiveZone {
             if [was, will]
                 .into_iter()
                 .flatten()
-                .any(|n| !names_same(n.name.as_ref(), node.name.as_ref()))
+                .any(|n| n.name != node.name)
             {
                 return None;
             }
