@@ -2,7 +2,6 @@
 //! name, then every (name, type) answer encoded once (see `encode`),
 //! reusing the previous snapshot's answers whose inputs are unchanged.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -103,14 +102,10 @@ impl<'z> Builder<'z> {
             let weighted = node.weighted.get_or_insert_with(|| {
                 Box::new(Weighted {
                     max_answers,
-                    by_type: BTreeMap::new(),
+                    by_type: Default::default(),
                 })
             });
-            weighted
-                .by_type
-                .entry(rtype)
-                .or_default()
-                .push((priority, weight));
+            weighted.by_type.or_default(rtype).push((priority, weight));
         }
     }
 
@@ -518,6 +513,7 @@ mod tests {
     use crate::answer::snapshot::{Answer, Cut};
     use crate::answer::weighted::Orders;
     use crate::model::{Instance, Protocol};
+    use std::collections::BTreeMap;
 
     fn name(s: &str) -> Name {
         Name::from_ascii(s).unwrap()

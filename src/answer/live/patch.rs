@@ -235,10 +235,10 @@ impl LiveZone {
                     let weighted = node.weighted.get_or_insert_with(|| {
                         Box::new(Weighted {
                             max_answers,
-                            by_type: BTreeMap::new(),
+                            by_type: Default::default(),
                         })
                     });
-                    let list = weighted.by_type.entry(s.rtype).or_default();
+                    let list = weighted.by_type.or_default(s.rtype);
                     list.splice(s.at..s.at + s.remove, weights);
                     if empty {
                         weighted.by_type.remove(&s.rtype);
