@@ -12,6 +12,7 @@
 //! zones, as a check that it still works.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::rr::Name;
@@ -76,7 +77,7 @@ fn zone(services: u32, big: u32) -> Zone {
             minimum: 30,
         },
         hosts: Vec::new(),
-        services,
+        services: services.into_iter().map(Arc::new).collect(),
     }
 }
 
@@ -217,7 +218,9 @@ fn main() {
             serial += 1;
             timed(&mut add, || live.update([(key.clone(), Some(new))], serial));
             serial += 1;
-            timed(&mut remove, || live.update([(key, None)], serial));
+            timed(&mut remove, || {
+                live.update([(key, None::<Service>)], serial)
+            });
         }
         println!(
             "  add a service of 3 instances:                     {}",

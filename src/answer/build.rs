@@ -2,7 +2,6 @@
 //! name, then every (name, type) answer encoded once (see `encode`),
 //! reusing the previous snapshot's answers whose inputs are unchanged.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -60,7 +59,7 @@ impl<'z> Builder<'z> {
         // instance): the key is copied only when the name is new.
         if !self.names.contains_key(&self.key) {
             self.names
-                .insert(self.key.clone(), NodeRecords::new(Some(name.clone())));
+                .insert(self.key.clone(), NodeRecords::new(Some(name)));
         }
         self.names.get_mut(&self.key)
     }
@@ -103,14 +102,10 @@ impl<'z> Builder<'z> {
             let weighted = node.weighted.get_or_insert_with(|| {
                 Box::new(Weighted {
                     max_answers,
-                    by_type: BTreeMap::new(),
+                    by_type: Default::default(),
                 })
             });
-            weighted
-                .by_type
-                .entry(rtype)
-                .or_default()
-                .push((priority, weight));
+            weighted.by_type.or_default(rtype).push((priority, weight));
         }
     }
 
@@ -400,9 +395,9 @@ const PARALLEL_NAMES: usize = 16_384;
 /// The services in the order their records are gathered in: by
 /// [`ServiceKey`]; two with the same key (which a zone file may declare)
 /// both, in the order given.
-fn in_order(services: &[Service]) -> Vec<&Service> {
+fn in_order(services: &[Arc<Service>]) -> Vec<&Service> {
     let mut keyed: Vec<(ServiceKey, &Service)> =
-        services.iter().map(|s| (ServiceKey::of(s), s)).collect();
+        services.iter().map(|s| (ServiceKey::of(s), &**s)).collect();
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
     keyed.into_iter().map(|(_, s)| s).collect()
 }
@@ -517,6 +512,7 @@ mod tests {
     use crate::answer::snapshot::{Answer, Cut};
     use crate::answer::weighted::Orders;
     use crate::model::{Instance, Protocol};
+    use std::collections::BTreeMap;
 
     fn name(s: &str) -> Name {
         Name::from_ascii(s).unwrap()
@@ -591,14 +587,14 @@ mod tests {
             0,
         ));
         Zone {
-            services: vec![Service {
+            services: vec![Arc::new(Service {
                 name: "web".into(),
                 protocol: Protocol::Tcp,
                 tags: vec!["prod".into()],
                 check: None,
                 instances,
                 max_answers: Some(8),
-            }],
+            })],
             ..test_base_zone()
         }
     }
@@ -668,14 +664,15 @@ mod tests {
 
         // One instance's address.
         let mut z = base.clone();
-        z.services[0].instances[3].endpoint =
+        Arc::make_mut(&mut z.services[0]).instances[3].endpoint =
             Endpoint::Addresses(vec!["10.9.9.9".parse().unwrap()]);
         let reused = rebuild_matches(&base, &z, 2);
         assert!(reused > 0 && reused < total - 1, "{reused} of {total}");
 
         // A target name's letter case: SRV answers change, lookups do not.
         let mut z = base.clone();
-        z.services[0].instances[40].endpoint = Endpoint::Target(Box::new(name("DB.svc.example.")));
+        Arc::make_mut(&mut z.services[0]).instances[40].endpoint =
+            Endpoint::Target(Box::new(name("DB.svc.example.")));
         rebuild_matches(&base, &z, 1);
 
         // A glue host's address (SRV target and NS).
@@ -688,8 +685,8 @@ mod tests {
 
         // A weight and an instance's metadata.
         let mut z = base.clone();
-        z.services[0].instances[5].weight = 9;
-        z.services[0].instances[6]
+        Arc::make_mut(&mut z.services[0]).instances[5].weight = 9;
+        Arc::make_mut(&mut z.services[0]).instances[6]
             .metadata
             .push(("k".into(), "v".into()));
         rebuild_matches(&base, &z, 1);
@@ -703,7 +700,7 @@ mod tests {
         z.ttl = 60;
         assert_eq!(rebuild_matches(&base, &z, 1), 0);
         let mut z = base.clone();
-        z.services[0].max_answers = None;
+        Arc::make_mut(&mut z.services[0]).max_answers = None;
         rebuild_matches(&base, &z, 1);
         let mut z = base.clone();
         z.hosts[2].name = name("A.b.c.svc.example.");
@@ -712,7 +709,7 @@ mod tests {
         z.hosts[2].name = name("x.y.z.svc.example.");
         rebuild_matches(&base, &z, 1);
         let mut z = base.clone();
-        z.services[0].instances.remove(0);
+        Arc::make_mut(&mut z.services[0]).instances.remove(0);
         rebuild_matches(&base, &z, 1);
     }
 }

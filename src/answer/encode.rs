@@ -12,7 +12,7 @@ use foldhash::{HashMap, HashSet, HashSetExt};
 
 use super::snapshot::{Answer, Cut, Entry, Node, Shuffled};
 use super::weighted::{Orders, Weighted};
-use crate::answer::wire::{MessageWriter, lower_wire, lower_wire_into, rtype};
+use crate::answer::wire::{MessageWriter, WireName, lower_wire, lower_wire_into, rtype};
 use crate::model::Zone;
 
 /// One record's data, before encoding. Names are shared: an instance's
@@ -102,7 +102,7 @@ impl RData {
 #[derive(Clone)]
 pub(super) struct NodeRecords {
     /// The name with its letter case; `None` for an empty non-terminal.
-    pub(super) name: Option<Name>,
+    pub(super) name: Option<WireName>,
     pub(super) rrsets: RRsets,
     /// Every record in `rrsets`, so a duplicate is found without scanning
     /// (a service with thousands of instances has RRsets that large).
@@ -185,9 +185,9 @@ const MAX_BODY: usize = u16::MAX as usize;
 const SCAN_LIMIT: usize = 8;
 
 impl NodeRecords {
-    pub(super) fn new(name: Option<Name>) -> Self {
+    pub(super) fn new(name: Option<&Name>) -> Self {
         NodeRecords {
-            name,
+            name: name.map(WireName::new),
             rrsets: RRsets::default(),
             seen: None,
             weighted: None,
@@ -196,11 +196,7 @@ impl NodeRecords {
 
     /// The same records, names and weights, letter case included.
     pub(super) fn same(&self, other: &NodeRecords) -> bool {
-        let names = match (&self.name, &other.name) {
-            (Some(a), Some(b)) => a.eq_case(b),
-            (a, b) => a.is_none() && b.is_none(),
-        };
-        names
+        self.name == other.name
             && self.rrsets.0.len() == other.rrsets.0.len()
             && self
                 .rrsets
@@ -356,7 +352,7 @@ impl<'a> Encoder<'a> {
         {
             return self.shuffled(rrset, weights, max_answers);
         }
-        let owner = node.name.as_ref().expect("a name with records");
+        let owner = &node.name.as_ref().expect("a name with records").to_name();
         // A message is at most 65535 bytes: past the first cut longer than
         // that, no cut can ever be chosen, so encoding stops there.
         let over = |cuts: &[Cut]| cuts.last().is_some_and(|c| c.len as usize > MAX_BODY);

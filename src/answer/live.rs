@@ -22,7 +22,7 @@ use super::build::{
 use super::encode::{Encoder, NodeRecords, RData};
 use super::snapshot::{SHARD_NAMES, ZoneSnapshot};
 use super::weighted::Weighted;
-use crate::answer::wire::{lower_wire, rtype};
+use crate::answer::wire::{WireName, lower_wire, rtype};
 use crate::model::{Endpoint, Instance, Protocol, Service, ServiceKey, Zone};
 
 mod patch;
@@ -32,7 +32,9 @@ use patch::{PATCH_CHANGED, PATCH_FROM};
 pub struct LiveZone {
     /// Apex, TTL, SOA, name servers and hosts; its `services` stay empty.
     zone: Zone,
-    services: BTreeMap<ServiceKey, Service>,
+    /// Shared with the zone file's parsed services where no registration or
+    /// health check changed them.
+    services: BTreeMap<ServiceKey, Arc<Service>>,
     /// Every name's records, gathered from all of the above.
     names: HashMap<Vec<u8>, NodeRecords>,
     /// For each name above a name of `names` (below the apex): how many names
@@ -59,7 +61,7 @@ impl LiveZone {
     /// encode the same (so a file reload leaves unchanged answers shared).
     pub fn build(
         base: &Zone,
-        services: impl IntoIterator<Item = Service>,
+        services: impl IntoIterator<Item = impl Into<Arc<Service>>>,
         serial: u32,
         previous: Option<&ZoneSnapshot>,
     ) -> LiveZone {
@@ -71,13 +73,16 @@ impl LiveZone {
             hosts: base.hosts.clone(),
             services: Vec::new(),
         };
-        let services: BTreeMap<ServiceKey, Service> = services
+        let services: BTreeMap<ServiceKey, Arc<Service>> = services
             .into_iter()
-            .map(|s| (ServiceKey::of(&s), s))
+            .map(|s| {
+                let s = s.into();
+                (ServiceKey::of(&s), s)
+            })
             .collect();
         let apex_len = lower_wire(&zone.apex).len();
         let mut builder = Builder::new(&zone.apex, previous.map_or(0, |p| p.nodes.len()));
-        builder.add_zone(&zone, services.values());
+        builder.add_zone(&zone, services.values().map(|s| &**s));
         let names = builder.names;
         let below = count_below(&names, apex_len);
         let snapshot = Arc::new(snapshot_of(&zone, &names, &below, serial, previous));
@@ -113,12 +118,12 @@ impl LiveZone {
 
     /// The service with this key, as last given.
     pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
-        self.services.get(key)
+        self.services.get(key).map(|s| &**s)
     }
 
     /// The services, in key order.
     pub fn services(&self) -> impl Iterator<Item = (&ServiceKey, &Service)> {
-        self.services.iter()
+        self.services.iter().map(|(k, s)| (k, &**s))
     }
 
     /// The serial of the current snapshot.
@@ -132,10 +137,13 @@ impl LiveZone {
     /// its own ([`ServiceKey::of`]) is stored under its own.
     pub fn update(
         &mut self,
-        changes: impl IntoIterator<Item = (ServiceKey, Option<Service>)>,
+        changes: impl IntoIterator<Item = (ServiceKey, Option<impl Into<Arc<Service>>>)>,
         serial: u32,
     ) {
-        let changes: Vec<(ServiceKey, Option<Service>)> = changes.into_iter().collect();
+        let changes: Vec<(ServiceKey, Option<Arc<Service>>)> = changes
+            .into_iter()
+            .map(|(k, s)| (k, s.map(Into::into)))
+            .collect();
         // Names changed, and empty non-terminals that came or went, so far.
         let (mut changed, mut ents) = (Vec::new(), Vec::new());
         // A few instances more, less or changed in a large service: its
@@ -159,7 +167,7 @@ impl LiveZone {
                     done = false;
                     break;
                 };
-                current
+                Arc::make_mut(&mut current)
                     .instances
                     .splice(start..start + remove, insert.iter().cloned());
                 changed.extend(in_place);
@@ -181,7 +189,7 @@ impl LiveZone {
         // source of the names touched, they are those names' records.
         let mut alone = None;
         for (key, new) in changes {
-            let key = new.as_ref().map_or(key, ServiceKey::of);
+            let key = new.as_deref().map_or(key, ServiceKey::of);
             let old = self.services.get(&key);
             if match (old, &new) {
                 (Some(a), Some(b)) => same_service(a, b),
@@ -278,7 +286,9 @@ impl LiveZone {
                     builder.add_base(&self.zone);
                 }
                 builder.add_services(
-                    candidates.iter().filter_map(|k| self.services.get(k)),
+                    candidates
+                        .iter()
+                        .filter_map(|k| self.services.get(k).map(|s| &**s)),
                     false,
                 );
                 if with_base {
@@ -300,9 +310,9 @@ impl LiveZone {
                     .hosts
                     .iter()
                     .any(|h| !h.addresses.is_empty() && lower_wire(&h.name) == *browse_key);
-                let node = node.get_or_insert_with(|| NodeRecords::new(Some(browse.clone())));
+                let node = node.get_or_insert_with(|| NodeRecords::new(Some(browse)));
                 if !host_first {
-                    node.name = Some(browse.clone());
+                    node.name = Some(WireName::new(browse));
                 }
                 node.rrsets.set(rtype::PTR, ptrs);
             }
@@ -1011,7 +1021,7 @@ mod tests {
     #[test]
     fn a_zone_encoded_on_several_threads_equals_one_encoded_on_one() {
         let mut rng = Rng(0x05EE_D0F7_EAD5);
-        let mut live = LiveZone::build(&base(), [], 1, None);
+        let mut live = LiveZone::build(&base(), Vec::<Service>::new(), 1, None);
         for serial in 2..200 {
             let change = change(&mut rng, &live);
             live.update([change], serial);
@@ -1031,7 +1041,7 @@ mod tests {
         for seed in 1..=6u64 {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x1234_5678_9ABC));
             let base = base();
-            let mut live = LiveZone::build(&base, [], 1, None);
+            let mut live = LiveZone::build(&base, Vec::<Service>::new(), 1, None);
             for step in 0..300 {
                 let changes: Vec<_> = (0..1 + rng.below(2) * rng.below(3))
                     .map(|_| change(&mut rng, &live))

@@ -225,7 +225,10 @@ mod tests {
                     })
                     .collect(),
                 max_answers: Some(1),
-            }],
+            }]
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect(),
         }
     }
 

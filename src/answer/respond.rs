@@ -544,7 +544,10 @@ mod tests {
                     })
                     .collect(),
                 max_answers: None,
-            }],
+            }]
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect(),
         };
         Snapshot::new([Arc::new(build_zone(&zone, 1, None))])
     }

@@ -166,7 +166,42 @@ impl SplitMix {
 #[derive(Clone, PartialEq)]
 pub(super) struct Weighted {
     pub(super) max_answers: Option<u16>,
-    pub(super) by_type: BTreeMap<u16, Vec<(u16, f64)>>,
+    pub(super) by_type: ByType,
+}
+
+/// The weights by record type (A, AAAA), in type order: a name has one or
+/// two types, and a map's smallest node takes some 300 bytes, for each
+/// service name of a zone.
+#[derive(Clone, Default, PartialEq)]
+pub(super) struct ByType(Vec<(u16, Vec<(u16, f64)>)>);
+
+impl ByType {
+    pub(super) fn get(&self, rtype: &u16) -> Option<&Vec<(u16, f64)>> {
+        let at = self.0.binary_search_by_key(rtype, |(t, _)| *t).ok()?;
+        Some(&self.0[at].1)
+    }
+
+    /// The weights of this type, an empty list added if there are none.
+    pub(super) fn or_default(&mut self, rtype: u16) -> &mut Vec<(u16, f64)> {
+        let at = match self.0.binary_search_by_key(&rtype, |(t, _)| *t) {
+            Ok(at) => at,
+            Err(at) => {
+                self.0.insert(at, (rtype, Vec::new()));
+                at
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    pub(super) fn remove(&mut self, rtype: &u16) {
+        if let Ok(at) = self.0.binary_search_by_key(rtype, |(t, _)| *t) {
+            self.0.remove(at);
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// How many weighted orders each multi-address A/AAAA answer of a service

@@ -7,6 +7,37 @@
 //! every name compressed to fit in 64 KiB, so names are written here.
 
 use hickory_proto::rr::Name;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+
+/// A name in uncompressed wire form, letter case kept: 16 bytes where a
+/// `Name` takes 80, for the names a zone keeps between changes (one for
+/// each name it serves).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireName(Box<[u8]>);
+
+impl WireName {
+    /// The wire form of `name`.
+    pub fn new(name: &Name) -> WireName {
+        let len = name.iter().map(|l| l.len() + 1).sum::<usize>() + 1;
+        let mut wire = Vec::with_capacity(len);
+        for label in name.iter() {
+            wire.push(label.len() as u8);
+            wire.extend_from_slice(label);
+        }
+        wire.push(0);
+        WireName(wire.into_boxed_slice())
+    }
+
+    /// The labels, each after its length, and the root's 0.
+    pub fn wire(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The name again, letter case as given.
+    pub fn to_name(&self) -> Name {
+        Name::read(&mut BinDecoder::new(&self.0)).expect("a name's own wire form")
+    }
+}
 
 /// Record type codes used by the server (RFC 1035, 3596, 2782, 6891).
 pub mod rtype {

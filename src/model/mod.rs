@@ -7,6 +7,7 @@
 //! that zone files and registrations share.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::rr::Name;
@@ -32,8 +33,10 @@ pub struct Zone {
     pub soa: Soa,
     /// Plain host names with their addresses.
     pub hosts: Vec<Host>,
-    /// Services and their instances.
-    pub services: Vec<Service>,
+    /// Services and their instances. Shared: the registry serves a file's
+    /// service as it is unless registrations add to it, so a zone file's
+    /// services exist once, however many places hold them.
+    pub services: Vec<Arc<Service>>,
 }
 
 /// The SOA fields a zone file may set.
@@ -140,8 +143,7 @@ pub struct Instance {
     pub priority: u16,
     /// The instance's own health check, overriding the service's (only
     /// instances with addresses have one: a target has nothing to probe).
-    /// Boxed, as a target is: most instances have neither, and an instance
-    /// is kept in several places (file, registry, served zone).
+    /// Boxed, as a target is: most instances have neither.
     pub check: Option<Box<Check>>,
     /// Tags of the instance itself (the service's tags are not repeated here).
     pub tags: Vec<String>,

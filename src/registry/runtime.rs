@@ -179,10 +179,10 @@ pub(super) fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
 /// registration is checked against them in constant time.
 #[derive(Default)]
 pub(super) struct FileNames {
-    /// Instance names, lowercased, as written.
-    instances: HashMap<String, String>,
-    /// Service names (any protocol), lowercased, as written.
-    services: HashMap<String, String>,
+    /// Instance names.
+    instances: Folded,
+    /// Service names (any protocol).
+    services: Folded,
     /// Host names, by their first label below the apex, lowercased: a host
     /// `x.api.<zone>` is under `api`. Each with the first such host.
     hosts_under: HashMap<String, Name>,
@@ -194,15 +194,9 @@ impl FileNames {
     pub(super) fn of(file: &Zone) -> FileNames {
         let mut names = FileNames::default();
         for s in &file.services {
-            names
-                .services
-                .entry(s.name.to_ascii_lowercase())
-                .or_insert_with(|| s.name.clone());
+            names.services.insert(&s.name);
             for i in &s.instances {
-                names
-                    .instances
-                    .entry(i.name.to_ascii_lowercase())
-                    .or_insert_with(|| i.name.clone());
+                names.instances.insert(&i.name);
             }
         }
         let apex_labels = file.apex.num_labels() as usize;
@@ -222,6 +216,31 @@ impl FileNames {
                 .or_insert_with(|| h.name.clone());
         }
         names
+    }
+}
+
+/// Names by their lowercased form, each with its letter case as written
+/// only where that differs: most names are written in lowercase, and a
+/// large zone file has hundreds of thousands of instance names.
+#[derive(Default)]
+struct Folded(HashMap<Box<str>, Option<Box<str>>>);
+
+impl Folded {
+    /// Adds a name; the first of two that differ only in case is kept.
+    fn insert(&mut self, written: &str) {
+        let lower = written.to_ascii_lowercase();
+        let case = (lower != written).then(|| written.into());
+        self.0.entry(lower.into_boxed_str()).or_insert(case);
+    }
+
+    /// The name as written, by its lowercased form.
+    fn get(&self, lower: &str) -> Option<&str> {
+        let (key, case) = self.0.get_key_value(lower)?;
+        Some(case.as_deref().unwrap_or(key))
+    }
+
+    fn contains_key(&self, lower: &str) -> bool {
+        self.0.contains_key(lower)
     }
 }
 

@@ -57,13 +57,14 @@ impl ZoneEntry {
 
     /// Service `id` as it is served, before health checks: the file's
     /// service (if the file declares it) with the serving runtime instances
-    /// added, in the order of their ids; `None` when neither has it.
+    /// added, in the order of their ids; `None` when neither has it. A file
+    /// service without runtime instances is the file's own, not a copy.
     fn merged_service(
         &self,
         runtime: Option<&BTreeMap<String, RuntimeEntry>>,
         ids: Option<&BTreeSet<String>>,
         id: &ServiceKey,
-    ) -> Option<Service> {
+    ) -> Option<Arc<Service>> {
         let mut instances = ids
             .into_iter()
             .flatten()
@@ -71,8 +72,10 @@ impl ZoneEntry {
             .filter(|r| r.serving())
             .map(|r| &r.valid)
             .peekable();
-        let mut service = match self.file_services.get(id) {
-            Some(&i) => self.zone.services[i].clone(),
+        let file = self.file_services.get(id).map(|&i| &self.zone.services[i]);
+        let mut service = match file {
+            Some(file) if instances.peek().is_none() => return Some(Arc::clone(file)),
+            Some(file) => Service::clone(file),
             None => {
                 let first = instances.peek()?;
                 Service {
@@ -88,7 +91,7 @@ impl ZoneEntry {
         service
             .instances
             .extend(instances.map(|r| r.instance.clone()));
-        Some(service)
+        Some(Arc::new(service))
     }
 
     /// Builds the zone again from its file and its runtime instances, with
@@ -122,9 +125,10 @@ impl ZoneEntry {
             };
             // Health checks follow the service as built: its targets are
             // recorded for the checker, and unhealthy addresses left out.
-            services.push(health.service_built(key, &merged).unwrap_or(merged));
+            let served = health.service_built(key, &merged).map(Arc::new);
+            services.push(served.unwrap_or(merged));
         }
-        health.retain_services(key, services.iter());
+        health.retain_services(key, services.iter().map(|s| &**s));
         // The zone's previous version lends its serial and its unchanged
         // answers: a file reload re-encodes what the file changed.
         let serial = self.next_serial();
@@ -143,11 +147,14 @@ impl ZoneEntry {
         (key, health): (&[u8], &mut Book),
     ) {
         let serial = self.next_serial();
-        let changes: Vec<(ServiceKey, Option<Service>)> = changed
+        let changes: Vec<(ServiceKey, Option<Arc<Service>>)> = changed
             .into_iter()
             .map(|id| {
                 let served = match self.merged_service(runtime, ids.and_then(|i| i.get(&id)), &id) {
-                    Some(merged) => Some(health.service_built(key, &merged).unwrap_or(merged)),
+                    Some(merged) => {
+                        let served = health.service_built(key, &merged).map(Arc::new);
+                        Some(served.unwrap_or(merged))
+                    }
                     None => {
                         health.service_gone(key, &id.name, id.protocol);
                         None

@@ -126,7 +126,7 @@ impl LiveZone {
             if [was, will]
                 .into_iter()
                 .flatten()
-                .any(|n| !names_same(n.name.as_ref(), node.name.as_ref()))
+                .any(|n| n.name != node.name)
             {
                 return None;
             }
@@ -235,10 +235,10 @@ impl LiveZone {
                     let weighted = node.weighted.get_or_insert_with(|| {
                         Box::new(Weighted {
                             max_answers,
-                            by_type: BTreeMap::new(),
+                            by_type: Default::default(),
                         })
                     });
-                    let list = weighted.by_type.entry(s.rtype).or_default();
+                    let list = weighted.by_type.or_default(s.rtype);
                     list.splice(s.at..s.at + s.remove, weights);
                     if empty {
                         weighted.by_type.remove(&s.rtype);

@@ -489,7 +489,10 @@ mod tests {
                     )],
                     max_answers: None,
                 },
-            ],
+            ]
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect(),
         };
         assert_eq!(zone, expected);
         assert!(zone.apex.is_fqdn());

@@ -8,6 +8,7 @@ use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 use toml::Spanned;
@@ -237,7 +238,9 @@ impl Cx<'_> {
                     .collect()
             }
         };
-        let mut out: Vec<IpAddr> = Vec::new();
+        // Sized to the list: a vector grown by pushing keeps room for four,
+        // and a zone has an address list for every instance.
+        let mut out: Vec<IpAddr> = Vec::with_capacity(items.len());
         for (s, span) in items {
             match s.trim().parse::<IpAddr>() {
                 Ok(ip) if out.contains(&ip) => {
@@ -410,14 +413,14 @@ impl Cx<'_> {
             .iter()
             .map(|s| s.get_ref().instances.as_ref().map_or(0, Vec::len))
             .sum();
-        let mut services: Vec<Service> = Vec::with_capacity(raw_services.len());
+        let mut services: Vec<Arc<Service>> = Vec::with_capacity(raw_services.len());
         // (service name, protocol, span of the name), by (lowercased name, protocol).
         let mut service_keys: ServiceKeys = Seen::with_capacity(raw_services.len());
         // (instance name, span of the name), by lowercased name.
         let mut instance_names: InstanceNames = Seen::with_capacity(instance_count);
         for svc in raw_services {
             if let Some(service) = self.service(svc, apex, &mut service_keys, &mut instance_names) {
-                services.push(service);
+                services.push(Arc::new(service));
             }
         }
 
@@ -581,7 +584,9 @@ impl Cx<'_> {
             }
         }
 
-        let mut instances = Vec::new();
+        // Sized to the list, not grown by doubling: the file's instances
+        // are kept for as long as the file is served.
+        let mut instances = Vec::with_capacity(raw.instances.as_ref().map_or(0, Vec::len));
         for inst in raw.instances.iter().flatten() {
             let service_port = raw.port.as_ref().map(|_| port);
             if let Some(i) = self.instance(inst, &label, service_port, apex, instance_names) {
