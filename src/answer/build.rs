@@ -358,7 +358,7 @@ pub(super) fn snapshot_on(
         part.iter()
             .map(|&(key, node)| {
                 let before = previous.and_then(|p| p.nodes.get_arc(key));
-                let node = encoder.node(key, node, before);
+                let node = encoder.node(key, node, before, None);
                 (Arc::<[u8]>::from(&key[..]), node)
             })
             .collect::<Vec<_>>()

@@ -261,11 +261,15 @@ impl<'a> Encoder<'a> {
     /// encodes to the same bytes; `before` itself when all do. Comparing the
     /// encodings, rather than what they were made from, cannot miss an input
     /// that changed, and costs about what encoding does.
+    ///
+    /// `keep` names a type whose previous answer is known to be unchanged
+    /// and is taken over without encoding it.
     pub(super) fn node(
         &self,
         key: &[u8],
         node: Option<&NodeRecords>,
         before: Option<&Arc<Node>>,
+        keep: Option<u16>,
     ) -> Arc<Node> {
         let Some(node) = node else {
             return match before {
@@ -280,8 +284,13 @@ impl<'a> Encoder<'a> {
             .rrsets
             .keys()
             .map(|&rtype| {
+                let previous = before.and_then(|n| n.entry(rtype));
+                if let Some(e) = previous.filter(|_| keep == Some(rtype)) {
+                    reused += 1;
+                    return e.clone();
+                }
                 let answer = self.answer(key, node, rtype);
-                match before.and_then(|n| n.entry(rtype)) {
+                match previous {
                     Some(e) if e.answer.same(&answer) => {
                         reused += 1;
                         e.clone()

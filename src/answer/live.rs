@@ -20,7 +20,7 @@ use super::build::{
     Builder, ancestors, browse_name, count_below, service_names, snapshot_of, try_child,
 };
 use super::encode::{Encoder, NodeRecords, RData};
-use super::snapshot::{SHARD_NAMES, ZoneSnapshot};
+use super::snapshot::{Answer, SHARD_NAMES, ZoneSnapshot};
 use super::weighted::Weighted;
 use crate::answer::wire::{WireName, lower_wire, rtype};
 use crate::model::{Endpoint, Instance, Protocol, Service, ServiceKey, Zone};
@@ -175,7 +175,7 @@ impl LiveZone {
             }
             self.services.insert(key.clone(), current);
             if done {
-                self.finish(changed, ents, serial);
+                self.finish(changed, ents, serial, None);
                 return;
             }
             // The rest of the change is gathered, from where patching
@@ -185,6 +185,10 @@ impl LiveZone {
         let mut touched: HashSet<Vec<u8>> = HashSet::new();
         let mut changed_services: Vec<ServiceKey> = Vec::new();
         let mut ptrs: Option<Vec<RData>> = None;
+        // Where the first of the enumeration name's PTR records that this
+        // change edits is: its answer, when it fills a message before that
+        // record, stays as it is.
+        let mut first_ptr_edit = usize::MAX;
         // The records a new service gathers alone: when it is the only
         // source of the names touched, they are those names' records.
         let mut alone = None;
@@ -242,6 +246,7 @@ impl LiveZone {
                         .unwrap_or_default()
                 });
                 let at = ptrs.binary_search_by(|p| ptr_key(p).as_ref().cmp(&Some(&key)));
+                first_ptr_edit = first_ptr_edit.min(at.unwrap_or_else(|i| i));
                 match (at, new_ptr) {
                     (Ok(i), Some(n)) => ptrs[i] = RData::Ptr(Arc::new(n)),
                     (Ok(i), None) => {
@@ -322,7 +327,8 @@ impl LiveZone {
         }
 
         self.settle(touched, fresh, &mut changed, &mut ents);
-        self.finish(changed, ents, serial);
+        let keep = browse.map(|(_, key)| (key, first_ptr_edit));
+        self.finish(changed, ents, serial, keep);
     }
 
     /// Stores the records gathered again at the `touched` names (`fresh`
@@ -383,7 +389,18 @@ impl LiveZone {
     /// Encodes again the names in `changed` and `ents`, those whose answers
     /// read them, and the apex (its SOA has the serial), and publishes the
     /// snapshot with `serial`.
-    fn finish(&mut self, changed: Vec<Vec<u8>>, ents: Vec<Vec<u8>>, serial: u32) {
+    ///
+    /// `browse`: the enumeration name's key and the first of its PTR records
+    /// that changed. A zone of thousands of services fills a message with
+    /// that answer long before its end, so a service added or removed past
+    /// the records it holds leaves it as it was, and it is not encoded again.
+    fn finish(
+        &mut self,
+        changed: Vec<Vec<u8>>,
+        ents: Vec<Vec<u8>>,
+        serial: u32,
+        browse: Option<(Vec<u8>, usize)>,
+    ) {
         let apex = self.zone.apex.clone();
         let mut encode: HashSet<Vec<u8>> = HashSet::new();
         encode.insert(lower_wire(&apex));
@@ -400,7 +417,17 @@ impl LiveZone {
                 continue;
             }
             let old = before.get_arc(key);
-            let new = encoder.node(key, node, old);
+            let keep = browse
+                .as_ref()
+                .filter(|(browse, first_edit)| {
+                    browse == key
+                        && old
+                            .and_then(|o| o.answer(rtype::PTR))
+                            .and_then(Answer::overflowing_records)
+                            .is_some_and(|held| *first_edit >= held)
+                })
+                .map(|_| rtype::PTR);
+            let new = encoder.node(key, node, old, keep);
             if !old.is_some_and(|o| Arc::ptr_eq(o, &new)) {
                 nodes.insert(Arc::from(&key[..]), new);
             }
@@ -1221,6 +1248,80 @@ mod tests {
         let node = live.snapshot().node(&srv).unwrap();
         let ptr = node.answer(rtype::PTR).unwrap();
         assert!(ptr.full().len > 65535 && ptr.full().counts[0] < 6001);
+    }
+
+    #[test]
+    fn a_service_list_past_the_largest_message_updates_like_a_build() {
+        // 4 000 services: the enumeration name's PTR answer is cut at 65535
+        // bytes. Services added and removed past the cut, at it and before
+        // it, one at a time and together, must each give a build's answers;
+        // past the cut the answer stays the one already encoded.
+        let service = |name: String| Service {
+            name,
+            protocol: Protocol::Tcp,
+            tags: Vec::new(),
+            check: None,
+            instances: Vec::new(),
+            max_answers: None,
+        };
+        let mut services: Vec<Service> = (0..4000).map(|i| service(format!("s{i:05}"))).collect();
+        let mut live = LiveZone::build(&base(), services.clone(), 1, None);
+        let browse = lower_wire(&name("_services._dns-sd._udp.svc.example."));
+        let list = |live: &LiveZone| {
+            live.snapshot()
+                .node(&browse)
+                .unwrap()
+                .answer(rtype::PTR)
+                .unwrap()
+                .clone()
+        };
+        let held = list(&live)
+            .overflowing_records()
+            .expect("a list past one message");
+        assert!(held < 4000, "{held}");
+        // The list is in the order of the names' keys: same-length names
+        // alphabetically.
+        let at = |i: usize| format!("s{i:05}");
+        let steps: Vec<(Vec<String>, Vec<String>)> = vec![
+            (vec!["s09000".into()], vec![]),
+            (vec![], vec![at(3000)]),
+            (vec![], vec![at(held)]),
+            (vec![at(held)], vec![]),
+            (vec![], vec![at(held - 1)]),
+            (vec![at(held - 1)], vec![]),
+            (vec!["a00000".into()], vec![]),
+            (vec!["t00000".into()], vec![at(10), at(3999)]),
+            (vec!["t00001".into()], vec![at(3998)]),
+        ];
+        let mut kept = 0;
+        for (serial, (add, remove)) in (2..).zip(steps) {
+            let before = list(&live);
+            // Every edit at or past the records the answer holds.
+            let last_held = &services[held - 1].name;
+            let past = add.iter().chain(&remove).all(|n| n > last_held);
+            let mut changes: Vec<(ServiceKey, Option<Service>)> = Vec::new();
+            for n in &add {
+                let s = service(n.clone());
+                services.push(s.clone());
+                changes.push((ServiceKey::of(&s), Some(s)));
+            }
+            for n in &remove {
+                let i = services.iter().position(|s| &s.name == n).unwrap();
+                changes.push((ServiceKey::of(&services.remove(i)), None));
+            }
+            services.sort_by(|a, b| a.name.cmp(&b.name));
+            live.update(changes, serial);
+            let fresh = LiveZone::build(&base(), services.clone(), serial, None);
+            let context = format!("adding {add:?}, removing {remove:?}");
+            assert_same(live.snapshot(), fresh.snapshot(), &context);
+            if past {
+                assert!(before.same(&list(&live)), "{context}");
+                kept += 1;
+            } else {
+                assert!(!before.same(&list(&live)), "{context}");
+            }
+        }
+        assert_eq!(kept, 5, "edits past the cut were tried");
     }
 
     #[test]

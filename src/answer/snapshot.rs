@@ -450,6 +450,16 @@ impl Answer {
         self.cut_at(self.cut_count() - 1)
     }
 
+    /// When the answer section alone outgrew any message (the encoding
+    /// stopped at the record that took it past 65535 bytes): how many
+    /// records it holds. Those records and their order decide it; the
+    /// RRset's later records play no part.
+    pub(super) fn overflowing_records(&self) -> Option<usize> {
+        let full = self.full();
+        (full.len > u32::from(u16::MAX) && full.counts[1] == 0 && full.counts[2] == 0)
+            .then_some(usize::from(full.counts[0]))
+    }
+
     /// The longest prefix of whole records (whole RRsets in the additional
     /// section) no longer than `limit` bytes.
     pub fn cut(&self, limit: usize) -> Cut {
