@@ -180,7 +180,10 @@ pub async fn run(
         let mut replaced = None;
         if registry.needs_publish() {
             replaced = Some(snapshots.load_full());
-            registry.publish();
+            // A batch of pipelined registrations can take a publish of a
+            // second at 100 000 services: the other tasks of this worker
+            // (admin connections reading the next requests) move on meanwhile.
+            tokio::task::block_in_place(|| registry.publish());
             if files_changed {
                 trim.schedule();
             }
