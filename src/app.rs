@@ -270,7 +270,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     checker.update(registry.take_health_updates());
     let store = state_log.map_or_else(|store| store, |log| Box::new(log) as Box<_>);
     tokio::spawn(writer::run(
-        registry,
+        (registry, snapshots.clone()),
         inbox,
         store,
         Box::new(move |targets| checker.update(targets)),

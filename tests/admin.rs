@@ -269,6 +269,109 @@ fn an_oversized_request_is_refused_and_the_server_stays_up() {
     assert_eq!(srv_targets(&server).len(), 3);
 }
 
+/// The SOA serial of svc.example, which each published batch moves on.
+fn serial(admin: &mut AdminClient) -> u64 {
+    let status = admin.ok(json!({"op":"status"}));
+    let zones = status["status"]["zones"].as_array().unwrap();
+    let zone = zones.iter().find(|z| z["zone"] == "svc.example.").unwrap();
+    zone["serial"].as_u64().unwrap()
+}
+
+#[test]
+fn pipelined_requests_get_their_replies_in_order() {
+    let server = Server::start(&example_zones());
+    let mut admin = server.admin();
+    let before = serial(&mut admin);
+    let name = |i: usize| format!("p-{i}");
+    let mut lines: Vec<String> = (0..100)
+        .map(|i| register(&name(i), &format!("10.1.{}.{}", i / 250, i % 250 + 1)).to_string())
+        .collect();
+    // A heartbeat succeeds only if the registry saw its registration first.
+    lines.insert(
+        1,
+        json!({"op":"heartbeat","zone":"svc.example","service":"web","instance":"p-0"}).to_string(),
+    );
+    lines.insert(50, "not json at all".into());
+    lines.push(String::new());
+    lines.push(json!({"op":"list","zone":"svc.example"}).to_string());
+    admin.write_lines(&lines).unwrap();
+
+    let mut registered = 0;
+    for (i, line) in lines.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
+        let reply = admin.read_reply().expect("a reply for every request line");
+        if i == 50 {
+            assert_eq!(reply["ok"], false, "{line} -> {reply}");
+            assert!(
+                reply["error"].as_str().unwrap().contains("malformed JSON"),
+                "{reply}"
+            );
+            continue;
+        }
+        assert_eq!(reply["ok"], true, "{line} -> {reply}");
+        if i == 1 {
+            assert_eq!(reply["instance"]["instance"], "p-0", "{line} -> {reply}");
+        } else if i == lines.len() - 1 {
+            // The list, written after every registration, sees them all.
+            for n in 0..100 {
+                assert!(
+                    instance(&reply, &name(n)).is_some(),
+                    "{} not listed",
+                    name(n)
+                );
+            }
+        } else {
+            assert_eq!(
+                reply["instance"]["instance"],
+                name(registered),
+                "{line} -> {reply}"
+            );
+            registered += 1;
+        }
+    }
+    assert_eq!(registered, 100);
+    // The connection stays usable, and requests written together shared
+    // the registry's batches: one at a time, each of the 100 would have
+    // been published on its own, moving the serial on by at least 100.
+    let after = serial(&mut admin);
+    assert!(after - before < 100, "serial {before} -> {after}");
+}
+
+#[test]
+fn an_oversized_request_is_refused_after_the_replies_before_it() {
+    let server = Server::start(&example_zones());
+    let mut admin = server.admin();
+    let mut lines: Vec<String> = (0..10)
+        .map(|i| register(&format!("p-{i}"), &format!("10.1.0.{}", i + 1)).to_string())
+        .collect();
+    lines.push(format!(
+        r#"{{"op":"list","zone":"{}"}}"#,
+        "a".repeat(200_000)
+    ));
+    lines.push(register("late", "10.1.1.1").to_string());
+    // The server closes before reading everything: the write may fail.
+    let _ = admin.write_lines(&lines);
+    for i in 0..10 {
+        let reply = admin
+            .read_reply()
+            .expect("the replies before the long line");
+        assert_eq!(reply["ok"], true, "{reply}");
+        assert_eq!(reply["instance"]["instance"], format!("p-{i}"), "{reply}");
+    }
+    let reply = admin
+        .read_reply()
+        .expect("an error reply before the connection closes");
+    assert_eq!(reply["ok"], false);
+    assert!(
+        reply["error"].as_str().unwrap().contains("too large"),
+        "{reply}"
+    );
+    assert!(admin.read_reply().is_none(), "the connection is closed");
+    // Nothing after the long line was read as a request.
+    let list = server.admin().ok(json!({"op":"list"}));
+    assert!(instance(&list, "p-9").is_some());
+    assert!(instance(&list, "late").is_none());
+}
+
 #[test]
 fn a_ttl_instance_expires_without_heartbeats_and_returns_with_one() {
     let server = Server::start(&example_zones());

@@ -15,6 +15,20 @@
 //! registrations go to, which the file gives `SIGNPOST_BENCH_INSTANCES`
 //! instances to start with (default 5000): a change to a large service in a
 //! large zone.
+//!
+//! `pipelined_registration_throughput` measures acknowledged registrations
+//! a second: 8 clients, each over one connection keeping
+//! `SIGNPOST_BENCH_PIPELINE` requests in flight (default 64; 1 is a client
+//! that waits for each reply), `SIGNPOST_BENCH_REQUESTS` registrations in
+//! all per run (default 40 000), each at an address of its own. One run
+//! registers into the service `bench`, one registers each instance into a
+//! new service of its own, one gives each client a new service of its own.
+//! It prints the rate and request → reply percentiles:
+//!
+//! ```sh
+//! SIGNPOST_BENCH_SERVICES=100000 cargo test --release --test admin_latency \
+//!     pipelined -- --ignored --nocapture
+//! ```
 
 mod common;
 
@@ -111,29 +125,32 @@ fn run(server: &Server, prefix: &str, n: usize, clients: usize) -> Vec<Duration>
         .collect()
 }
 
-#[test]
-#[ignore = "a benchmark: run with --release --ignored --nocapture"]
-fn registration_to_answer_latency() {
-    let n: usize = std::env::var("SIGNPOST_BENCH_N")
+/// A server on the zone the environment asks for, with its state file in
+/// `SIGNPOST_BENCH_DIR`; the directories live as long as it.
+struct Bench {
+    server: Server,
+    state: tempfile::TempDir,
+    _zones: tempfile::TempDir,
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
-    let dir = match std::env::var_os("SIGNPOST_BENCH_DIR") {
+        .unwrap_or(default)
+}
+
+fn bench_server() -> Bench {
+    let state = match std::env::var_os("SIGNPOST_BENCH_DIR") {
         Some(d) => tempfile::tempdir_in(d).unwrap(),
         None => tempfile::tempdir().unwrap(),
     };
-    let services: usize = std::env::var("SIGNPOST_BENCH_SERVICES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let services = env("SIGNPOST_BENCH_SERVICES", 0);
     let zones = tempfile::tempdir().unwrap();
     let zones_dir = if services == 0 {
         example_zones()
     } else {
-        let instances: usize = std::env::var("SIGNPOST_BENCH_INSTANCES")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(5000);
+        let instances = env("SIGNPOST_BENCH_INSTANCES", 5000);
         std::fs::write(
             zones.path().join("svc.example.toml"),
             large_zone(services, instances),
@@ -142,18 +159,162 @@ fn registration_to_answer_latency() {
         println!("zone: {services} services of 3 instances, and bench with {instances}");
         zones.path().to_path_buf()
     };
-    let server = Server::start_admin(&zones_dir, dir.path(), &[]);
-    println!(
-        "state file in {} ({} registrations per run)",
-        dir.path().display(),
-        n
-    );
-    let one = report("1 client, request -> answerable", run(&server, "seq", n, 1));
-    report(
-        "8 clients, request -> answerable",
-        run(&server, "par", n, 8),
-    );
+    let mut command = serve_command(&zones_dir, state.path(), &[]);
+    // The writer logs where each batch's time went.
+    command
+        .stdout(std::process::Stdio::null())
+        .env("RUST_LOG", "info,signpost::registry::writer=debug");
+    let server = Server::start_command(command, state.path());
+    println!("state file in {}", state.path().display());
+    Bench {
+        server,
+        state,
+        _zones: zones,
+    }
+}
+
+#[test]
+#[ignore = "a benchmark: run with --release --ignored --nocapture"]
+fn registration_to_answer_latency() {
+    let n = env("SIGNPOST_BENCH_N", 1000);
+    let bench = bench_server();
+    let server = &bench.server;
+    println!("{n} registrations per run");
+    let one = report("1 client, request -> answerable", run(server, "seq", n, 1));
+    report("8 clients, request -> answerable", run(server, "par", n, 8));
     println!("zone now has {} runtime instances", 2 * n);
     // Not an assertion on the figure (that depends on the disk); just a sanity bound.
     assert!(one < Duration::from_secs(1));
+    drop(bench.state);
+}
+
+/// The service of a client's i-th registration.
+type ServiceName = fn(usize, usize) -> String;
+
+/// Registers `n` instances from `clients` connections, each keeping
+/// `window` requests in flight; `service(client, i)` names the service of
+/// a client's i-th registration, and `run` keeps the names and addresses of
+/// one run apart from another's. Returns every request → reply time and
+/// the wall time of the whole run.
+fn pipelined(
+    server: &Server,
+    n: usize,
+    clients: usize,
+    window: usize,
+    run: usize,
+    service: ServiceName,
+) -> (Vec<Duration>, Duration) {
+    use std::io::{BufRead, Write};
+    let per_client = n / clients;
+    assert!(per_client <= 65_536, "at most 65 536 addresses per client");
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let socket = server.socket.clone();
+            std::thread::spawn(move || {
+                let mut write = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+                write
+                    .set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap();
+                let mut read = std::io::BufReader::new(write.try_clone().unwrap());
+                let mut sent = std::collections::VecDeque::with_capacity(window);
+                let mut samples = Vec::with_capacity(per_client);
+                let mut next = 0;
+                let mut out = Vec::new();
+                let mut reply = String::new();
+                while samples.len() < per_client {
+                    // Fill the window, in one write.
+                    out.clear();
+                    while next < per_client && sent.len() < window {
+                        let request = json!({"op":"register","zone":"svc.example",
+                            "service":service(c, next),"instance":format!("r{run}c{c}-{next}"),
+                            "address":format!("10.{}.{}.{}", 100 + 10 * run + c, next >> 8, next & 255),
+                            "port":9000});
+                        out.extend_from_slice(request.to_string().as_bytes());
+                        out.push(b'\n');
+                        sent.push_back(Instant::now());
+                        next += 1;
+                    }
+                    if !out.is_empty() {
+                        write.write_all(&out).unwrap();
+                    }
+                    reply.clear();
+                    read.read_line(&mut reply).unwrap();
+                    assert!(reply.starts_with(r#"{"ok":true"#), "{reply}");
+                    samples.push(sent.pop_front().unwrap().elapsed());
+                }
+                samples
+            })
+        })
+        .collect();
+    let samples = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    (samples, start.elapsed())
+}
+
+/// Sums up the writer's "batch done" lines: how many batches, how large,
+/// and where their time went.
+fn batches(log: &[String]) {
+    let fields = [
+        "requests",
+        "apply_ms",
+        "save_ms",
+        "publish_ms",
+        "reply_ms",
+        "health_ms",
+    ];
+    let mut sums = [0.0; 6];
+    let mut count = 0;
+    for line in log.iter().filter(|l| l.contains("batch done")) {
+        count += 1;
+        for word in line.split_whitespace() {
+            if let Some((key, value)) = word.split_once('=')
+                && let Some(i) = fields.iter().position(|f| *f == key)
+            {
+                sums[i] += value.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    if count == 0 {
+        return;
+    }
+    let mean = |i: usize| sums[i] / count as f64;
+    println!(
+        "  {count} batches of {:.0} requests on average; per batch: apply {:.2} ms, save {:.2} ms, publish {:.2} ms, reply {:.2} ms, health {:.2} ms",
+        mean(0),
+        mean(1),
+        mean(2),
+        mean(3),
+        mean(4),
+        mean(5)
+    );
+}
+
+#[test]
+#[ignore = "a benchmark: run with --release --ignored --nocapture"]
+fn pipelined_registration_throughput() {
+    let n = env("SIGNPOST_BENCH_REQUESTS", 40_000);
+    let window = env("SIGNPOST_BENCH_PIPELINE", 64);
+    let clients = 8;
+    let bench = bench_server();
+    let runs: [(&str, ServiceName); 3] = [
+        ("into bench", |_, _| "bench".into()),
+        ("each into a new service", |c, i| format!("s{c}-{i}")),
+        ("into a new service per client", |c, _| format!("p{c}")),
+    ];
+    for (i, (what, service)) in runs.into_iter().enumerate() {
+        let logged = bench.server.log.lock().unwrap().len();
+        let (samples, took) = pipelined(&bench.server, n, clients, window, i, service);
+        let done = samples.len();
+        println!(
+            "{clients} clients x {window} in flight, {what}: {done} registrations in {:.2} s, {:.0} acknowledged/s",
+            took.as_secs_f64(),
+            done as f64 / took.as_secs_f64()
+        );
+        report(&format!("  {what}, request -> reply"), samples);
+        batches(&bench.server.log.lock().unwrap()[logged..]);
+    }
+    drop(bench.state);
 }

@@ -408,6 +408,18 @@ impl AdminClient {
         }
     }
 
+    /// Writes request lines in one write, without reading any reply
+    /// (pipelining); a newline is added to each.
+    pub fn write_lines(&mut self, lines: &[String]) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut bytes = Vec::new();
+        for line in lines {
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
+        }
+        self.writer.write_all(&bytes)
+    }
+
     /// Sends a request and returns the reply.
     pub fn request(&mut self, request: serde_json::Value) -> serde_json::Value {
         self.raw(&request.to_string())
