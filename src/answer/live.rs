@@ -51,6 +51,9 @@ pub struct LiveZone {
     /// The DNS-SD enumeration name and its key.
     browse: Option<(Name, Vec<u8>)>,
     snapshot: Arc<ZoneSnapshot>,
+    /// The services the last update replaced or did not keep, for the
+    /// caller to free where no one waits (see [`LiveZone::take_retired`]).
+    retired: Vec<Arc<Service>>,
 }
 
 impl LiveZone {
@@ -108,6 +111,7 @@ impl LiveZone {
             apex_len,
             browse,
             snapshot,
+            retired: Vec::new(),
         }
     }
 
@@ -144,6 +148,8 @@ impl LiveZone {
             .into_iter()
             .map(|(k, s)| (k, s.map(Into::into)))
             .collect();
+        // What the previous update retired, if nobody took it.
+        self.retired.clear();
         // Names changed, and empty non-terminals that came or went, so far.
         let (mut changed, mut ents) = (Vec::new(), Vec::new());
         // A few instances more, less or changed in a large service: its
@@ -176,6 +182,9 @@ impl LiveZone {
             self.services.insert(key.clone(), current);
             if done {
                 self.finish(changed, ents, serial, None);
+                // The service given was patched into the one kept.
+                self.retired
+                    .extend(changes.into_iter().filter_map(|(_, s)| s));
                 return;
             }
             // The rest of the change is gathered, from where patching
@@ -258,10 +267,10 @@ impl LiveZone {
             }
             match new {
                 Some(new) => {
-                    self.services.insert(key.clone(), new);
+                    self.retired.extend(self.services.insert(key.clone(), new));
                 }
                 None => {
-                    self.services.remove(&key);
+                    self.retired.extend(self.services.remove(&key));
                 }
             }
             changed_services.push(key);
@@ -384,6 +393,14 @@ impl LiveZone {
                 }
             }
         }
+    }
+
+    /// The services the last [`LiveZone::update`] replaced or did not keep.
+    /// A service of thousands of instances takes a while to free: a caller
+    /// that answers requests frees them after answering. Left here, they are
+    /// freed at the next update.
+    pub fn take_retired(&mut self) -> Vec<Arc<Service>> {
+        std::mem::take(&mut self.retired)
     }
 
     /// Encodes again the names in `changed` and `ents`, those whose answers

@@ -34,7 +34,7 @@ use crate::answer::reverse::ReverseZones;
 use crate::answer::snapshot::{Snapshot, SnapshotHandle};
 use crate::answer::wire::lower_wire;
 use crate::model::names::parse_apex;
-use crate::model::{Endpoint, Protocol, ServiceKey, Zone, effective_check};
+use crate::model::{Endpoint, Protocol, Service, ServiceKey, Zone, effective_check};
 use entries::{RuntimeEntry, ServiceIds, ZoneEntry, instance_info};
 use health::{Book, Flip, Target};
 use registration::{InstanceInfo, InstanceKey, Registration};
@@ -260,7 +260,8 @@ impl Registry {
                 self.file_errors.remove(&path);
                 self.waiting.remove(&path);
                 let before = self.zones.len();
-                self.remove_file(&path);
+                // Every zone the file described.
+                self.zones.retain(|_, entry| entry.source != path);
                 let changed = self.zones.len() != before;
                 if changed {
                     info!(file = %path.display(), "zone file removed; its zone is no longer served");
@@ -352,23 +353,20 @@ impl Registry {
         Ok(true)
     }
 
-    /// Drops every zone a file described.
-    fn remove_file(&mut self, path: &Path) {
-        self.zones.retain(|_, entry| entry.source != path);
-    }
-
     /// Publishes the current state to the query path: one pointer swap.
-    /// Zones whose runtime instances changed are built again first.
-    pub fn publish(&mut self) {
+    /// Zones whose runtime instances changed are built again first; the
+    /// services they replaced are returned, to be freed after the replies.
+    pub fn publish(&mut self) -> Vec<Arc<Service>> {
         self.files_changed = false;
+        let mut retired = Vec::new();
         for (key, services) in std::mem::take(&mut self.dirty) {
             if let Some(entry) = self.zones.get_mut(&key) {
-                entry.update(
+                retired.extend(entry.update(
                     self.runtime.get(&key),
                     self.services.get(&key),
                     services,
                     (&key, &mut self.health),
-                );
+                ));
             }
         }
         // Zones no longer served have nothing to check.
@@ -418,6 +416,7 @@ impl Registry {
         if let Some(after) = after {
             after();
         }
+        retired
     }
 
     /// Keeps serials above those in `serials` (read from the serial file),

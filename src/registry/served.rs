@@ -138,14 +138,15 @@ impl ZoneEntry {
 
     /// Brings the services `changed` up to date (their runtime instances
     /// or health changed), with a new serial: only those services' names
-    /// are gathered and encoded again.
+    /// are gathered and encoded again. Returns the services replaced, to be
+    /// freed where no one waits.
     pub(super) fn update(
         &mut self,
         runtime: Option<&BTreeMap<String, RuntimeEntry>>,
         ids: Option<&ServiceIds>,
         changed: BTreeSet<ServiceKey>,
         (key, health): (&[u8], &mut Book),
-    ) {
+    ) -> Vec<Arc<Service>> {
         let serial = self.next_serial();
         let changes: Vec<(ServiceKey, Option<Arc<Service>>)> = changed
             .into_iter()
@@ -163,8 +164,12 @@ impl ZoneEntry {
                 (id, served)
             })
             .collect();
-        if let Some(live) = self.live.as_mut() {
-            live.update(changes, serial);
+        match self.live.as_mut() {
+            Some(live) => {
+                live.update(changes, serial);
+                live.take_retired()
+            }
+            None => Vec::new(),
         }
     }
 

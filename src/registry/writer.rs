@@ -175,15 +175,17 @@ pub async fn run(
         times.saved = now.elapsed();
         // Freeing what the new snapshot no longer shares with the one it
         // replaces (at 100 000 services, the copied parts of the name index:
-        // about a sixth of a publish) waits for no reply: the old snapshot
-        // is freed after them, on a blocking thread.
+        // about a sixth of a publish) waits for no reply, nor does freeing
+        // the services it replaced (a large one's instances): both are freed
+        // after the replies, on a blocking thread.
         let mut replaced = None;
         if registry.needs_publish() {
-            replaced = Some(snapshots.load_full());
+            let before = snapshots.load_full();
             // A batch of pipelined registrations can take a publish of a
             // second at 100 000 services: the other tasks of this worker
             // (admin connections reading the next requests) move on meanwhile.
-            tokio::task::block_in_place(|| registry.publish());
+            let retired = tokio::task::block_in_place(|| registry.publish());
+            replaced = Some((before, retired));
             if files_changed {
                 trim.schedule();
             }
