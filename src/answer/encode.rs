@@ -63,8 +63,16 @@ impl RData {
     }
 
     /// Equal with the letter case of names too (`==` ignores it, as DNS
-    /// does, but an answer carries the case it was given).
+    /// does, but an answer carries the case it was given). Names are
+    /// compared by what differs first, cheaply: a large service's RRsets
+    /// are searched for one record, and its names all end alike.
     pub(super) fn same(&self, other: &RData) -> bool {
+        let same_name = |a: &Arc<Name>, b: &Arc<Name>| {
+            Arc::ptr_eq(a, b)
+                || (a.num_labels() == b.num_labels()
+                    && a.iter().next() == b.iter().next()
+                    && a.eq_case(b))
+        };
         match (self, other) {
             (
                 RData::Srv {
@@ -79,8 +87,8 @@ impl RData {
                     port: o2,
                     target: t2,
                 },
-            ) => (p1, w1, o1) == (p2, w2, o2) && t1.eq_case(t2),
-            (RData::Ns(a), RData::Ns(b)) | (RData::Ptr(a), RData::Ptr(b)) => a.eq_case(b),
+            ) => (p1, w1, o1) == (p2, w2, o2) && same_name(t1, t2),
+            (RData::Ns(a), RData::Ns(b)) | (RData::Ptr(a), RData::Ptr(b)) => same_name(a, b),
             (a, b) => a == b,
         }
     }

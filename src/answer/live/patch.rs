@@ -150,7 +150,7 @@ impl LiveZone {
                     .unwrap_or_default();
                 let at = match out.first() {
                     Some(first) => {
-                        let at = current.iter().position(|r| same_record(r, first))?;
+                        let at = current.iter().position(|r| r.same(first))?;
                         let run = current.get(at..at + out.len())?;
                         if !run.iter().zip(out).all(|(a, b)| a.same(b)) {
                             return None;
@@ -308,7 +308,7 @@ impl LiveZone {
             }
             let mut last = 0;
             for r in mine {
-                last = last.max(current.iter().rposition(|c| same_record(c, r))?);
+                last = last.max(current.iter().rposition(|c| c.same(r))?);
             }
             return Some(last + 1);
         }
@@ -336,38 +336,6 @@ fn shares(these: &[&Instance], hosts: &[Vec<u8>], apex_len: usize, other: &Insta
                 (Endpoint::Target(_), _) => true,
             }
     })
-}
-
-/// [`RData::same`], first comparing what is quick to compare: a large
-/// service's RRsets are searched for one record, and its names all end
-/// alike.
-fn same_record(a: &RData, b: &RData) -> bool {
-    let quick = match (a, b) {
-        (RData::Addr(x), RData::Addr(y)) => return x == y,
-        (
-            RData::Srv {
-                priority: p1,
-                weight: w1,
-                port: o1,
-                target: t1,
-            },
-            RData::Srv {
-                priority: p2,
-                weight: w2,
-                port: o2,
-                target: t2,
-            },
-        ) => (p1, w1, o1) == (p2, w2, o2) && t1.len() == t2.len(),
-        (RData::Ptr(x), RData::Ptr(y)) | (RData::Ns(x), RData::Ns(y)) => x.len() == y.len(),
-        _ => true,
-    };
-    quick
-        && match (a, b) {
-            (RData::Srv { target: x, .. }, RData::Srv { target: y, .. })
-            | (RData::Ptr(x), RData::Ptr(y))
-            | (RData::Ns(x), RData::Ns(y)) => x.iter().next() == y.iter().next() && a.same(b),
-            _ => a.same(b),
-        }
 }
 
 /// The weights of a node's addresses of this type, if it has them.
