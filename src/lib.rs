@@ -34,6 +34,7 @@ pub mod config;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod parallel;
 pub mod registry;
 pub mod service_manager;
 pub mod sources;

@@ -319,7 +319,7 @@ pub(super) fn ancestors(key: &[u8], apex_len: usize) -> impl Iterator<Item = &[u
 }
 
 /// Encodes every name's answers, taking from `previous` (the zone's last
-/// snapshot) each answer whose inputs have not changed. A large zone is
+/// snapshot) each answer that encodes the same, so that it stays shared. A large zone is
 /// encoded on every core: encoding is most of a build, each name's answers
 /// depend only on the gathered records, and the orders a service's answers
 /// use are drawn from a fixed seed, so the result is the same on any
@@ -331,8 +331,7 @@ pub(super) fn snapshot_of(
     serial: u32,
     previous: Option<&ZoneSnapshot>,
 ) -> ZoneSnapshot {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
+    let threads = crate::parallel::cores()
         .min((names.len() + below.len()) / PARALLEL_NAMES)
         .max(1);
     snapshot_on(threads, zone, names, below, serial, previous)
@@ -363,23 +362,7 @@ pub(super) fn snapshot_on(
             })
             .collect::<Vec<_>>()
     };
-    let parts: Vec<Vec<_>> = if threads <= 1 || work.is_empty() {
-        vec![encode(&work)]
-    } else {
-        std::thread::scope(|scope| {
-            let running: Vec<_> = work
-                .chunks(work.len().div_ceil(threads))
-                .map(|part| scope.spawn(move || encode(part)))
-                .collect();
-            running
-                .into_iter()
-                .map(|t| {
-                    t.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        })
-    };
+    let parts = crate::parallel::in_runs(&work, threads, encode);
     ZoneSnapshot {
         apex_key: lower_wire(&zone.apex).into_boxed_slice(),
         serial,

@@ -173,30 +173,20 @@ pub(super) fn parse_pieces(text: &str, piece_bytes: usize) -> Option<RawZone> {
         .zip(starts.iter().skip(1).chain([&text.len()]))
         .map(|(&a, &b)| (a, &text[a..b]))
         .collect();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(pieces.len());
+    let threads = crate::parallel::cores().min(pieces.len());
     let parse = |group: &[(usize, &str)]| -> Option<Vec<RawZone>> {
         group
             .iter()
             .map(|&(at, piece)| toml::from_str::<RawZone>(piece).ok().map(|r| r.shift(at)))
             .collect()
     };
-    let parsed: Vec<RawZone> = if threads <= 1 {
-        parse(&pieces)?
-    } else {
-        std::thread::scope(|scope| {
-            let running: Vec<_> = pieces
-                .chunks(pieces.len().div_ceil(threads))
-                .map(|group| scope.spawn(move || parse(group)))
-                .collect();
-            let mut all = Vec::new();
-            for t in running {
-                all.extend(t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
-            }
-            Some(all)
-        })?
-    };
+    let runs = crate::parallel::in_runs(&pieces, threads, parse);
+    let parsed: Vec<RawZone> = runs
+        .into_iter()
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     merge(parsed)
 }
 
