@@ -3,7 +3,7 @@
 //! its disk); run it with
 //!
 //! ```sh
-//! cargo test --release --test admin_latency -- --ignored --nocapture
+//! cargo test --release --test admin_latency registration_to_answer -- --ignored --nocapture
 //! ```
 //!
 //! `SIGNPOST_BENCH_N` sets the registrations per run (default 1000) and
