@@ -25,7 +25,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use common::AdminClient;
+use common::{AdminClient, percentile};
 use harness::{Etcd, Node};
 use serde_json::json;
 
@@ -40,10 +40,6 @@ fn address(i: usize) -> String {
 
 /// The services the throughput run registers into.
 const SERVICES: usize = 200;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, query, udp_raw, zones_copy};
+use common::{Server, percentile, query, udp_raw, zones_copy};
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 use serde_json::json;
@@ -109,10 +109,6 @@ fn answers(at: SocketAddr, name: &str) -> bool {
     udp_raw(at, &q, Duration::from_millis(100))
         .and_then(|r| Message::from_vec(&r).ok())
         .is_some_and(|m| !m.answers.is_empty())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn main() {

@@ -62,11 +62,6 @@ fn large_zone(services: usize, instances: usize) -> String {
     text
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
 fn report(what: &str, mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
