@@ -357,7 +357,7 @@ pub(super) fn snapshot_on(
         part.iter()
             .map(|&(key, node)| {
                 let before = previous.and_then(|p| p.nodes.get_arc(key));
-                let node = encoder.node(key, node, before, None);
+                let node = encoder.node(key, node, before, |_| false);
                 (Arc::<[u8]>::from(&key[..]), node)
             })
             .collect::<Vec<_>>()

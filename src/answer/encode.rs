@@ -235,6 +235,12 @@ impl NodeRecords {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Answers this thread took over as known unchanged, without encoding.
+    pub(super) static KEPT_UNENCODED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 pub(super) struct Encoder<'a> {
     pub(super) zone: &'a Zone,
     pub(super) serial: u32,
@@ -270,14 +276,14 @@ impl<'a> Encoder<'a> {
     /// encodings, rather than what they were made from, cannot miss an input
     /// that changed, and costs about what encoding does.
     ///
-    /// `keep` names a type whose previous answer is known to be unchanged
-    /// and is taken over without encoding it.
+    /// `unchanged` says of a type whose previous answer is known to be the
+    /// same: it is taken over without encoding it.
     pub(super) fn node(
         &self,
         key: &[u8],
         node: Option<&NodeRecords>,
         before: Option<&Arc<Node>>,
-        keep: Option<u16>,
+        unchanged: impl Fn(u16) -> bool,
     ) -> Arc<Node> {
         let Some(node) = node else {
             return match before {
@@ -293,7 +299,9 @@ impl<'a> Encoder<'a> {
             .keys()
             .map(|&rtype| {
                 let previous = before.and_then(|n| n.entry(rtype));
-                if let Some(e) = previous.filter(|_| keep == Some(rtype)) {
+                if let Some(e) = previous.filter(|_| unchanged(rtype)) {
+                    #[cfg(test)]
+                    KEPT_UNENCODED.with(|k| k.set(k.get() + 1));
                     reused += 1;
                     return e.clone();
                 }

@@ -54,6 +54,10 @@ pub struct LiveZone {
     /// The services the last update replaced or did not keep, for the
     /// caller to free where no one waits (see [`LiveZone::take_retired`]).
     retired: Vec<Arc<Service>>,
+    /// For each RRset the current update changed, where its first changed
+    /// record is: an answer cut at the first record past a message depends
+    /// on its first records alone (see [`LiveZone::finish`]).
+    first_edits: HashMap<(Vec<u8>, u16), usize>,
 }
 
 impl LiveZone {
@@ -112,6 +116,7 @@ impl LiveZone {
             browse,
             snapshot,
             retired: Vec::new(),
+            first_edits: HashMap::new(),
         }
     }
 
@@ -150,6 +155,7 @@ impl LiveZone {
             .collect();
         // What the previous update retired, if nobody took it.
         self.retired.clear();
+        self.first_edits.clear();
         // Names changed, and empty non-terminals that came or went, so far.
         let (mut changed, mut ents) = (Vec::new(), Vec::new());
         // A few instances more, less or changed in a large service: its
@@ -181,7 +187,7 @@ impl LiveZone {
             }
             self.services.insert(key.clone(), current);
             if done {
-                self.finish(changed, ents, serial, None);
+                self.finish(changed, ents, serial);
                 // The service given was patched into the one kept.
                 self.retired
                     .extend(changes.into_iter().filter_map(|(_, s)| s));
@@ -194,9 +200,8 @@ impl LiveZone {
         let mut touched: HashSet<Vec<u8>> = HashSet::new();
         let mut changed_services: Vec<ServiceKey> = Vec::new();
         let mut ptrs: Option<Vec<RData>> = None;
-        // Where the first of the enumeration name's PTR records that this
-        // change edits is: its answer, when it fills a message before that
-        // record, stays as it is.
+        // The first of those PTR records this update edits: the records are
+        // taken out of the node to be edited, so `settle` cannot tell.
         let mut first_ptr_edit = usize::MAX;
         // The records a new service gathers alone: when it is the only
         // source of the names touched, they are those names' records.
@@ -336,8 +341,13 @@ impl LiveZone {
         }
 
         self.settle(touched, fresh, &mut changed, &mut ents);
-        let keep = browse.map(|(_, key)| (key, first_ptr_edit));
-        self.finish(changed, ents, serial, keep);
+        if let Some((_, browse_key)) = &browse
+            && first_ptr_edit < usize::MAX
+        {
+            self.first_edits
+                .insert((browse_key.clone(), rtype::PTR), first_ptr_edit);
+        }
+        self.finish(changed, ents, serial);
     }
 
     /// Stores the records gathered again at the `touched` names (`fresh`
@@ -353,6 +363,7 @@ impl LiveZone {
         // Names that appear or go change the counts of names below their
         // ancestors.
         let mut presence: Vec<(Vec<u8>, bool)> = Vec::new();
+        let mut edits = Vec::new();
         for key in touched {
             let new = fresh.remove(&key);
             let old = self.names.get(&key);
@@ -361,6 +372,21 @@ impl LiveZone {
                 (Some(o), Some(n)) if o.same(n) => continue,
                 (None, Some(_)) => presence.push((key.clone(), true)),
                 (Some(_), None) => presence.push((key.clone(), false)),
+                // The answers carry the owner's spelling: only records of
+                // a name spelled alike can be compared for what changed.
+                (Some(o), Some(n)) if o.name == n.name => {
+                    let types: BTreeSet<u16> =
+                        o.rrsets.keys().chain(n.rrsets.keys()).copied().collect();
+                    let none: &[RData] = &[];
+                    for rtype in types {
+                        let (a, b) = (
+                            o.rrsets.get(&rtype).map_or(none, Vec::as_slice),
+                            n.rrsets.get(&rtype).map_or(none, Vec::as_slice),
+                        );
+                        let first = a.iter().zip(b).take_while(|(x, y)| x.same(y)).count();
+                        edits.push((key.clone(), rtype, first));
+                    }
+                }
                 _ => {}
             }
             match new {
@@ -372,6 +398,9 @@ impl LiveZone {
                 }
             }
             changed.push(key);
+        }
+        for (key, rtype, at) in edits {
+            self.edited_from(key, rtype, at);
         }
         for (key, added) in &presence {
             for suffix in ancestors(key, self.apex_len) {
@@ -395,6 +424,12 @@ impl LiveZone {
         }
     }
 
+    /// Notes that the RRset of `rtype` at `key` changed from record `at` on.
+    fn edited_from(&mut self, key: Vec<u8>, rtype: u16, at: usize) {
+        let first = self.first_edits.entry((key, rtype)).or_insert(at);
+        *first = (*first).min(at);
+    }
+
     /// The services the last [`LiveZone::update`] replaced or did not keep.
     /// A service of thousands of instances takes a while to free: a caller
     /// that answers requests frees them after answering. Left here, they are
@@ -407,17 +442,12 @@ impl LiveZone {
     /// read them, and the apex (its SOA has the serial), and publishes the
     /// snapshot with `serial`.
     ///
-    /// `browse`: the enumeration name's key and the first of its PTR records
-    /// that changed. A zone of thousands of services fills a message with
-    /// that answer long before its end, so a service added or removed past
-    /// the records it holds leaves it as it was, and it is not encoded again.
-    fn finish(
-        &mut self,
-        changed: Vec<Vec<u8>>,
-        ents: Vec<Vec<u8>>,
-        serial: u32,
-        browse: Option<(Vec<u8>, usize)>,
-    ) {
+    /// An answer cut at the first record past a message (the SRV and PTR
+    /// answers of a service of thousands of instances, the DNS-SD service
+    /// list of a zone of thousands of services) holds its RRset's first
+    /// records and nothing else: when the update changed that RRset only
+    /// past them, the answer is kept as it was instead of encoded again.
+    fn finish(&mut self, changed: Vec<Vec<u8>>, ents: Vec<Vec<u8>>, serial: u32) {
         let apex = self.zone.apex.clone();
         let mut encode: HashSet<Vec<u8>> = HashSet::new();
         encode.insert(lower_wire(&apex));
@@ -434,17 +464,14 @@ impl LiveZone {
                 continue;
             }
             let old = before.get_arc(key);
-            let keep = browse
-                .as_ref()
-                .filter(|(browse, first_edit)| {
-                    browse == key
-                        && old
-                            .and_then(|o| o.answer(rtype::PTR))
-                            .and_then(Answer::overflowing_records)
-                            .is_some_and(|held| *first_edit >= held)
-                })
-                .map(|_| rtype::PTR);
-            let new = encoder.node(key, node, old, keep);
+            let unchanged = |rtype: u16| {
+                let held = old
+                    .and_then(|o| o.answer(rtype))
+                    .and_then(Answer::overflowing_records);
+                let first_edit = self.first_edits.get(&(key.clone(), rtype));
+                matches!((held, first_edit), (Some(held), Some(&first)) if first >= held)
+            };
+            let new = encoder.node(key, node, old, unchanged);
             if !old.is_some_and(|o| Arc::ptr_eq(o, &new)) {
                 nodes.insert(Arc::from(&key[..]), new);
             }
@@ -869,6 +896,7 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
+    use crate::answer::encode::KEPT_UNENCODED;
     use crate::answer::snapshot::{Answer, Cut};
     use crate::model::Host;
 
@@ -1247,7 +1275,7 @@ mod tests {
         changed.instances[6000].name = "late".into();
         let key = ServiceKey::of(&big);
         live.update([(key, Some(changed.clone()))], 2);
-        let fresh = LiveZone::build(&base(), [changed], 2, None);
+        let fresh = LiveZone::build(&base(), [changed.clone()], 2, None);
         assert_same(live.snapshot(), fresh.snapshot(), "large");
         for (key, answers) in answers(live.snapshot()) {
             // A service's addresses keep every record: any may be drawn.
@@ -1265,6 +1293,19 @@ mod tests {
         let node = live.snapshot().node(&srv).unwrap();
         let ptr = node.answer(rtype::PTR).unwrap();
         assert!(ptr.full().len > 65535 && ptr.full().counts[0] < 6001);
+
+        // One more instance, past what the SRV and PTR answers hold: both
+        // are kept as they were, not encoded again, and equal a build's.
+        let mut grown = changed.clone();
+        let mut last = grown.instances[5999].clone();
+        last.name = "zz-last".into();
+        last.endpoint = Endpoint::Addresses(vec!["10.201.0.1".parse().unwrap()]);
+        grown.instances.push(last);
+        let kept = KEPT_UNENCODED.with(|k| k.get());
+        live.update([(ServiceKey::of(&big), Some(grown.clone()))], 3);
+        assert!(KEPT_UNENCODED.with(|k| k.get()) >= kept + 2);
+        let fresh = LiveZone::build(&base(), [grown], 3, None);
+        assert_same(live.snapshot(), fresh.snapshot(), "one more, past the cut");
     }
 
     #[test]
@@ -1313,6 +1354,7 @@ mod tests {
         let mut kept = 0;
         for (serial, (add, remove)) in (2..).zip(steps) {
             let before = list(&live);
+            let encoded_before = KEPT_UNENCODED.with(|k| k.get());
             // Every edit at or past the records the answer holds.
             let last_held = &services[held - 1].name;
             let past = add.iter().chain(&remove).all(|n| n > last_held);
@@ -1333,6 +1375,11 @@ mod tests {
             assert_same(live.snapshot(), fresh.snapshot(), &context);
             if past {
                 assert!(before.same(&list(&live)), "{context}");
+                // Kept without being encoded again.
+                assert!(
+                    KEPT_UNENCODED.with(|k| k.get()) > encoded_before,
+                    "{context}"
+                );
                 kept += 1;
             } else {
                 assert!(!before.same(&list(&live)), "{context}");

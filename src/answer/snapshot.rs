@@ -454,7 +454,12 @@ impl Answer {
     /// stopped at the record that took it past 65535 bytes): how many
     /// records it holds. Those records and their order decide it; the
     /// RRset's later records play no part.
+    /// Not for a service's addresses, which go out in an order drawn per
+    /// query from all of them.
     pub(super) fn overflowing_records(&self) -> Option<usize> {
+        if self.shuffled.is_some() {
+            return None;
+        }
         let full = self.full();
         (full.len > u32::from(u16::MAX) && full.counts[1] == 0 && full.counts[2] == 0)
             .then_some(usize::from(full.counts[0]))

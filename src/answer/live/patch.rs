@@ -212,6 +212,7 @@ impl LiveZone {
         index(&mut self.by_target, apex, key, &after.instances, true);
         let max_answers = old.max_answers;
         let mut changed_names = Vec::new();
+        let mut edited = Vec::new();
         for (name, splices, keep) in edits {
             if !keep {
                 // Gone: `apply` finds it absent from `fresh`.
@@ -221,6 +222,9 @@ impl LiveZone {
             let node = self.names.get_mut(&name).expect("a name with records");
             let mut seen = node.seen.take();
             for s in splices {
+                if s.remove > 0 || !s.insert.is_empty() {
+                    edited.push((name.clone(), s.rtype, s.at));
+                }
                 let mut records = node.rrsets.take(s.rtype);
                 if let Some(seen) = &mut seen {
                     for r in &records[s.at..s.at + s.remove] {
@@ -250,6 +254,9 @@ impl LiveZone {
             }
             node.seen = seen;
             changed_names.push(name);
+        }
+        for (name, rtype, at) in edited {
+            self.edited_from(name, rtype, at);
         }
         #[cfg(test)]
         PATCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
