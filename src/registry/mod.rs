@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use tracing::{error, info, warn};
 
+mod building;
 pub mod change;
 mod entries;
 pub mod health;
@@ -28,13 +29,14 @@ pub mod store;
 mod timers;
 pub mod writer;
 
+pub use building::{Built, change_zone};
 pub use change::{Change, RegistryError, ZoneError};
 
 use crate::answer::reverse::ReverseZones;
 use crate::answer::snapshot::{Snapshot, SnapshotHandle};
 use crate::answer::wire::lower_wire;
 use crate::model::names::parse_apex;
-use crate::model::{Endpoint, Protocol, Service, ServiceKey, Zone, effective_check};
+use crate::model::{Protocol, Service, ServiceKey, Zone, effective_check};
 use entries::{RuntimeEntry, ServiceIds, ZoneEntry, instance_info};
 use health::{Book, Flip, Target};
 use registration::{InstanceInfo, InstanceKey, Registration};
@@ -83,6 +85,8 @@ pub struct Registry {
     /// The store expires TTL instances (etcd's leases remove their keys):
     /// no local expiry timers.
     store_keeps_ttls: bool,
+    /// Zone builds running away from the writer.
+    builds: building::Builds,
 }
 
 /// Called with the published snapshot and the one about to replace it;
@@ -149,6 +153,7 @@ impl Registry {
             serials: serials::Serials::in_memory(),
             on_publish: None,
             store_keeps_ttls: false,
+            builds: building::Builds::default(),
         };
         (registry, published)
     }
@@ -205,12 +210,12 @@ impl Registry {
     /// What `change` (a registration or a removal) is about to replace, for
     /// [`Registry::undo`]; `None` for other changes.
     pub fn undo_point(&self, change: &Change) -> Option<Undo> {
-        let (zone, instance) = match change {
-            Change::Register(r) => (&r.zone, &r.instance),
-            Change::Deregister(k) => (&k.zone, &k.instance),
+        let instance = match change {
+            Change::Register(r) => &r.instance,
+            Change::Deregister(k) => &k.instance,
             _ => return None,
         };
-        let key = lower_wire(&parse_apex(zone).ok()?);
+        let key = change_zone(change)?;
         let id = instance.to_ascii_lowercase();
         let before = self.runtime.get(&key).and_then(|z| z.get(&id)).cloned();
         Some(Undo { key, id, before })
@@ -342,12 +347,15 @@ impl Registry {
         let mut entry = ZoneEntry::new(path, zone);
         entry.live = self.zones.remove(&key).and_then(|p| p.live);
         entry.floor = self.serials.floor(&key);
-        entry.build(
+        let input = entry.prepare(
             self.runtime.get_mut(&key),
             self.services.get(&key),
             (&key, &mut self.health),
             true,
         );
+        if let Some(live) = self.builds.start(&key, input) {
+            entry.live = Some(live);
+        }
         self.dirty.remove(&key);
         self.zones.insert(key, entry);
         Ok(true)
@@ -360,7 +368,11 @@ impl Registry {
         self.files_changed = false;
         let mut retired = Vec::new();
         for (key, services) in std::mem::take(&mut self.dirty) {
-            if let Some(entry) = self.zones.get_mut(&key) {
+            // A zone whose build runs is served as it was until the build
+            // is installed; its changes wait for it.
+            if self.builds.is_running(&key) {
+                self.dirty.insert(key, services);
+            } else if let Some(entry) = self.zones.get_mut(&key) {
                 retired.extend(entry.update(
                     self.runtime.get(&key),
                     self.services.get(&key),
@@ -385,17 +397,18 @@ impl Registry {
             let current: Vec<(&[u8], u32)> = self
                 .zones
                 .iter()
+                .filter(|(_, e)| e.live.is_some())
                 .map(|(k, e)| (k.as_slice(), e.serial()))
                 .collect();
             let (zones, runtime) = (&self.zones, &self.runtime);
-            self.reverse.update(&current, |key| {
-                zone_addresses(&zones[key], runtime.get(key))
-            });
+            self.reverse
+                .update(&current, |key| zones[key].addresses(runtime.get(key)));
         }
         // Durable before any secondary can see the serials.
         let serials = self
             .zones
             .iter()
+            .filter(|(_, e)| e.live.is_some())
             .map(|(k, e)| (k.as_slice(), &e.zone.apex, e.serial()))
             .chain(self.reverse.serials());
         if let Err(error) = self.serials.reserve(serials) {
@@ -405,7 +418,7 @@ impl Registry {
         let snapshot = Snapshot::new(
             zones
                 .values()
-                .map(|e| e.snapshot().clone())
+                .filter_map(|e| e.snapshot().cloned())
                 .chain(self.reverse.snapshots(|k| zones.contains_key(k))),
         );
         let after = match self.on_publish.as_mut() {
@@ -834,7 +847,7 @@ impl Registry {
 
     /// Whether anything changed since the last [`Registry::publish`].
     pub fn needs_publish(&self) -> bool {
-        self.files_changed || !self.dirty.is_empty()
+        self.files_changed || self.dirty.keys().any(|k| !self.builds.is_running(k))
     }
 
     /// The changes to the registrations since the last call, for the state file.
@@ -966,32 +979,6 @@ fn check_name(t: &Target) -> String {
         crate::model::CheckKind::Tcp => "tcp".into(),
         crate::model::CheckKind::Http(path) => format!("http {path}"),
     }
-}
-
-/// Every (address, name) of a zone's hosts and served instances, for the
-/// reverse zones.
-fn zone_addresses(
-    e: &ZoneEntry,
-    runtime: Option<&BTreeMap<String, RuntimeEntry>>,
-) -> Vec<(std::net::IpAddr, hickory_proto::rr::Name)> {
-    let mut out = Vec::new();
-    for h in &e.zone.hosts {
-        out.extend(h.addresses.iter().map(|a| (*a, h.name.clone())));
-    }
-    let file = e.zone.services.iter().flat_map(|s| &s.instances);
-    let runtime = runtime
-        .into_iter()
-        .flat_map(|r| r.values())
-        .filter(|r| r.serving())
-        .map(|r| &r.valid.instance);
-    for i in file.chain(runtime) {
-        if let Endpoint::Addresses(addrs) = &i.endpoint
-            && let Ok(name) = e.zone.apex.prepend_label(i.name.as_str())
-        {
-            out.extend(addrs.iter().map(|a| (*a, name.clone())));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1349,6 +1336,85 @@ mod tests {
     }
 
     #[test]
+    fn a_zone_built_in_the_background_is_served_whole_when_installed_and_others_go_on() {
+        let (mut registry, handle) = Registry::new();
+        let now = Instant::now();
+        let other = "zone = \"o.test\"\n[hosts]\nh = \"10.1.0.1\"\n";
+        registry.apply(file("r.toml", ZONE), now).unwrap();
+        registry.apply(file("o.toml", other), now).unwrap();
+        registry.publish();
+        let mut builds = registry.build_in_background();
+        let r_key = lower_wire(&parse_apex("r.test").unwrap());
+        let serial = registry.status()[1].serial;
+
+        // A new version of r.test (web-1 becomes web-2), then a registration
+        // into it and one into o.test.
+        registry
+            .apply(file("r.toml", &ZONE.replace("web-1", "web-2")), now)
+            .unwrap();
+        assert!(registry.is_building(&r_key));
+        registry
+            .apply(
+                Change::Register(registration("web-9", "10.0.0.9", None)),
+                now,
+            )
+            .unwrap();
+        let into_other: Registration = serde_json::from_value(json!({"zone": "o.test",
+            "service": "db", "instance": "db-1", "address": "10.1.0.2", "port": 5432}))
+        .unwrap();
+        registry.apply(Change::Register(into_other), now).unwrap();
+        assert!(registry.needs_publish());
+        registry.publish();
+        // o.test moved on; r.test is served as it was, whole.
+        let o_key = lower_wire(&parse_apex("o.test").unwrap());
+        let db = lower_wire(&hickory_proto::rr::Name::from_ascii("db-1.o.test.").unwrap());
+        assert!(handle.load().zone(&o_key).unwrap().node(&db).is_some());
+        assert!(answers(&handle, "web-1.r.test."));
+        assert!(!answers(&handle, "web-2.r.test."));
+        assert!(!answers(&handle, "web-9.r.test."));
+        assert_eq!(registry.status()[1].serial, serial);
+        assert!(
+            !registry.needs_publish(),
+            "r.test's changes wait for its build"
+        );
+
+        let built = builds.blocking_recv().unwrap();
+        assert!(
+            registry.install(built).is_some(),
+            "the old version comes back"
+        );
+        assert!(!registry.is_building(&r_key));
+        assert!(registry.needs_publish());
+        registry.publish();
+        assert!(!answers(&handle, "web-1.r.test."));
+        assert!(answers(&handle, "web-2.r.test."));
+        assert!(
+            answers(&handle, "web-9.r.test."),
+            "the registration made meanwhile"
+        );
+        // The build's serial, then the registration's.
+        assert_eq!(registry.status()[1].serial, serial + 2);
+
+        // Two versions in a row: whichever build comes back first, the zone
+        // ends as the later file says.
+        registry
+            .apply(file("r.toml", &ZONE.replace("web-1", "web-3")), now)
+            .unwrap();
+        registry
+            .apply(file("r.toml", &ZONE.replace("web-1", "web-4")), now)
+            .unwrap();
+        for _ in 0..2 {
+            let built = builds.blocking_recv().unwrap();
+            registry.install(built);
+        }
+        assert!(!registry.is_building(&r_key));
+        registry.publish();
+        assert!(answers(&handle, "web-4.r.test."));
+        assert!(!answers(&handle, "web-3.r.test."));
+        assert!(!answers(&handle, "web-2.r.test."));
+    }
+
+    #[test]
     fn a_second_file_for_a_zone_waits_and_takes_it_when_the_first_goes() {
         let (mut registry, _) = Registry::new();
         let now = Instant::now();
@@ -1428,6 +1494,17 @@ mod tests {
 
     #[test]
     fn any_sequence_of_changes_answers_as_a_fresh_start_would() {
+        random_changes(false);
+    }
+
+    /// The same, with file versions built away from the writer while the
+    /// other changes go on.
+    #[test]
+    fn any_sequence_of_changes_with_background_builds_answers_as_a_fresh_start_would() {
+        random_changes(true);
+    }
+
+    fn random_changes(background: bool) {
         let base = "zone = \"r.test\"\n[[services]]\nname = \"web\"\nport = 80\ntags = [\"blue\"]\n\
                     [[services.instances]]\nname = \"web-0\"\naddress = \"10.0.0.1\"\n\
                     [[services]]\nname = \"db\"\nport = 5432\n";
@@ -1444,6 +1521,8 @@ mod tests {
         let start = Instant::now();
         registry.apply(file("r.toml", base), start).unwrap();
         registry.publish();
+        let mut builds = background.then(|| registry.build_in_background());
+        let r_key = lower_wire(&parse_apex("r.test").unwrap());
         for step in 0..300u64 {
             let now = start + Duration::from_secs(step);
             let service = ["web", "db", "new"][next(3) as usize];
@@ -1476,6 +1555,22 @@ mod tests {
             };
             let _ = registry.apply(change, now);
             registry.expire(now);
+            // A build comes back some steps later; until then, nothing
+            // of the zone changes for queries.
+            if let Some(builds) = builds.as_mut()
+                && registry.is_building(&r_key)
+            {
+                let served = answers_of(&handle);
+                registry.publish();
+                assert_eq!(served, answers_of(&handle), "step {step}");
+                if next(3) > 0 {
+                    continue;
+                }
+                while registry.is_building(&r_key) {
+                    let built = builds.blocking_recv().unwrap();
+                    registry.install(built);
+                }
+            }
             registry.publish();
 
             // A fresh server: the same file, the same registrations restored.

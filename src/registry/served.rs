@@ -13,7 +13,7 @@ use super::health::Book;
 use super::runtime::{self, FileNames};
 use crate::answer::live::LiveZone;
 use crate::answer::snapshot::ZoneSnapshot;
-use crate::model::{Service, ServiceKey, Zone};
+use crate::model::{Endpoint, Service, ServiceKey, Zone};
 
 /// Where each service of a zone file is in its `services`.
 pub(super) fn file_services(zone: &Zone) -> HashMap<ServiceKey, usize> {
@@ -22,6 +22,30 @@ pub(super) fn file_services(zone: &Zone) -> HashMap<ServiceKey, usize> {
         .enumerate()
         .map(|(i, s)| (ServiceKey::of(s), i))
         .collect()
+}
+
+/// What a zone is built from, owned: the build, which takes seconds for a
+/// file of 100 000 services, can run away from the writer.
+pub(super) struct BuildInput {
+    /// Apex, TTL, SOA, name servers and hosts; no services.
+    base: Zone,
+    /// The services served, merged and health-filtered.
+    services: Vec<Arc<Service>>,
+    serial: u32,
+    /// The version being replaced, whose unchanged answers are shared.
+    previous: Option<Arc<ZoneSnapshot>>,
+}
+
+impl BuildInput {
+    /// Builds the zone.
+    pub(super) fn run(self) -> LiveZone {
+        LiveZone::build(
+            &self.base,
+            self.services,
+            self.serial,
+            self.previous.as_deref(),
+        )
+    }
 }
 
 impl ZoneEntry {
@@ -37,12 +61,36 @@ impl ZoneEntry {
         }
     }
 
-    /// The zone's snapshot, as last built.
-    pub(super) fn snapshot(&self) -> &Arc<ZoneSnapshot> {
-        self.live
-            .as_ref()
-            .expect("a zone is built when it is added")
-            .snapshot()
+    /// The zone's snapshot, as last built; `None` while a new zone's
+    /// first build runs.
+    pub(super) fn snapshot(&self) -> Option<&Arc<ZoneSnapshot>> {
+        self.live.as_ref().map(LiveZone::snapshot)
+    }
+
+    /// Every (address, name) of the zone's hosts and served instances, for
+    /// the reverse zones.
+    pub(super) fn addresses(
+        &self,
+        runtime: Option<&BTreeMap<String, RuntimeEntry>>,
+    ) -> Vec<(std::net::IpAddr, hickory_proto::rr::Name)> {
+        let mut out = Vec::new();
+        for h in &self.zone.hosts {
+            out.extend(h.addresses.iter().map(|a| (*a, h.name.clone())));
+        }
+        let file = self.zone.services.iter().flat_map(|s| &s.instances);
+        let runtime = runtime
+            .into_iter()
+            .flat_map(|r| r.values())
+            .filter(|r| r.serving())
+            .map(|r| &r.valid.instance);
+        for i in file.chain(runtime) {
+            if let Endpoint::Addresses(addrs) = &i.endpoint
+                && let Ok(name) = self.zone.apex.prepend_label(i.name.as_str())
+            {
+                out.extend(addrs.iter().map(|a| (*a, name.clone())));
+            }
+        }
+        out
     }
 
     /// The zone's SOA serial (0 before the first build).
@@ -94,18 +142,20 @@ impl ZoneEntry {
         Some(Arc::new(service))
     }
 
-    /// Builds the zone again from its file and its runtime instances, with
-    /// the serial after the current one, reusing unchanged answers.
+    /// Works out what the zone is built from: its file and its runtime
+    /// instances, with the serial after the current one; the current
+    /// version lends its unchanged answers. What is built from it
+    /// ([`BuildInput::run`]) replaces `live`.
     /// `shadow`: the file is new, so which registrations it now owns the
     /// names of (shadowed: kept, not served; the file wins) is worked out
     /// again, and said in the log.
-    pub(super) fn build(
+    pub(super) fn prepare(
         &mut self,
         runtime: Option<&mut BTreeMap<String, RuntimeEntry>>,
         ids: Option<&ServiceIds>,
         (key, health): (&[u8], &mut Book),
         shadow: bool,
-    ) {
+    ) -> BuildInput {
         let mut runtime = runtime;
         if shadow && let Some(runtime) = runtime.as_deref_mut() {
             self.shadow(runtime);
@@ -131,9 +181,19 @@ impl ZoneEntry {
         health.retain_services(key, services.iter().map(|s| &**s));
         // The zone's previous version lends its serial and its unchanged
         // answers: a file reload re-encodes what the file changed.
-        let serial = self.next_serial();
-        let previous = self.live.as_ref().map(|l| &**l.snapshot());
-        self.live = Some(LiveZone::build(&self.zone, services, serial, previous));
+        BuildInput {
+            base: Zone {
+                apex: self.zone.apex.clone(),
+                ttl: self.zone.ttl,
+                nameservers: self.zone.nameservers.clone(),
+                soa: self.zone.soa.clone(),
+                hosts: self.zone.hosts.clone(),
+                services: Vec::new(),
+            },
+            services,
+            serial: self.next_serial(),
+            previous: self.live.as_ref().map(|l| Arc::clone(l.snapshot())),
+        }
     }
 
     /// Brings the services `changed` up to date (their runtime instances

@@ -83,11 +83,11 @@ pub type ReloadCounter = Box<dyn Fn([(&'static str, String); 2]) + Send>;
 enum Pending {
     /// A change: as is only if the store's write that follows succeeds;
     /// else taken back with its undo.
-    Durable(oneshot::Sender<Outcome>, Outcome, Option<Box<Undo>>),
+    Durable(Reply, Outcome, Option<Box<Undo>>),
     /// Nothing to save; sent as is.
-    Done(oneshot::Sender<Outcome>, Outcome),
+    Done(Reply, Outcome),
     /// A heartbeat: sent once the store renewed the instance's TTL.
-    Renew(oneshot::Sender<Outcome>, Outcome, InstanceKey),
+    Renew(Reply, Outcome, InstanceKey),
     /// A read: answered after the batch, so it sees it.
     List(
         oneshot::Sender<Result<Vec<InstanceInfo>, RegistryError>>,
@@ -95,6 +95,11 @@ enum Pending {
     ),
     Status(oneshot::Sender<Status>),
 }
+
+/// Where the outcome of a change goes, and the key of the zone it changed:
+/// while that zone is being built, the change is answerable only once the
+/// build is installed, so its "ok" waits for that.
+struct Reply(oneshot::Sender<Outcome>, Option<Vec<u8>>);
 
 /// Runs the writer until every [`WriterHandle`] is dropped.
 ///
@@ -117,19 +122,36 @@ pub async fn run(
     let trim = Trim::default();
     // The first load freed the parsed files and the build's scratch space.
     trim.schedule();
+    // Zone files read from now on are built away from the writer.
+    let mut builds = registry.build_in_background();
+    // Outcomes of changes to zones being built, waiting for their build.
+    let mut held: Vec<(Vec<u8>, oneshot::Sender<Outcome>, Outcome)> = Vec::new();
     loop {
         let next = registry.next_expiry();
+        let mut built = None;
         let first = tokio::select! {
             msg = inbox.recv() => match msg {
                 Some(msg) => Some(msg),
                 None => return,
             },
+            Some(b) = builds.recv() => {
+                built = Some(b);
+                None
+            }
             () = sleep_until(next), if next.is_some() => None,
         };
         let mut pending = Vec::new();
         let now = Instant::now();
         let mut times = BatchTimes::default();
-        let mut files_changed = false;
+        // What installed builds replaced, freed after the replies.
+        let mut old_zones = Vec::new();
+        for b in built
+            .into_iter()
+            .chain(std::iter::from_fn(|| builds.try_recv().ok()))
+        {
+            old_zones.extend(registry.install(b));
+        }
+        let mut files_changed = !old_zones.is_empty();
         for command in first
             .into_iter()
             .chain(std::iter::from_fn(|| inbox.try_recv().ok()))
@@ -192,17 +214,30 @@ pub async fn run(
         }
         times.published = now.elapsed();
         let requests = pending.len();
+        // Those held for a build that is now installed (or superseded by a
+        // zone that is gone) are answerable now.
+        for (_, tx, outcome) in held.extract_if(.., |(key, ..)| !registry.is_building(key)) {
+            let _ = tx.send(outcome);
+        }
+        let mut send = |Reply(tx, zone): Reply, outcome: Outcome| match zone {
+            Some(key) if outcome.is_ok() && registry.is_building(&key) => {
+                held.push((key, tx, outcome));
+            }
+            _ => {
+                let _ = tx.send(outcome);
+            }
+        };
         for p in pending {
             match p {
-                Pending::Durable(tx, outcome, _) => {
+                Pending::Durable(reply, outcome, _) => {
                     let outcome = match (&save_error, outcome) {
                         (Some(problem), Ok(_)) => Err(RegistryError::NotSaved(problem.clone())),
                         (_, outcome) => outcome,
                     };
-                    let _ = tx.send(outcome);
+                    send(reply, outcome);
                 }
-                Pending::Done(tx, outcome) | Pending::Renew(tx, outcome, _) => {
-                    let _ = tx.send(outcome);
+                Pending::Done(reply, outcome) | Pending::Renew(reply, outcome, _) => {
+                    send(reply, outcome);
                 }
                 Pending::List(tx, zone) => {
                     let _ = tx.send(registry.list(zone.as_deref(), Instant::now()));
@@ -218,8 +253,8 @@ pub async fn run(
             }
         }
         times.replied = now.elapsed();
-        if let Some(replaced) = replaced {
-            tokio::task::spawn_blocking(move || drop(replaced));
+        if replaced.is_some() || !old_zones.is_empty() {
+            tokio::task::spawn_blocking(move || drop((replaced, old_zones)));
         }
         // The checks follow what is registered now; nobody waits for them.
         health(registry.take_health_updates());
@@ -339,6 +374,7 @@ fn handle(
             }
         }
         Command::Ask { change, reply } => {
+            let reply = Reply(reply, super::change_zone(&change));
             let undo = registry.undo_point(&change).map(Box::new);
             let durable = change.needs_durability();
             let heartbeat = match &change {
