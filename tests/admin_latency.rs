@@ -29,6 +29,17 @@
 //! SIGNPOST_BENCH_SERVICES=100000 cargo test --release --test admin_latency \
 //!     pipelined -- --ignored --nocapture
 //! ```
+//!
+//! `registration_during_reload` registers into the example zone, one
+//! client waiting for each reply, while another zone's file of
+//! `SIGNPOST_BENCH_SERVICES` services (default 100 000) is replaced
+//! `SIGNPOST_BENCH_RELOADS` times (default 3). It prints the request →
+//! reply percentiles, and how long each new version of the large zone took
+//! to be answered:
+//!
+//! ```sh
+//! cargo test --release --test admin_latency registration_during_reload -- --ignored --nocapture
+//! ```
 
 mod common;
 
@@ -38,11 +49,11 @@ use common::*;
 use hickory_proto::rr::RecordType;
 use serde_json::json;
 
-/// `svc.example` with `services` services of 3 instances and the service
+/// `zone` with `services` services of 3 instances and the service
 /// `bench` with `instances` instances.
-fn large_zone(services: usize, instances: usize) -> String {
+fn large_zone(zone: &str, services: usize, instances: usize) -> String {
     let addr = |n: usize| format!("10.{}.{}.{}", n >> 16 & 255, n >> 8 & 255, n & 255);
-    let mut text = String::from("zone = \"svc.example\"\n");
+    let mut text = format!("zone = \"{zone}\"\n");
     for s in 0..services {
         text.push_str(&format!("[[services]]\nname = \"svc-{s}\"\nport = 80\n"));
         for i in 0..3 {
@@ -148,7 +159,7 @@ fn bench_server() -> Bench {
         let instances = env("SIGNPOST_BENCH_INSTANCES", 5000);
         std::fs::write(
             zones.path().join("svc.example.toml"),
-            large_zone(services, instances),
+            large_zone("svc.example", services, instances),
         )
         .unwrap();
         println!("zone: {services} services of 3 instances, and bench with {instances}");
@@ -312,4 +323,81 @@ fn pipelined_registration_throughput() {
         batches(&bench.server.log.lock().unwrap()[logged..]);
     }
     drop(bench.state);
+}
+
+#[test]
+#[ignore = "a benchmark: run with --release --ignored --nocapture"]
+fn registration_during_reload() {
+    let services = env("SIGNPOST_BENCH_SERVICES", 100_000);
+    let reloads = env("SIGNPOST_BENCH_RELOADS", 3);
+    let zones = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        example_zones().join("svc.example.toml"),
+        zones.path().join("svc.example.toml"),
+    )
+    .unwrap();
+    // Two versions of the large zone: `bench` has one instance, or two.
+    let large = zones.path().join("large.example.toml");
+    let versions = [1, 2].map(|n| large_zone("large.example", services, n));
+    std::fs::write(&large, &versions[0]).unwrap();
+    let mut command = serve_command(zones.path(), state.path(), &[]);
+    command.stdout(std::process::Stdio::null());
+    let server = Server::start_command(command, state.path());
+    println!("large.example: {services} services of 3 instances; {reloads} reloads");
+
+    let addr = server.addr;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reloading = {
+        let done = done.clone();
+        let dir = zones.path().to_path_buf();
+        std::thread::spawn(move || {
+            let q = query("b-1.large.example.", RecordType::A).to_vec().unwrap();
+            let mut took = Vec::new();
+            for r in 1..=reloads {
+                std::thread::sleep(Duration::from_millis(500));
+                let version = &versions[r % 2];
+                let tmp = dir.join(".large.example.toml.tmp");
+                std::fs::write(&tmp, version).unwrap();
+                let renamed = Instant::now();
+                std::fs::rename(&tmp, &large).unwrap();
+                // Version 2 answers b-1; version 1 does not have it.
+                let want = r % 2 == 1;
+                while udp_raw(addr, &q, Duration::from_secs(2))
+                    .is_none_or(|m| (u16::from_be_bytes([m[6], m[7]]) > 0) != want)
+                {
+                    assert!(renamed.elapsed() < Duration::from_secs(120));
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                took.push(renamed.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            done.store(true, std::sync::atomic::Ordering::Release);
+            took
+        })
+    };
+    let mut admin = AdminClient::connect(&server.socket);
+    // A reply that waits for a whole build is what this measures.
+    admin.set_timeout(Duration::from_secs(120));
+    let mut samples = Vec::new();
+    while !done.load(std::sync::atomic::Ordering::Acquire) {
+        let i = samples.len();
+        let request = json!({"op":"register","zone":"svc.example","service":"bench",
+            "instance":format!("during-{i}"),
+            "address":format!("10.200.{}.{}", i >> 8 & 255, i & 255),"port":9000});
+        let start = Instant::now();
+        admin.ok(request);
+        samples.push(start.elapsed());
+    }
+    for (r, took) in reloading.join().unwrap().iter().enumerate() {
+        println!(
+            "reload {}: the new version answered {:.0} ms after the rename",
+            r + 1,
+            took.as_secs_f64() * 1000.0
+        );
+    }
+    report(
+        "registrations into another zone meanwhile, request -> reply",
+        samples,
+    );
 }

@@ -384,6 +384,11 @@ impl AdminClient {
         }
     }
 
+    /// How long a reply may take (10 s unless set).
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.writer.set_read_timeout(Some(timeout)).unwrap();
+    }
+
     /// Sends one raw line (a newline is added) and reads one reply line.
     pub fn raw(&mut self, line: &str) -> serde_json::Value {
         self.send_raw(line).expect("a reply line")
