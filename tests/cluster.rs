@@ -316,7 +316,13 @@ fn a_node_cut_off_while_etcd_compacts_reads_everything_again_without_a_gap() {
     assert!(eventually(Duration::from_secs(5), || status_text(&lonely)
         .contains("STALE")));
     // Meanwhile it answers what it had.
-    assert!(lonely.answers(WEB_9, "10.0.0.19"));
+    let had = lonely.addresses(WEB_9);
+    assert_eq!(
+        had,
+        vec!["10.0.0.19".parse::<std::net::IpAddr>().unwrap()],
+        "the cut-off node's log:\n{}",
+        lonely.server.log_text()
+    );
 
     etcd.resume_member(2);
     let nodes = [lonely];
