@@ -135,6 +135,11 @@ impl LiveZone {
         self.services.iter().map(|(k, s)| (k, &**s))
     }
 
+    /// How many names the zone answers for.
+    pub fn name_count(&self) -> usize {
+        self.names.len()
+    }
+
     /// The serial of the current snapshot.
     pub fn serial(&self) -> u32 {
         self.snapshot.serial

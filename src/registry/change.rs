@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
+use super::entries::FileZone;
 use super::health::Flip;
 use super::registration::{InstanceKey, Registration};
-use crate::model::{Protocol, Zone};
+use crate::model::Protocol;
 
 /// A change to the registry, from any source. Sources describe what they
 /// saw; the registry decides what it means for the zones.
@@ -14,8 +15,9 @@ pub enum Change {
     FileLoaded {
         /// The file.
         path: PathBuf,
-        /// What it describes (boxed: a zone is large, the other variants small).
-        zone: Box<Zone>,
+        /// What it describes, indexed (boxed: a zone is large, the other
+        /// variants small).
+        zone: Box<FileZone>,
         /// Line and column of its `zone` value, for conflict errors.
         zone_at: (usize, usize),
     },

@@ -8,7 +8,7 @@
 //! made durable by a [`store::Store`] before they are acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 mod building;
 pub mod change;
 mod entries;
+mod files;
 pub mod health;
 pub mod registration;
 mod runtime;
@@ -31,12 +32,14 @@ pub mod writer;
 
 pub use building::{Built, change_zone};
 pub use change::{Change, RegistryError, ZoneError};
+pub use entries::FileZone;
 
+use crate::answer::live::LiveZone;
 use crate::answer::reverse::ReverseZones;
 use crate::answer::snapshot::{Snapshot, SnapshotHandle};
 use crate::answer::wire::lower_wire;
 use crate::model::names::parse_apex;
-use crate::model::{Protocol, Service, ServiceKey, Zone, effective_check};
+use crate::model::{Protocol, Service, ServiceKey, effective_check};
 use entries::{RuntimeEntry, ServiceIds, ZoneEntry, instance_info};
 use health::{Book, Flip, Target};
 use registration::{InstanceInfo, InstanceKey, Registration};
@@ -68,7 +71,9 @@ pub struct Registry {
     journal: Vec<Record>,
     /// Valid files refused because another file has their zone: each gets
     /// its turn when the zone is free again.
-    waiting: BTreeMap<PathBuf, (Box<Zone>, (usize, usize))>,
+    waiting: BTreeMap<PathBuf, (Box<FileZone>, (usize, usize))>,
+    /// Zones a file reload replaced, for the writer to free off its path.
+    retired_files: Vec<ZoneEntry>,
     /// Health check targets and their states: answers leave out what is unhealthy.
     health: Book,
     /// Reverse zones, built from the forward zones' addresses.
@@ -146,6 +151,7 @@ impl Registry {
             files_changed: false,
             journal: Vec::new(),
             waiting: BTreeMap::new(),
+            retired_files: Vec::new(),
             health: Book::default(),
             reverse: ReverseZones::default(),
             timers: Timers::default(),
@@ -245,120 +251,6 @@ impl Registry {
         if self.runtime.get(&key).is_some_and(BTreeMap::is_empty) {
             self.runtime.remove(&key);
         }
-    }
-
-    /// Applies a zone file change; returns whether anything queries see changed.
-    fn apply_file(&mut self, change: Change) -> bool {
-        let zones_before = self.zones.len();
-        let changed = match change {
-            Change::FileLoaded {
-                path,
-                zone,
-                zone_at,
-            } => self.load(path, zone, zone_at),
-            Change::FileInvalid { path, errors } => {
-                self.waiting.remove(&path);
-                self.reject(path, errors);
-                false
-            }
-            Change::FileRemoved { path } => {
-                self.file_errors.remove(&path);
-                self.waiting.remove(&path);
-                let before = self.zones.len();
-                // Every zone the file described.
-                self.zones.retain(|_, entry| entry.source != path);
-                let changed = self.zones.len() != before;
-                if changed {
-                    info!(file = %path.display(), "zone file removed; its zone is no longer served");
-                }
-                changed
-            }
-            _ => unreachable!("apply passes only file changes"),
-        };
-        // A zone was freed (its file deleted, or renamed to another zone):
-        // a file that was waiting for it takes it now.
-        if self.zones.len() <= zones_before && !self.waiting.is_empty() {
-            let waiting = std::mem::take(&mut self.waiting);
-            return waiting
-                .into_iter()
-                .fold(changed, |changed, (path, (zone, at))| {
-                    self.load(path, zone, at) | changed
-                });
-        }
-        changed
-    }
-
-    fn load(&mut self, path: PathBuf, zone: Box<Zone>, zone_at: (usize, usize)) -> bool {
-        let name = zone.apex.to_ascii();
-        match self.set_file_zone(&path, (*zone).clone()) {
-            Ok(changed) => {
-                self.waiting.remove(&path);
-                if self.file_errors.remove(&path).is_some() || changed {
-                    info!(zone = %name, file = %path.display(), "zone loaded");
-                }
-                changed
-            }
-            Err(problem) => {
-                let error = ZoneError::at(&path, zone_at, problem);
-                if self.file_errors.get(&path) != Some(&error.to_string()) {
-                    self.reject(path.clone(), vec![error]);
-                }
-                self.waiting.insert(path, (zone, zone_at));
-                false
-            }
-        }
-    }
-
-    fn reject(&mut self, path: PathBuf, errors: Vec<ZoneError>) {
-        let serving = self.zones.values().any(|e| e.source == path);
-        for problem in &errors {
-            if serving {
-                error!(%problem, "zone file rejected; still serving its last good version");
-            } else {
-                error!(%problem, "zone file rejected");
-            }
-        }
-        if let Some(first) = errors.first() {
-            self.file_errors.insert(path, first.to_string());
-        }
-    }
-
-    /// Sets the zone a file describes, replacing what that file said before.
-    /// Call [`Registry::publish`] to make the change visible.
-    /// Returns whether the zone changed.
-    fn set_file_zone(&mut self, path: &Path, zone: Zone) -> Result<bool, RegistryError> {
-        let key = lower_wire(&zone.apex);
-        if let Some(entry) = self.zones.get(&key)
-            && entry.source != path
-        {
-            return Err(RegistryError::ZoneClaimed {
-                zone: zone.apex.to_ascii(),
-                other: entry.source.clone(),
-            });
-        }
-        // A file whose `zone` line changed no longer serves its old zone.
-        self.zones
-            .retain(|k, entry| entry.source != path || *k == key);
-        if self.zones.get(&key).is_some_and(|p| p.zone == zone) {
-            return Ok(false);
-        }
-        // Its runtime instances are merged in, checked against the new file;
-        // the previous version lends its serial and its unchanged answers.
-        let mut entry = ZoneEntry::new(path, zone);
-        entry.live = self.zones.remove(&key).and_then(|p| p.live);
-        entry.floor = self.serials.floor(&key);
-        let input = entry.prepare(
-            self.runtime.get_mut(&key),
-            self.services.get(&key),
-            (&key, &mut self.health),
-            true,
-        );
-        if let Some(live) = self.builds.start(&key, input) {
-            entry.live = Some(live);
-        }
-        self.dirty.remove(&key);
-        self.zones.insert(key, entry);
-        Ok(true)
     }
 
     /// Publishes the current state to the query path: one pointer swap.
@@ -855,6 +747,12 @@ impl Registry {
         std::mem::take(&mut self.journal)
     }
 
+    /// How many names the zones answer for, as last built.
+    pub fn served_names(&self) -> usize {
+        let live = self.zones.values().filter_map(|e| e.live.as_ref());
+        live.map(LiveZone::name_count).sum()
+    }
+
     /// How many runtime registrations there are.
     pub fn stored_count(&self) -> usize {
         self.runtime.values().map(|z| z.len()).sum()
@@ -996,7 +894,7 @@ mod tests {
         let zone = crate::sources::zone_file::parse(Path::new(path), text).expect("valid zone");
         Change::FileLoaded {
             path: path.into(),
-            zone: Box::new(zone),
+            zone: Box::new(FileZone::new(zone)),
             zone_at: (1, 8),
         }
     }

@@ -3,26 +3,17 @@
 //! leave of both. Worked out one service at a time, so a change to one
 //! service looks at that service only.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::entries::{RuntimeEntry, ServiceIds, ZoneEntry};
+use super::entries::{FileZone, RuntimeEntry, ServiceIds, ZoneEntry};
 use super::health::Book;
-use super::runtime::{self, FileNames};
+use super::runtime;
 use crate::answer::live::LiveZone;
 use crate::answer::snapshot::ZoneSnapshot;
 use crate::model::{Endpoint, Service, ServiceKey, Zone};
-
-/// Where each service of a zone file is in its `services`.
-pub(super) fn file_services(zone: &Zone) -> HashMap<ServiceKey, usize> {
-    zone.services
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (ServiceKey::of(s), i))
-        .collect()
-}
 
 /// What a zone is built from, owned: the build, which takes seconds for a
 /// file of 100 000 services, can run away from the writer.
@@ -50,12 +41,12 @@ impl BuildInput {
 
 impl ZoneEntry {
     /// The zone as a file `zone` at `source` describes it, not built yet.
-    pub(super) fn new(source: &std::path::Path, zone: Zone) -> ZoneEntry {
+    pub(super) fn new(source: &std::path::Path, file: FileZone) -> ZoneEntry {
         ZoneEntry {
             source: source.to_path_buf(),
-            names: FileNames::of(&zone),
-            file_services: file_services(&zone),
-            zone,
+            names: file.names,
+            file_services: file.services,
+            zone: file.zone,
             live: None,
             floor: None,
         }

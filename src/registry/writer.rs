@@ -119,9 +119,10 @@ pub async fn run(
 ) {
     let mut registry = std::mem::ManuallyDrop::new(registry);
     let started = Instant::now();
-    let trim = Trim::default();
+    let mut trim = Trim::default();
     // The first load freed the parsed files and the build's scratch space.
     trim.schedule();
+    trim.names = registry.served_names();
     // Zone files read from now on are built away from the writer.
     let mut builds = registry.build_in_background();
     // Outcomes of changes to zones being built, waiting for their build.
@@ -209,7 +210,7 @@ pub async fn run(
             let retired = tokio::task::block_in_place(|| registry.publish());
             replaced = Some((before, retired));
             if files_changed {
-                trim.schedule();
+                trim.after_files_changed(registry.served_names());
             }
         }
         times.published = now.elapsed();
@@ -253,8 +254,9 @@ pub async fn run(
             }
         }
         times.replied = now.elapsed();
-        if replaced.is_some() || !old_zones.is_empty() {
-            tokio::task::spawn_blocking(move || drop((replaced, old_zones)));
+        if replaced.is_some() || !old_zones.is_empty() || files_changed {
+            let old_files = registry.take_retired_files();
+            tokio::task::spawn_blocking(move || drop((replaced, old_zones, old_files)));
         }
         // The checks follow what is registered now; nobody waits for them.
         health(registry.take_health_updates());
@@ -285,18 +287,32 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Gives memory the allocator keeps back to the system, shortly after
-/// start-up and after a zone file was loaded or removed. glibc's malloc keeps what a large zone
-/// freed in its arenas for the life of the process (measured: 367 MB stayed
-/// resident after a 30 000-service zone was replaced by a small one; 9 MB
-/// after `malloc_trim`). The trim runs a second later, once queries have
-/// let go of the old snapshot, on a blocking thread, and at most once per
-/// second whatever the number of reloads.
+/// start-up and after the zones shrank (a zone file removed, or reloaded
+/// with fewer names). glibc's malloc keeps what a large zone freed in its
+/// arenas for the life of the process (measured: 367 MB stayed resident
+/// after a 30 000-service zone was replaced by a small one; 9 MB after
+/// `malloc_trim`). The trim runs a second later, once queries have let go
+/// of the old snapshot, on a blocking thread, and at most once per second
+/// whatever the number of reloads. Not after a reload that kept the zones'
+/// size: the next version's build reuses what the old one freed, and the
+/// trim of a heap that held a 100 000-service zone stalled the writer for
+/// 350 ms (`registration_during_reload` in tests/admin_latency.rs).
 #[derive(Default)]
 struct Trim {
     scheduled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Names served when last looked at.
+    names: usize,
 }
 
 impl Trim {
+    /// Schedules a trim if fewer names are served than before.
+    fn after_files_changed(&mut self, names: usize) {
+        if names < self.names {
+            self.schedule();
+        }
+        self.names = names;
+    }
+
     fn schedule(&self) {
         use std::sync::atomic::Ordering;
         if self.scheduled.swap(true, Ordering::AcqRel) {
@@ -334,7 +350,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// (its file name when it never gave one). `None` for other changes.
 fn reload_label(registry: &Registry, change: &Change) -> Option<[(&'static str, String); 2]> {
     let (zone, result) = match change {
-        Change::FileLoaded { zone, .. } => (zone.apex.to_ascii(), "ok"),
+        Change::FileLoaded { zone, .. } => (zone.zone().apex.to_ascii(), "ok"),
         Change::FileInvalid { path, .. } => {
             let zone = registry
                 .status()

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use notify::{RecursiveMode, Watcher};
 use tracing::{debug, warn};
 
-use crate::registry::Change;
+use crate::registry::{Change, FileZone};
 use crate::sources::zone_file;
 
 /// How long to wait after an event for more events of the same burst (an
@@ -159,7 +159,7 @@ impl Scanner {
                     self.failing.remove(&path);
                     changes.push(Change::FileLoaded {
                         path,
-                        zone: Box::new(zone),
+                        zone: Box::new(FileZone::new(zone)),
                         zone_at,
                     });
                 }
