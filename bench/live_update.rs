@@ -50,7 +50,7 @@ fn service(i: u32, instances: u32) -> Service {
         tags: Vec::new(),
         check: None,
         instances: (0..instances)
-            .map(|j| instance(format!("inst-{i}-{j}"), i * 8 + j))
+            .map(|j| Arc::new(instance(format!("inst-{i}-{j}"), i * 8 + j)))
             .collect(),
         max_answers: None,
     }
@@ -61,7 +61,7 @@ fn zone(services: u32, big: u32) -> Zone {
     let mut large = service(0, 0);
     large.name = "big".into();
     large.instances = (0..big)
-        .map(|j| instance(format!("big-{j}"), 0x80_0000 + j))
+        .map(|j| Arc::new(instance(format!("big-{j}"), 0x80_0000 + j)))
         .collect();
     services.push(large);
     Zone {
@@ -191,7 +191,7 @@ fn main() {
             let mut grown = base.clone();
             grown
                 .instances
-                .push(instance(format!("extra-{u}"), 0x90_0000 + u));
+                .push(Arc::new(instance(format!("extra-{u}"), 0x90_0000 + u)));
             serial += 1;
             timed(&mut add, || {
                 live.update([(big_key.clone(), Some(grown))], serial)

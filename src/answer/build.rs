@@ -575,7 +575,7 @@ mod tests {
                 protocol: Protocol::Tcp,
                 tags: vec!["prod".into()],
                 check: None,
-                instances,
+                instances: instances.into_iter().map(Arc::new).collect(),
                 max_answers: Some(8),
             })],
             ..test_base_zone()
@@ -647,14 +647,14 @@ mod tests {
 
         // One instance's address.
         let mut z = base.clone();
-        Arc::make_mut(&mut z.services[0]).instances[3].endpoint =
+        Arc::make_mut(&mut Arc::make_mut(&mut z.services[0]).instances[3]).endpoint =
             Endpoint::Addresses(vec!["10.9.9.9".parse().unwrap()]);
         let reused = rebuild_matches(&base, &z, 2);
         assert!(reused > 0 && reused < total - 1, "{reused} of {total}");
 
         // A target name's letter case: SRV answers change, lookups do not.
         let mut z = base.clone();
-        Arc::make_mut(&mut z.services[0]).instances[40].endpoint =
+        Arc::make_mut(&mut Arc::make_mut(&mut z.services[0]).instances[40]).endpoint =
             Endpoint::Target(Box::new(name("DB.svc.example.")));
         rebuild_matches(&base, &z, 1);
 
@@ -668,8 +668,8 @@ mod tests {
 
         // A weight and an instance's metadata.
         let mut z = base.clone();
-        Arc::make_mut(&mut z.services[0]).instances[5].weight = 9;
-        Arc::make_mut(&mut z.services[0]).instances[6]
+        Arc::make_mut(&mut Arc::make_mut(&mut z.services[0]).instances[5]).weight = 9;
+        Arc::make_mut(&mut Arc::make_mut(&mut z.services[0]).instances[6])
             .metadata
             .push(("k".into(), "v".into()));
         rebuild_matches(&base, &z, 1);

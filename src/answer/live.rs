@@ -678,7 +678,7 @@ fn index(
     by_target: &mut HashMap<Vec<u8>, Vec<(ServiceKey, u32)>>,
     apex: &Name,
     key: &ServiceKey,
-    instances: &[Instance],
+    instances: &[Arc<Instance>],
     add: bool,
 ) {
     for instance in instances {
@@ -808,7 +808,7 @@ fn same_fields(a: &Service, b: &Service) -> bool {
 fn differing(old: &Service, new: &Service) -> (Service, Service) {
     let (a, b) = (&old.instances, &new.instances);
     let (start, end) = differing_bounds(old, new);
-    let part = |s: &Service, instances: &[Instance]| Service {
+    let part = |s: &Service, instances: &[Arc<Instance>]| Service {
         instances: instances.to_vec(),
         ..s.clone_without_instances()
     };
@@ -999,7 +999,7 @@ mod tests {
                 .map(|_| rng.pick(TAGS).to_string())
                 .collect(),
             check: None,
-            instances: (0..rng.below(5)).map(|_| instance(rng)).collect(),
+            instances: (0..rng.below(5)).map(|_| Arc::new(instance(rng))).collect(),
             max_answers: [None, Some(1), Some(2)][rng.below(3)],
         }
     }
@@ -1017,7 +1017,7 @@ mod tests {
             0 => return (key, None),
             1 => {
                 let at = rng.below(s.instances.len() + 1);
-                s.instances.insert(at, instance(rng));
+                s.instances.insert(at, Arc::new(instance(rng)));
             }
             2 if !s.instances.is_empty() => {
                 let at = rng.below(s.instances.len());
@@ -1033,9 +1033,9 @@ mod tests {
                     new.name = s.instances[at].name.clone();
                     new.tags = s.instances[at].tags.clone();
                 }
-                s.instances[at] = new;
+                s.instances[at] = Arc::new(new);
             }
-            _ => s.instances.push(instance(rng)),
+            _ => s.instances.push(Arc::new(instance(rng))),
         }
         (key, Some(s))
     }
@@ -1174,7 +1174,7 @@ mod tests {
             let mut large = service(&mut rng);
             large.name = "large".into();
             large.instances = (0..PATCH_FROM + 8)
-                .map(|_| large_instance(&mut rng))
+                .map(|_| Arc::new(large_instance(&mut rng)))
                 .collect();
             let small: Vec<Service> = (0..4).map(|_| service(&mut rng)).collect();
             let mut live =
@@ -1186,7 +1186,7 @@ mod tests {
                 match rng.below(10) {
                     0 | 1 => s
                         .instances
-                        .insert(rng.below(n + 1), large_instance(&mut rng)),
+                        .insert(rng.below(n + 1), Arc::new(large_instance(&mut rng))),
                     2 => {
                         // A batch: a few changes spread over the service.
                         for _ in 0..2 + rng.below(4) {
@@ -1195,7 +1195,7 @@ mod tests {
                                 s.instances.remove(rng.below(n));
                             } else {
                                 s.instances
-                                    .insert(rng.below(n + 1), large_instance(&mut rng));
+                                    .insert(rng.below(n + 1), Arc::new(large_instance(&mut rng)));
                             }
                         }
                     }
@@ -1205,14 +1205,14 @@ mod tests {
                     6 if n > 0 => {
                         // Another port, or health leaving no address.
                         let at = rng.below(n);
-                        match &mut s.instances[at].endpoint {
+                        match &mut Arc::make_mut(&mut s.instances[at]).endpoint {
                             Endpoint::Addresses(a) if rng.below(2) == 0 => a.clear(),
-                            _ => s.instances[at].port += 1,
+                            _ => Arc::make_mut(&mut s.instances[at]).port += 1,
                         }
                     }
                     7 if n > 0 => {
                         let at = rng.below(n);
-                        s.instances[at] = large_instance(&mut rng);
+                        s.instances[at] = Arc::new(large_instance(&mut rng));
                     }
                     8 => {
                         let (k, other) = change(&mut rng, &live);
@@ -1220,7 +1220,7 @@ mod tests {
                         live.update([(k, other)], serial);
                         continue;
                     }
-                    _ => s.instances.push(large_instance(&mut rng)),
+                    _ => s.instances.push(Arc::new(large_instance(&mut rng))),
                 }
                 let serial = step + 2;
                 live.update([(key.clone(), Some(s.clone()))], serial);
@@ -1253,7 +1253,7 @@ mod tests {
     #[test]
     fn answers_past_the_largest_message_stop_and_update_like_a_build() {
         // 6 000 instances: SRV, PTR and address answers far past 65535 bytes.
-        let instances: Vec<Instance> = (0..6000u32)
+        let instances: Vec<Arc<Instance>> = (0..6000u32)
             .map(|i| Instance {
                 name: format!("instance-{i}"),
                 endpoint: Endpoint::Addresses(vec![IpAddr::from((0x0A00_0000 + i).to_be_bytes())]),
@@ -1264,6 +1264,7 @@ mod tests {
                 tags: vec!["t".into()],
                 metadata: Vec::new(),
             })
+            .map(Arc::new)
             .collect();
         let big = Service {
             name: "big".into(),
@@ -1275,9 +1276,10 @@ mod tests {
         };
         let mut live = LiveZone::build(&base(), [big.clone()], 1, None);
         let mut changed = big.clone();
-        changed.instances[10].endpoint = Endpoint::Addresses(vec!["10.200.0.1".parse().unwrap()]);
+        Arc::make_mut(&mut changed.instances[10]).endpoint =
+            Endpoint::Addresses(vec!["10.200.0.1".parse().unwrap()]);
         changed.instances.push(changed.instances[0].clone());
-        changed.instances[6000].name = "late".into();
+        Arc::make_mut(&mut changed.instances[6000]).name = "late".into();
         let key = ServiceKey::of(&big);
         live.update([(key, Some(changed.clone()))], 2);
         let fresh = LiveZone::build(&base(), [changed.clone()], 2, None);
@@ -1302,10 +1304,10 @@ mod tests {
         // One more instance, past what the SRV and PTR answers hold: both
         // are kept as they were, not encoded again, and equal a build's.
         let mut grown = changed.clone();
-        let mut last = grown.instances[5999].clone();
+        let mut last = Instance::clone(&grown.instances[5999]);
         last.name = "zz-last".into();
         last.endpoint = Endpoint::Addresses(vec!["10.201.0.1".parse().unwrap()]);
-        grown.instances.push(last);
+        grown.instances.push(Arc::new(last));
         let kept = KEPT_UNENCODED.with(|k| k.get());
         live.update([(ServiceKey::of(&big), Some(grown.clone()))], 3);
         assert!(KEPT_UNENCODED.with(|k| k.get()) >= kept + 2);
@@ -1412,6 +1414,7 @@ mod tests {
                     tags: Vec::new(),
                     metadata: Vec::new(),
                 })
+                .map(Arc::new)
                 .collect(),
             max_answers: None,
         });
@@ -1423,7 +1426,7 @@ mod tests {
         };
         let old = live.service(&key).unwrap().clone();
         let mut new = old.clone();
-        new.instances[1].endpoint = Endpoint::Addresses(vec![addr(999)]);
+        Arc::make_mut(&mut new.instances[1]).endpoint = Endpoint::Addresses(vec![addr(999)]);
         live.update([(key, Some(new.clone()))], 2);
         let after = live.snapshot().clone();
 

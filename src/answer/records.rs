@@ -223,6 +223,7 @@ mod tests {
                         tags: vec![],
                         metadata: vec![],
                     })
+                    .map(Arc::new)
                     .collect(),
                 max_answers: Some(1),
             }]

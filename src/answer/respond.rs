@@ -542,6 +542,7 @@ mod tests {
                         tags: vec![],
                         metadata: vec![],
                     })
+                    .map(Arc::new)
                     .collect(),
                 max_answers: None,
             }]

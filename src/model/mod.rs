@@ -102,7 +102,7 @@ pub struct Service {
     /// an instance gives its own.
     pub check: Option<Check>,
     /// The instances, in the order given.
-    pub instances: Vec<Instance>,
+    pub instances: Vec<Arc<Instance>>,
     /// At most this many A/AAAA records per answer (`None`: all that fit),
     /// taken from the weighted order.
     pub max_answers: Option<u16>,

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::model::{Check, Endpoint, Protocol, Service, effective_check};
 
@@ -349,7 +350,7 @@ impl Book {
             let Some(check) = effective_check(i.check.as_deref(), service_check.as_ref()) else {
                 continue;
             };
-            let Endpoint::Addresses(addrs) = &mut i.endpoint else {
+            let Endpoint::Addresses(addrs) = &i.endpoint else {
                 continue;
             };
             let mut target = Target {
@@ -361,12 +362,19 @@ impl Book {
                 port: i.port,
                 check: check.clone(),
             };
-            // An instance with no address left stays, with an empty list:
-            // the snapshot keeps its names and answers nothing.
-            addrs.retain(|a| {
+            let mut healthy = |a: &IpAddr| {
                 target.address = *a;
                 self.states.get(&target) != Some(&false)
-            });
+            };
+            // Only an instance that loses addresses is copied.
+            if addrs.iter().all(&mut healthy) {
+                continue;
+            }
+            // An instance with no address left stays, with an empty list:
+            // the snapshot keeps its names and answers nothing.
+            if let Endpoint::Addresses(addrs) = &mut Arc::make_mut(i).endpoint {
+                addrs.retain(healthy);
+            }
         }
         Some(service)
     }

@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 
@@ -34,7 +35,7 @@ pub(super) struct RuntimeInstance {
     /// Service protocol.
     pub protocol: Protocol,
     /// The instance as the snapshot serves it.
-    pub instance: Instance,
+    pub instance: Arc<Instance>,
     /// Seconds without a heartbeat before it leaves answers.
     pub ttl: Option<u32>,
 }
@@ -161,7 +162,7 @@ pub(super) fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
         apex,
         service: reg.service.clone(),
         protocol: reg.protocol,
-        instance: Instance {
+        instance: Arc::new(Instance {
             name: reg.instance.clone(),
             endpoint,
             port: reg.port,
@@ -170,7 +171,7 @@ pub(super) fn validate(reg: &Registration) -> Result<RuntimeInstance, String> {
             check: check.map(Box::new),
             tags,
             metadata,
-        },
+        }),
         ttl: reg.ttl,
     })
 }

@@ -129,7 +129,7 @@ impl ZoneEntry {
         };
         service
             .instances
-            .extend(instances.map(|r| r.instance.clone()));
+            .extend(instances.map(|r| Arc::clone(&r.instance)));
         Some(Arc::new(service))
     }
 

@@ -53,19 +53,22 @@ impl LiveZone {
         old: &Service,
         start: usize,
         remove: usize,
-        insert: &[Instance],
+        insert: &[Arc<Instance>],
     ) -> Option<(
         HashSet<Vec<u8>>,
         HashMap<Vec<u8>, NodeRecords>,
         Vec<Vec<u8>>,
     )> {
         let apex = &self.zone.apex;
-        let part = |instances: &[Instance]| Service {
+        let part = |instances: &[Arc<Instance>]| Service {
             instances: instances.to_vec(),
             ..old.clone_without_instances()
         };
         let (before, after) = (part(&old.instances[start..start + remove]), part(insert));
-        let changed: Vec<&Instance> = before.instances.iter().chain(&after.instances).collect();
+        let changed: Vec<&Instance> = (before.instances.iter())
+            .chain(&after.instances)
+            .map(|i| &**i)
+            .collect();
         if changed.len() > PATCH_CHANGED
             || changed
                 .iter()

@@ -391,6 +391,10 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/svc.example.toml")
     }
 
+    fn arcs(instances: Vec<Instance>) -> Vec<std::sync::Arc<Instance>> {
+        instances.into_iter().map(std::sync::Arc::new).collect()
+    }
+
     fn inst(name: &str, endpoint: Endpoint, port: u16, weight: u16, priority: u16) -> Instance {
         Instance {
             name: name.into(),
@@ -443,7 +447,7 @@ mod tests {
                     protocol: Protocol::Tcp,
                     tags: vec!["http".into()],
                     check: None,
-                    instances: vec![
+                    instances: arcs(vec![
                         Instance {
                             metadata: vec![
                                 ("version".into(), "2".into()),
@@ -453,7 +457,7 @@ mod tests {
                         },
                         inst("web-2", addrs(&["10.0.0.12", "fd00::12"]), 8080, 20, 0),
                         inst("web-3", addrs(&["10.0.0.13"]), 8080, 1, 1),
-                    ],
+                    ]),
                     max_answers: None,
                 },
                 Service {
@@ -461,10 +465,10 @@ mod tests {
                     protocol: Protocol::Tcp,
                     tags: vec![],
                     check: None,
-                    instances: vec![
+                    instances: arcs(vec![
                         inst("api-1", addrs(&["10.0.0.41"]), 9000, 1, 0),
                         inst("api-2", addrs(&["10.0.0.42"]), 9001, 1, 0),
-                    ],
+                    ]),
                     max_answers: None,
                 },
                 Service {
@@ -472,7 +476,7 @@ mod tests {
                     protocol: Protocol::Udp,
                     tags: vec![],
                     check: None,
-                    instances: vec![inst("resolver-1", addrs(&["10.0.0.53"]), 53, 1, 0)],
+                    instances: arcs(vec![inst("resolver-1", addrs(&["10.0.0.53"]), 53, 1, 0)]),
                     max_answers: None,
                 },
                 Service {
@@ -480,13 +484,13 @@ mod tests {
                     protocol: Protocol::Tcp,
                     tags: vec![],
                     check: None,
-                    instances: vec![inst(
+                    instances: arcs(vec![inst(
                         "mx-external",
                         Endpoint::Target(Box::new(name("mx.example.net."))),
                         25,
                         1,
                         0,
-                    )],
+                    )]),
                     max_answers: None,
                 },
             ]

@@ -590,7 +590,7 @@ impl Cx<'_> {
         for inst in raw.instances.iter().flatten() {
             let service_port = raw.port.as_ref().map(|_| port);
             if let Some(i) = self.instance(inst, &label, service_port, apex, instance_names) {
-                instances.push(i);
+                instances.push(Arc::new(i));
             }
         }
         let max_answers = raw
