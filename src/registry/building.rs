@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::served::BuildInput;
 use super::{Change, Registry};
@@ -24,7 +24,9 @@ use crate::model::names::parse_apex;
 pub struct Built {
     key: Vec<u8>,
     generation: u64,
-    live: LiveZone,
+    /// `None`: the build panicked (a bug), and the zone keeps serving
+    /// what it served, rather than waiting for a build that never comes.
+    live: Option<LiveZone>,
 }
 
 /// Where builds run, and which are running.
@@ -65,11 +67,12 @@ impl Builds {
             .spawn(move || {
                 let input = theirs.lock().map(|mut s| s.take());
                 if let Ok(Some(input)) = input {
+                    let run = std::panic::AssertUnwindSafe(|| input.run());
                     // The writer gone means the server is stopping.
                     let _ = done.send(Built {
                         key: for_thread,
                         generation,
-                        live: input.run(),
+                        live: std::panic::catch_unwind(run).ok(),
                     });
                 }
             });
@@ -93,7 +96,11 @@ impl Builds {
 
     /// Takes a finished build: its zone key and what was built, if it is
     /// the one the zone waits for (else a later one superseded it).
-    pub(super) fn finish(&mut self, built: Built) -> (Vec<u8>, Result<LiveZone, LiveZone>) {
+    #[allow(clippy::type_complexity)]
+    pub(super) fn finish(
+        &mut self,
+        built: Built,
+    ) -> (Vec<u8>, Result<Option<LiveZone>, Option<LiveZone>>) {
         let Built {
             key,
             generation,
@@ -133,10 +140,16 @@ impl Registry {
         let (key, built) = self.builds.finish(built);
         let live = match built {
             Ok(live) => live,
-            Err(superseded) => return Some(superseded),
+            Err(superseded) => return superseded,
         };
         let Some(entry) = self.zones.get_mut(&key) else {
-            return Some(live);
+            return live;
+        };
+        let Some(live) = live else {
+            // Its changes meanwhile go to the version still served.
+            error!(zone = %entry.zone.apex, file = %entry.source.display(),
+                "building the zone failed (a bug); still serving its previous version");
+            return None;
         };
         self.files_changed = true;
         entry.live.replace(live)

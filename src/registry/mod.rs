@@ -1313,6 +1313,46 @@ mod tests {
     }
 
     #[test]
+    fn a_build_that_fails_leaves_the_zone_served_as_it_was_and_changes_go_on() {
+        let (mut registry, handle) = Registry::new();
+        let now = Instant::now();
+        registry.apply(file("r.toml", ZONE), now).unwrap();
+        registry.publish();
+        let mut builds = registry.build_in_background();
+        let r_key = lower_wire(&parse_apex("r.test").unwrap());
+        let broken = format!("{ZONE}[[services]]\nname = \"panic-in-build\"\nport = 1\n");
+        registry.apply(file("r.toml", &broken), now).unwrap();
+        registry
+            .apply(
+                Change::Register(registration("web-9", "10.0.0.9", None)),
+                now,
+            )
+            .unwrap();
+        // The failed build comes back, rather than leaving the zone waiting.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let built = loop {
+            match builds.try_recv() {
+                Ok(built) => break built,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("no word from the build: {e}"),
+            }
+        };
+        assert!(registry.install(built).is_none());
+        assert!(!registry.is_building(&r_key), "nothing waits for it");
+        registry.publish();
+        assert!(
+            answers(&handle, "web-1.r.test."),
+            "the version served before"
+        );
+        assert!(
+            answers(&handle, "web-9.r.test."),
+            "the registration made meanwhile"
+        );
+    }
+
+    #[test]
     fn a_second_file_for_a_zone_waits_and_takes_it_when_the_first_goes() {
         let (mut registry, _) = Registry::new();
         let now = Instant::now();
