@@ -14,11 +14,9 @@ use std::collections::HashMap;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
+use super::Registry;
 use super::served::BuildInput;
-use super::{Change, Registry};
 use crate::answer::live::LiveZone;
-use crate::answer::wire::lower_wire;
-use crate::model::names::parse_apex;
 
 /// A zone built away from the writer, for [`super::Registry::install`].
 pub struct Built {
@@ -115,16 +113,6 @@ impl Builds {
     }
 }
 
-/// The key of the zone a registration, removal or heartbeat is for.
-pub fn change_zone(change: &Change) -> Option<Vec<u8>> {
-    let zone = match change {
-        Change::Register(r) => &r.zone,
-        Change::Deregister(k) | Change::Heartbeat(k) => &k.zone,
-        _ => return None,
-    };
-    Some(lower_wire(&parse_apex(zone).ok()?))
-}
-
 impl Registry {
     /// From now on, zone files are built away from the writer, which is
     /// given each build to [`Registry::install`] as it finishes.
@@ -147,7 +135,7 @@ impl Registry {
         };
         let Some(live) = live else {
             // Its changes meanwhile go to the version still served.
-            error!(zone = %entry.zone.apex, file = %entry.source.display(),
+            error!(zone = %entry.file.zone.apex, file = %entry.source.display(),
                 "building the zone failed (a bug); still serving its previous version");
             return None;
         };

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use super::entries::FileZone;
 use super::health::Flip;
 use super::registration::{InstanceKey, Registration};
+use crate::answer::wire::lower_wire;
 use crate::model::Protocol;
+use crate::model::names::parse_apex;
 
 /// A change to the registry, from any source. Sources describe what they
 /// saw; the registry decides what it means for the zones.
@@ -51,6 +53,18 @@ impl Change {
     /// reply does not wait on the store.
     pub fn needs_durability(&self) -> bool {
         matches!(self, Change::Register(_) | Change::Deregister(_))
+    }
+
+    /// The key (lowercased wire form) of the zone a registration, removal
+    /// or heartbeat is for; `None` for other changes, or a zone that is not
+    /// a name.
+    pub fn zone_key(&self) -> Option<Vec<u8>> {
+        let zone = match self {
+            Change::Register(r) => &r.zone,
+            Change::Deregister(k) | Change::Heartbeat(k) => &k.zone,
+            _ => return None,
+        };
+        Some(lower_wire(&parse_apex(zone).ok()?))
     }
 
     /// Whether a zone file was read or removed.

@@ -16,7 +16,8 @@ use crate::model::{Endpoint, ServiceKey, Zone};
 impl ZoneEntry {
     /// Whether the zone file has an instance of this name.
     pub(super) fn names_instance(&self, name: &str) -> bool {
-        self.zone
+        self.file
+            .zone
             .services
             .iter()
             .flat_map(|s| &s.instances)
@@ -71,12 +72,9 @@ impl std::fmt::Debug for FileZone {
 /// One zone: its file, what the file names, and its snapshot as built.
 pub(super) struct ZoneEntry {
     pub(super) source: PathBuf,
-    /// What the file says; the snapshot is built from this plus the runtime instances.
-    pub(super) zone: Zone,
-    /// The names the file uses, for checking registrations against it.
-    pub(super) names: FileNames,
-    /// Where each service of the file is in `zone.services`.
-    pub(super) file_services: HashMap<ServiceKey, usize>,
+    /// What the file says, indexed; the snapshot is built from this plus
+    /// the runtime instances.
+    pub(super) file: FileZone,
     /// The zone as built, updated service by service; `None` only before
     /// the first build.
     pub(super) live: Option<LiveZone>,

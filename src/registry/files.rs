@@ -27,10 +27,8 @@ impl Registry {
             Change::FileRemoved { path } => {
                 self.file_errors.remove(&path);
                 self.waiting.remove(&path);
-                let before = self.zones.len();
                 // Every zone the file described.
-                self.zones.retain(|_, entry| entry.source != path);
-                let changed = self.zones.len() != before;
+                let changed = self.retire(|_, entry| entry.source == path);
                 if changed {
                     info!(file = %path.display(), "zone file removed; its zone is no longer served");
                 }
@@ -106,9 +104,12 @@ impl Registry {
             return Err((problem, file));
         }
         // A file whose `zone` line changed no longer serves its old zone.
-        self.zones
-            .retain(|k, entry| entry.source != path || *k == key);
-        if self.zones.get(&key).is_some_and(|p| p.zone == file.zone) {
+        self.retire(|k, entry| entry.source == path && *k != key);
+        if self
+            .zones
+            .get(&key)
+            .is_some_and(|p| p.file.zone == file.zone)
+        {
             return Ok(false);
         }
         // Its runtime instances are merged in, checked against the new file;
@@ -134,8 +135,21 @@ impl Registry {
         Ok(true)
     }
 
-    /// What file reloads replaced since the last call, to be freed where
-    /// no one waits: a large zone's file takes a good part of a second.
+    /// Stops serving the zones `which` picks, to be freed off the writer;
+    /// returns whether there were any.
+    fn retire(&mut self, mut which: impl FnMut(&[u8], &ZoneEntry) -> bool) -> bool {
+        let keys: Vec<Vec<u8>> = (self.zones.iter())
+            .filter(|(k, entry)| which(k, entry))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &keys {
+            self.retired_files.extend(self.zones.remove(key));
+        }
+        !keys.is_empty()
+    }
+
+    /// The zones files replaced or removed since the last call, to be freed
+    /// where no one waits: a large zone takes a good part of a second.
     pub fn take_retired_files(&mut self) -> impl Send + use<> {
         std::mem::take(&mut self.retired_files)
     }

@@ -30,7 +30,7 @@ pub mod store;
 mod timers;
 pub mod writer;
 
-pub use building::{Built, change_zone};
+pub use building::Built;
 pub use change::{Change, RegistryError, ZoneError};
 pub use entries::FileZone;
 
@@ -72,7 +72,7 @@ pub struct Registry {
     /// Valid files refused because another file has their zone: each gets
     /// its turn when the zone is free again.
     waiting: BTreeMap<PathBuf, (Box<FileZone>, (usize, usize))>,
-    /// Zones a file reload replaced, for the writer to free off its path.
+    /// Zones files replaced or removed, for the writer to free off its path.
     retired_files: Vec<ZoneEntry>,
     /// Health check targets and their states: answers leave out what is unhealthy.
     health: Book,
@@ -221,7 +221,7 @@ impl Registry {
             Change::Deregister(k) => &k.instance,
             _ => return None,
         };
-        let key = change_zone(change)?;
+        let key = change.zone_key()?;
         let id = instance.to_ascii_lowercase();
         let before = self.runtime.get(&key).and_then(|z| z.get(&id)).cloned();
         Some(Undo { key, id, before })
@@ -301,7 +301,7 @@ impl Registry {
             .zones
             .iter()
             .filter(|(_, e)| e.live.is_some())
-            .map(|(k, e)| (k.as_slice(), &e.zone.apex, e.serial()))
+            .map(|(k, e)| (k.as_slice(), &e.file.zone.apex, e.serial()))
             .chain(self.reverse.serials());
         if let Err(error) = self.serials.reserve(serials) {
             error!(%error, "serials not saved; after a restart they may go below ones already served");
@@ -351,6 +351,7 @@ impl Registry {
                 let serving = runtime.map_or(0, |r| r.values().filter(|r| r.serving()).count());
                 let registered = runtime.map_or(0, BTreeMap::len);
                 let mut services: BTreeSet<(String, crate::model::Protocol)> = e
+                    .file
                     .zone
                     .services
                     .iter()
@@ -363,12 +364,12 @@ impl Registry {
                 }
                 ZoneStatus {
                     unhealthy: self.health.unhealthy_instances(key),
-                    zone: e.zone.apex.to_ascii(),
+                    zone: e.file.zone.apex.to_ascii(),
                     source: e.source.clone(),
                     serial: e.serial(),
                     stale: self.file_errors.get(&e.source).cloned(),
-                    services: e.zone.services.len(),
-                    instances: e.zone.services.iter().map(|s| s.instances.len()).sum(),
+                    services: e.file.zone.services.len(),
+                    instances: e.file.zone.services.iter().map(|s| s.instances.len()).sum(),
                     runtime_serving: serving,
                     runtime_not_serving: registered - serving,
                     services_served: services.len(),
@@ -398,7 +399,7 @@ impl Registry {
         let Some(entry) = self.zones.get(&key) else {
             return Err(self.unknown_zone(&request.zone));
         };
-        if let Some(reason) = runtime::file_conflict(&entry.names, &entry.source, &valid) {
+        if let Some(reason) = runtime::file_conflict(&entry.file.names, &entry.source, &valid) {
             return Err(RegistryError::Conflict(reason));
         }
         let id = valid.instance.name.to_ascii_lowercase();
@@ -550,7 +551,7 @@ impl Registry {
             served: self
                 .zones
                 .values()
-                .map(|e| e.zone.apex.to_ascii())
+                .map(|e| e.file.zone.apex.to_ascii())
                 .collect(),
         }
     }
@@ -575,7 +576,7 @@ impl Registry {
         let wanted = |k: &Vec<u8>| only.as_ref().is_none_or(|o| o == k);
         let mut out = Vec::new();
         for (key, e) in self.zones.iter().filter(|(k, _)| wanted(k)) {
-            for s in &e.zone.services {
+            for s in &e.file.zone.services {
                 for i in &s.instances {
                     let check = effective_check(i.check.as_deref(), s.check.as_ref());
                     let (health, unhealthy) = self
@@ -586,7 +587,7 @@ impl Registry {
                         state: "serving".into(),
                         health: health.as_str().into(),
                         unhealthy_address: unhealthy.iter().map(ToString::to_string).collect(),
-                        ..instance_info(&e.zone.apex, &s.name, s.protocol, i)
+                        ..instance_info(&e.file.zone.apex, &s.name, s.protocol, i)
                     });
                 }
             }
@@ -675,8 +676,8 @@ impl Registry {
     fn runtime_health(&self, key: &[u8], r: &RuntimeEntry, info: &mut InstanceInfo) {
         let id = r.valid.service_key();
         let service_check = self.zones.get(key).and_then(|e| {
-            let &i = e.file_services.get(&id)?;
-            e.zone.services[i].check.as_ref()
+            let &i = e.file.services.get(&id)?;
+            e.file.zone.services[i].check.as_ref()
         });
         let i = &r.valid.instance;
         let (health, unhealthy) = self.health.instance_health(
@@ -715,7 +716,7 @@ impl Registry {
             let zone = self
                 .zones
                 .get(&t.zone)
-                .map_or_else(String::new, |e| e.zone.apex.to_ascii());
+                .map_or_else(String::new, |e| e.file.zone.apex.to_ascii());
             let check = check_name(t);
             match (before, flip.healthy) {
                 (None, true) => {
@@ -853,6 +854,7 @@ fn expiry(ttl: Option<u32>, now: Instant) -> Option<(Instant, Timer)> {
 /// it, or nothing does.
 fn not_registered(k: &InstanceKey, e: &ZoneEntry) -> RegistryError {
     let in_file = e
+        .file
         .zone
         .services
         .iter()

@@ -49,9 +49,7 @@ impl ZoneEntry {
     pub(super) fn new(source: &std::path::Path, file: FileZone) -> ZoneEntry {
         ZoneEntry {
             source: source.to_path_buf(),
-            names: file.names,
-            file_services: file.services,
-            zone: file.zone,
+            file,
             live: None,
             floor: None,
         }
@@ -70,10 +68,10 @@ impl ZoneEntry {
         runtime: Option<&BTreeMap<String, RuntimeEntry>>,
     ) -> Vec<(std::net::IpAddr, hickory_proto::rr::Name)> {
         let mut out = Vec::new();
-        for h in &self.zone.hosts {
+        for h in &self.file.zone.hosts {
             out.extend(h.addresses.iter().map(|a| (*a, h.name.clone())));
         }
-        let file = self.zone.services.iter().flat_map(|s| &s.instances);
+        let file = self.file.zone.services.iter().flat_map(|s| &s.instances);
         let runtime = runtime
             .into_iter()
             .flat_map(|r| r.values())
@@ -81,7 +79,7 @@ impl ZoneEntry {
             .map(|r| &r.valid.instance);
         for i in file.chain(runtime) {
             if let Endpoint::Addresses(addrs) = &i.endpoint
-                && let Ok(name) = self.zone.apex.prepend_label(i.name.as_str())
+                && let Ok(name) = self.file.zone.apex.prepend_label(i.name.as_str())
             {
                 out.extend(addrs.iter().map(|a| (*a, name.clone())));
             }
@@ -116,7 +114,11 @@ impl ZoneEntry {
             .filter(|r| r.serving())
             .map(|r| &r.valid)
             .peekable();
-        let file = self.file_services.get(id).map(|&i| &self.zone.services[i]);
+        let file = self
+            .file
+            .services
+            .get(id)
+            .map(|&i| &self.file.zone.services[i]);
         let mut service = match file {
             Some(file) if instances.peek().is_none() => return Some(Arc::clone(file)),
             Some(file) => Service::clone(file),
@@ -159,7 +161,8 @@ impl ZoneEntry {
         let runtime = runtime.as_deref();
         // File services, then runtime ones: one canonical order, by id.
         let ids_of: BTreeSet<&ServiceKey> = self
-            .file_services
+            .file
+            .services
             .keys()
             .chain(ids.into_iter().flat_map(|i| i.keys()))
             .collect();
@@ -179,11 +182,11 @@ impl ZoneEntry {
         // answers: a file reload re-encodes what the file changed.
         BuildInput {
             base: Zone {
-                apex: self.zone.apex.clone(),
-                ttl: self.zone.ttl,
-                nameservers: self.zone.nameservers.clone(),
-                soa: self.zone.soa.clone(),
-                hosts: self.zone.hosts.clone(),
+                apex: self.file.zone.apex.clone(),
+                ttl: self.file.zone.ttl,
+                nameservers: self.file.zone.nameservers.clone(),
+                soa: self.file.zone.soa.clone(),
+                hosts: self.file.zone.hosts.clone(),
                 services: Vec::new(),
             },
             services,
@@ -233,19 +236,19 @@ impl ZoneEntry {
     /// and those it gave back as served again.
     fn shadow(&self, runtime: &mut BTreeMap<String, RuntimeEntry>) {
         for r in runtime.values_mut() {
-            let conflict = runtime::file_conflict(&self.names, &self.source, &r.valid);
+            let conflict = runtime::file_conflict(&self.file.names, &self.source, &r.valid);
             if conflict == r.shadowed {
                 continue;
             }
             match &conflict {
                 Some(reason) => warn!(
-                    zone = %self.zone.apex,
+                    zone = %self.file.zone.apex,
                     instance = %r.valid.instance.name,
                     %reason,
                     "the zone file now owns this name; the registration is kept but not served"
                 ),
                 None => info!(
-                    zone = %self.zone.apex,
+                    zone = %self.file.zone.apex,
                     instance = %r.valid.instance.name,
                     "the registration no longer conflicts with the zone file; serving it again"
                 ),

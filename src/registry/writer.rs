@@ -390,7 +390,7 @@ fn handle(
             }
         }
         Command::Ask { change, reply } => {
-            let reply = Reply(reply, super::change_zone(&change));
+            let reply = Reply(reply, change.zone_key());
             let undo = registry.undo_point(&change).map(Box::new);
             let durable = change.needs_durability();
             let heartbeat = match &change {
