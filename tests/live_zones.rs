@@ -503,3 +503,81 @@ fn a_file_that_stays_empty_is_rejected() {
     );
     assert!(answers_db(&server, "db.a.test.", "10.1.0.1"));
 }
+
+/// A zone of `services` services of 3 instances each, and the host
+/// `marker` at `marker_address`: the two versions of a large file differ
+/// only there.
+fn large_zone_text(apex: &str, services: usize, marker_address: &str) -> String {
+    let mut text = format!("zone = \"{apex}\"\n[hosts]\nmarker = \"{marker_address}\"\n");
+    for s in 0..services {
+        text.push_str(&format!("[[services]]\nname = \"svc-{s}\"\nport = 80\n"));
+        for i in 0..3 {
+            text.push_str(&format!(
+                "[[services.instances]]\nname = \"i-{s}-{i}\"\naddress = \"10.{}.{}.{}\"\n",
+                i,
+                s / 250,
+                s % 250 + 1
+            ));
+        }
+    }
+    text
+}
+
+#[test]
+fn registrations_go_on_while_a_large_zone_is_rebuilt_and_one_into_it_is_ok_once_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.test.toml");
+    // Thousands of services: its build takes long beside one registration.
+    let services = 8_000;
+    std::fs::write(&big, large_zone_text("big.test", services, "10.9.0.1")).unwrap();
+    std::fs::write(
+        dir.path().join("small.test.toml"),
+        zone_text("small.test", "10.8.0.1"),
+    )
+    .unwrap();
+    let server = Server::start(dir.path());
+    let mut admin = server.admin();
+    let register = |admin: &mut AdminClient, zone: &str, instance: &str, address: &str| {
+        admin.ok(
+            serde_json::json!({"op": "register", "zone": zone, "service": "web",
+            "instance": instance, "address": address, "port": 80, "ttl": 60}),
+        );
+    };
+    register(&mut admin, "big.test", "beat", "10.7.0.1");
+    let loads = |server: &Server| {
+        let log = server.log_text();
+        (log.lines())
+            .filter(|l| l.contains("zone loaded") && l.contains("big.test"))
+            .count()
+    };
+    let loaded = loads(&server);
+
+    // The new version is read, and its build starts.
+    write_atomically(&big, &large_zone_text("big.test", services, "10.9.0.2"));
+    eventually("the new version of big.test is read", || {
+        loads(&server) > loaded
+    });
+    let started = Instant::now();
+    // A registration into another zone, and a heartbeat into big.test, are
+    // answered while the old version of big.test is still served.
+    register(&mut admin, "small.test", "web-1", "10.8.0.2");
+    assert_eq!(
+        addresses(&server, "web-1.small.test."),
+        Ok(vec!["10.8.0.2".parse().unwrap()])
+    );
+    admin.ok(
+        serde_json::json!({"op": "heartbeat", "zone": "big.test", "service": "web",
+        "instance": "beat"}),
+    );
+    assert!(
+        answers_db(&server, "marker.big.test.", "10.9.0.1"),
+        "big.test was still being built ({:?} after it was read)",
+        started.elapsed()
+    );
+    // A registration into big.test: "ok" once it is answered, with the new
+    // version of the file.
+    register(&mut admin, "big.test", "web-2", "10.7.0.2");
+    assert!(answers_db(&server, "web-2.big.test.", "10.7.0.2"));
+    assert!(answers_db(&server, "marker.big.test.", "10.9.0.2"));
+    println!("big.test's build took about {:?}", started.elapsed());
+}

@@ -96,9 +96,10 @@ enum Pending {
     Status(oneshot::Sender<Status>),
 }
 
-/// Where the outcome of a change goes, and the key of the zone it changed:
-/// while that zone is being built, the change is answerable only once the
-/// build is installed, so its "ok" waits for that.
+/// Where the outcome of a change goes, and the key of the zone it changed
+/// (registrations and removals): while that zone is being built, the
+/// change is answerable only once the build is installed, so its "ok"
+/// waits for that.
 struct Reply(oneshot::Sender<Outcome>, Option<Vec<u8>>);
 
 /// Runs the writer until every [`WriterHandle`] is dropped.
@@ -390,9 +391,12 @@ fn handle(
             }
         }
         Command::Ask { change, reply } => {
-            let reply = Reply(reply, change.zone_key());
             let undo = registry.undo_point(&change).map(Box::new);
             let durable = change.needs_durability();
+            // Only a registration's or a removal's "ok" waits for a build
+            // of its zone: a heartbeat's renews the TTL at once, and a client
+            // that waited seconds for it would send its next one late.
+            let reply = Reply(reply, change.zone_key().filter(|_| durable));
             let heartbeat = match &change {
                 Change::Heartbeat(k) => Some(k.clone()),
                 _ => None,
