@@ -185,7 +185,8 @@ fn launched_programs_are_answered_while_they_live() {
     assert!(eventually(Duration::from_secs(1), || srv(&server, "hello")
         .len()
         == 1));
-    assert!(first.log().contains("deregistered"), "{}", first.log());
+    // The reader of run's stderr may not have reached its last line yet.
+    assert!(first.wait_for_log("deregistered"), "{}", first.log());
 
     // kill -9 of run: the program goes with it, and the TTL takes the
     // instance out of answers.
@@ -289,7 +290,7 @@ fn a_server_restart_is_survived() {
         "{}",
         launcher.log()
     );
-    assert!(launcher.log().contains("registering"), "{}", launcher.log());
+    assert!(launcher.wait_for_log("registering"), "{}", launcher.log());
 }
 
 fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
