@@ -14,7 +14,7 @@ use foldhash::{HashMap, HashMapExt, HashSet};
 use super::encode::{Encoder, NodeRecords, RData};
 use super::snapshot::ZoneSnapshot;
 use super::weighted::{Weighted, ZERO_WEIGHT};
-use crate::answer::wire::{lower_wire, lower_wire_into};
+use crate::answer::wire::{WireName, lower_wire, lower_wire_into};
 use crate::model::{Endpoint, Service, ServiceKey, Zone};
 
 /// Assembles a zone's records by owner name, then encodes every answer.
@@ -126,7 +126,7 @@ impl<'z> Builder<'z> {
     pub(super) fn add_base(&mut self, zone: &Zone) {
         self.add(&zone.apex, RData::Soa);
         for ns in &zone.nameservers {
-            self.add(&zone.apex, RData::Ns(Arc::new(ns.clone())));
+            self.add(&zone.apex, RData::Ns(WireName::new(ns)));
         }
         for host in &zone.hosts {
             for addr in &host.addresses {
@@ -173,7 +173,7 @@ impl<'z> Builder<'z> {
             return;
         };
         if let Some(browse) = browse {
-            self.add(browse, RData::Ptr(Arc::new(srv_name.clone())));
+            self.add(browse, RData::Ptr(WireName::new(&srv_name)));
         }
         for instance in &service.instances {
             // The service's tags apply to all its instances.
@@ -247,15 +247,15 @@ impl<'z> Builder<'z> {
                             );
                         }
                     }
-                    host
+                    WireName::new(&host)
                 }
-                Endpoint::Target(target) => (**target).clone(),
+                Endpoint::Target(target) => WireName::new(target),
             };
             let srv = RData::Srv {
                 priority: instance.priority,
                 weight: instance.weight,
                 port: instance.port,
-                target: Arc::new(target),
+                target,
             };
             self.add(&srv_name, srv.clone());
             self.add(&service_name, srv.clone());
@@ -265,7 +265,7 @@ impl<'z> Builder<'z> {
             let Some(sd_name) = try_child(&srv_name, &instance.name) else {
                 continue;
             };
-            let sd_ptr = RData::Ptr(Arc::new(sd_name.clone()));
+            let sd_ptr = RData::Ptr(WireName::new(&sd_name));
             self.add(&srv_name, sd_ptr.clone());
             if self.wants(&sd_name) {
                 self.add(&sd_name, srv.clone());
@@ -410,7 +410,7 @@ pub fn build_reverse_zone<'a>(
     let mut builder = Builder::new(&zone.apex, previous.map_or(0, |p| p.nodes.len()));
     builder.add_zone(zone, in_order(&zone.services).into_iter());
     for (owner, target) in ptrs {
-        builder.add(owner, RData::Ptr(Arc::new(target.clone())));
+        builder.add(owner, RData::Ptr(WireName::new(target)));
     }
     let below = count_below(&builder.names, builder.apex_len);
     snapshot_of(zone, &builder.names, &below, serial, previous)

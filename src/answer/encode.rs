@@ -12,12 +12,11 @@ use foldhash::{HashMap, HashSet, HashSetExt};
 
 use super::snapshot::{Answer, Cut, Entry, Node, Shuffled};
 use super::weighted::{Orders, Weighted};
-use crate::answer::wire::{MessageWriter, WireName, lower_wire, lower_wire_into, rtype};
+use crate::answer::wire::{MessageWriter, WireName, rtype};
 use crate::model::Zone;
 
-/// One record's data, before encoding. Names are shared: an instance's
-/// target is in the SRV records of several names, and a `Name` is 80 bytes,
-/// so sharing keeps a record at 24 bytes whatever its kind.
+/// One record's data, before encoding. Names are in wire form and shared
+/// (see [`WireName`]), which keeps a record at 24 bytes whatever its kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum RData {
     Addr(IpAddr),
@@ -25,11 +24,11 @@ pub(super) enum RData {
         priority: u16,
         weight: u16,
         port: u16,
-        target: Arc<Name>,
+        target: WireName,
     },
-    Ns(Arc<Name>),
+    Ns(WireName),
     Soa,
-    Ptr(Arc<Name>),
+    Ptr(WireName),
     Txt(Box<[Box<[u8]>]>),
 }
 
@@ -54,25 +53,18 @@ impl RData {
                 weight,
                 port,
                 target,
-            } => RecordKey::Srv(*priority, *weight, *port, lower_wire(target)),
-            RData::Ns(n) => RecordKey::Ns(lower_wire(n)),
+            } => RecordKey::Srv(*priority, *weight, *port, target.lower()),
+            RData::Ns(n) => RecordKey::Ns(n.lower()),
             RData::Soa => RecordKey::Soa,
-            RData::Ptr(n) => RecordKey::Ptr(lower_wire(n)),
+            RData::Ptr(n) => RecordKey::Ptr(n.lower()),
             RData::Txt(t) => RecordKey::Txt(t.iter().map(|s| s.to_vec()).collect()),
         }
     }
 
-    /// Equal with the letter case of names too (`==` ignores it, as DNS
-    /// does, but an answer carries the case it was given). Names are
-    /// compared by what differs first, cheaply: a large service's RRsets
-    /// are searched for one record, and its names all end alike.
+    /// Equal with the letter case of names too, as an answer carries the
+    /// case it was given (`==` is the same).
     pub(super) fn same(&self, other: &RData) -> bool {
-        let same_name = |a: &Arc<Name>, b: &Arc<Name>| {
-            Arc::ptr_eq(a, b)
-                || (a.num_labels() == b.num_labels()
-                    && a.iter().next() == b.iter().next()
-                    && a.eq_case(b))
-        };
+        let same_name = WireName::same;
         match (self, other) {
             (
                 RData::Srv {
@@ -339,9 +331,10 @@ impl<'a> Encoder<'a> {
     }
 
     /// The node at `name`, if the zone has it.
-    pub(super) fn lookup(&self, name: &Name) -> Option<&NodeRecords> {
+    pub(super) fn lookup(&self, name: &WireName) -> Option<&NodeRecords> {
         let mut key = self.scratch.borrow_mut();
-        lower_wire_into(name, &mut key);
+        key.clear();
+        key.extend(name.wire().iter().map(u8::to_ascii_lowercase));
         self.names.get(&key[..])
     }
 
@@ -377,7 +370,7 @@ impl<'a> Encoder<'a> {
         {
             return self.shuffled(rrset, weights, max_answers);
         }
-        let owner = &node.name.as_ref().expect("a name with records").to_name();
+        let owner = node.name.as_ref().expect("a name with records");
         // A message is at most 65535 bytes: past the first cut longer than
         // that, no cut can ever be chosen, so encoding stops there.
         let over = |cuts: &[Cut]| cuts.last().is_some_and(|c| c.len as usize > MAX_BODY);
@@ -386,18 +379,20 @@ impl<'a> Encoder<'a> {
         let additional = |w: &mut MessageWriter,
                           counts: &mut [u16; 3],
                           cuts: &mut Vec<Cut>,
-                          owner: &Name,
+                          owner: &WireName,
                           records: &[RData]| {
+            let mut owner_at = None;
             for r in records {
-                self.record(w, owner, r);
+                self.record(w, owner, &mut owner_at, r);
                 counts[2] += 1;
             }
             cuts.push(cut(w, *counts));
             over(cuts)
         };
         'sections: {
+            let mut owner_at = None;
             for rdata in rrset {
-                self.record(&mut w, owner, rdata);
+                self.record(&mut w, owner, &mut owner_at, rdata);
                 counts[0] += 1;
                 cuts.push(cut(&w, counts));
                 if over(&cuts) {
@@ -407,7 +402,6 @@ impl<'a> Encoder<'a> {
 
             // DNS-SD (RFC 6763 section 12.1): a PTR answer for a service type
             // carries each instance's SRV and TXT records.
-            let mut glue_for: Vec<(&Name, &NodeRecords)> = Vec::new();
             let mut glued: HashSet<Vec<u8>> = HashSet::new();
             let mut srv_targets: Vec<&RData> = Vec::new();
             for rdata in rrset {
@@ -426,23 +420,22 @@ impl<'a> Encoder<'a> {
                 }
             }
 
-            // Addresses of in-zone targets, so a client needs no second query.
+            // Addresses of in-zone targets, so a client needs no second
+            // query; each target once, in the order of first mention, and
+            // no more looked up once the message is full.
             for rdata in rrset.iter().chain(srv_targets) {
                 if let RData::Srv { target: n, .. } | RData::Ns(n) = rdata {
-                    let key = lower_wire(n);
+                    let key = n.lower();
                     if let Some(target_node) = self.names.get(&key)
                         && glued.insert(key)
                     {
-                        glue_for.push((n, target_node));
-                    }
-                }
-            }
-            for (target, target_node) in glue_for {
-                for t in [rtype::A, rtype::AAAA] {
-                    if let Some(addrs) = target_node.rrsets.get(&t)
-                        && additional(&mut w, &mut counts, &mut cuts, target, addrs)
-                    {
-                        break 'sections;
+                        for t in [rtype::A, rtype::AAAA] {
+                            if let Some(addrs) = target_node.rrsets.get(&t)
+                                && additional(&mut w, &mut counts, &mut cuts, n, addrs)
+                            {
+                                break 'sections;
+                            }
+                        }
                     }
                 }
             }
@@ -492,32 +485,45 @@ impl<'a> Encoder<'a> {
         Answer::new(&body, &cuts, Some(Arc::new(shuffled)))
     }
 
-    pub(super) fn record(&self, w: &mut MessageWriter, owner: &Name, rdata: &RData) {
-        w.record(owner, rdata.rtype(), self.zone.ttl, |w| match rdata {
-            RData::Addr(IpAddr::V4(a)) => w.buf.extend_from_slice(&a.octets()),
-            RData::Addr(IpAddr::V6(a)) => w.buf.extend_from_slice(&a.octets()),
-            RData::Srv {
-                priority,
-                weight,
-                port,
-                target,
-            } => {
-                w.u16(*priority);
-                w.u16(*weight);
-                w.u16(*port);
-                // RFC 2782: the SRV target is not compressed.
-                w.name_uncompressed(target);
-            }
-            RData::Ns(name) => w.name(name),
-            RData::Soa => self.soa_rdata(w, true),
-            RData::Ptr(name) => w.name(name),
-            RData::Txt(strings) => {
-                for s in strings {
-                    w.buf.push(s.len() as u8);
-                    w.buf.extend_from_slice(s);
+    /// Writes one record of `owner` (see [`MessageWriter::record_of`]).
+    pub(super) fn record(
+        &self,
+        w: &mut MessageWriter,
+        owner: &WireName,
+        owner_at: &mut Option<u16>,
+        rdata: &RData,
+    ) {
+        w.record_of(
+            owner,
+            owner_at,
+            rdata.rtype(),
+            self.zone.ttl,
+            |w| match rdata {
+                RData::Addr(IpAddr::V4(a)) => w.buf.extend_from_slice(&a.octets()),
+                RData::Addr(IpAddr::V6(a)) => w.buf.extend_from_slice(&a.octets()),
+                RData::Srv {
+                    priority,
+                    weight,
+                    port,
+                    target,
+                } => {
+                    w.u16(*priority);
+                    w.u16(*weight);
+                    w.u16(*port);
+                    // RFC 2782: the SRV target is not compressed.
+                    w.wire_name_uncompressed(target);
                 }
-            }
-        });
+                RData::Ns(name) => w.wire_name(name),
+                RData::Soa => self.soa_rdata(w, true),
+                RData::Ptr(name) => w.wire_name(name),
+                RData::Txt(strings) => {
+                    for s in strings {
+                        w.buf.push(s.len() as u8);
+                        w.buf.extend_from_slice(s);
+                    }
+                }
+            },
+        );
     }
 
     pub(super) fn soa_rdata(&self, w: &mut MessageWriter, compress: bool) {

@@ -267,11 +267,11 @@ impl LiveZone {
                 let at = ptrs.binary_search_by(|p| ptr_key(p).as_ref().cmp(&Some(&key)));
                 first_ptr_edit = first_ptr_edit.min(at.unwrap_or_else(|i| i));
                 match (at, new_ptr) {
-                    (Ok(i), Some(n)) => ptrs[i] = RData::Ptr(Arc::new(n)),
+                    (Ok(i), Some(n)) => ptrs[i] = RData::Ptr(WireName::new(&n)),
                     (Ok(i), None) => {
                         ptrs.remove(i);
                     }
-                    (Err(i), Some(n)) => ptrs.insert(i, RData::Ptr(Arc::new(n))),
+                    (Err(i), Some(n)) => ptrs.insert(i, RData::Ptr(WireName::new(&n))),
                     (Err(_), None) => {}
                 }
             }
@@ -593,32 +593,44 @@ impl LiveZone {
             // Instances of the same name share a DNS-SD name, which the PTR
             // records of each one's subtypes read: so the names of those
             // pointing at a changed name, then every instance of those names.
-            if !targets.is_empty() {
-                // An instance with addresses points at its host name, one
-                // label above the apex: that label, as the keys spell it.
-                let hosts: HashSet<&[u8]> = targets
+            // An instance with addresses points at its host name, one label
+            // above the apex: that label, as the keys spell it, is its name.
+            // Taking every such label as a name may add an instance of that
+            // name that points elsewhere: its answers are encoded again for
+            // nothing, and come out the same.
+            let is_host =
+                |k: &[u8]| k.len() > self.apex_len && k[0] as usize + 1 + self.apex_len == k.len();
+            names.extend(
+                targets
                     .iter()
-                    .filter(|k| {
-                        k.len() > self.apex_len && k[0] as usize + 1 + self.apex_len == k.len()
-                    })
-                    .map(|k| &k[1..k.len() - self.apex_len])
-                    .collect();
-                for i in &s.instances {
-                    let hit = match &i.endpoint {
-                        Endpoint::Addresses(_) => hosts.contains(&*lowercase(&i.name)),
-                        Endpoint::Target(t) => targets.contains(&lower_wire(t)[..]),
-                    };
-                    if hit {
-                        names.insert(lowercase(&i.name).into_owned());
-                    }
+                    .filter(|k| is_host(k))
+                    .map(|k| k[1..k.len() - self.apex_len].to_vec()),
+            );
+            // Instances with an SRV target are found by looking at each, in
+            // the same look as the names; a second look only when one brings
+            // a name not asked for yet.
+            let mut more: HashSet<Vec<u8>> = HashSet::new();
+            let mut found: Vec<usize> = Vec::new();
+            let is_named = named_in(&names);
+            for (n, i) in s.instances.iter().enumerate() {
+                if is_named(i) {
+                    found.push(n);
+                } else if let Endpoint::Target(t) = &i.endpoint
+                    && targets.contains(&lower_wire(t)[..])
+                {
+                    more.insert(lowercase(&i.name).into_owned());
                 }
             }
-            let named = s.instances.iter().enumerate();
-            let named = named.filter(|(_, i)| names.contains(&*lowercase(&i.name)));
-            reading
-                .entry(key)
-                .or_default()
-                .extend(named.map(|(n, _)| n));
+            drop(is_named);
+            if !more.is_empty() {
+                names.extend(more);
+                let is_named = named_in(&names);
+                found = (s.instances.iter().enumerate())
+                    .filter(|(_, i)| is_named(i))
+                    .map(|(n, _)| n)
+                    .collect();
+            }
+            reading.entry(key).or_default().extend(found);
         }
         for (key, instances) in reading {
             let service = &self.services[key];
@@ -709,6 +721,25 @@ fn index(
     }
 }
 
+/// Whether an instance's name is one of `names` (lowercase). A batch names
+/// few instances: comparing with each is cheaper than hashing the name of
+/// every instance of a large service.
+fn named_in(names: &HashSet<Vec<u8>>) -> impl Fn(&Instance) -> bool + '_ {
+    let few: Vec<&[u8]> = if names.len() <= 8 {
+        names.iter().map(Vec::as_slice).collect()
+    } else {
+        Vec::new()
+    };
+    move |i: &Instance| {
+        if few.is_empty() {
+            names.contains(&*lowercase(&i.name))
+        } else {
+            few.iter()
+                .any(|n| n.eq_ignore_ascii_case(i.name.as_bytes()))
+        }
+    }
+}
+
 /// A name in lowercase, copied only when it has capitals.
 fn lowercase(name: &str) -> std::borrow::Cow<'_, [u8]> {
     if name.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -775,7 +806,7 @@ fn ptr_key(ptr: &RData) -> Option<ServiceKey> {
     let RData::Ptr(name) = ptr else {
         return None;
     };
-    let mut labels = name.iter();
+    let mut labels = labels(name.wire());
     let service = labels.next()?.strip_prefix(b"_")?;
     let protocol = match labels.next()? {
         p if p.eq_ignore_ascii_case(b"_tcp") => Protocol::Tcp,
@@ -876,24 +907,27 @@ fn differing_bounds(old: &Service, new: &Service) -> (usize, usize) {
     (start, end)
 }
 
-fn same_instance(a: &Instance, b: &Instance) -> bool {
-    a == b
-        && match (&a.endpoint, &b.endpoint) {
-            (Endpoint::Target(m), Endpoint::Target(n)) => m.eq_case(n),
-            _ => true,
-        }
+/// Equal, the letter case of a target name included. Most instances of a
+/// service are the same `Arc` before and after a change: those are not
+/// looked into.
+fn same_instance(a: &Arc<Instance>, b: &Arc<Instance>) -> bool {
+    Arc::ptr_eq(a, b)
+        || **a == **b
+            && match (&a.endpoint, &b.endpoint) {
+                (Endpoint::Target(m), Endpoint::Target(n)) => m.eq_case(n),
+                _ => true,
+            }
 }
 
 /// Equal, the letter case of target names included.
 fn same_service(a: &Service, b: &Service) -> bool {
-    a == b
+    same_fields(a, b)
+        && a.check == b.check
+        && a.instances.len() == b.instances.len()
         && a.instances
             .iter()
             .zip(&b.instances)
-            .all(|(x, y)| match (&x.endpoint, &y.endpoint) {
-                (Endpoint::Target(m), Endpoint::Target(n)) => m.eq_case(n),
-                _ => true,
-            })
+            .all(|(x, y)| same_instance(x, y))
 }
 
 #[cfg(test)]

@@ -6,14 +6,18 @@
 //! message and searches its pointers linearly; a 1000-instance SRV answer needs
 //! every name compressed to fit in 64 KiB, so names are written here.
 
+use std::sync::Arc;
+
 use hickory_proto::rr::Name;
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 /// A name in uncompressed wire form, letter case kept: 16 bytes where a
 /// `Name` takes 80, for the names a zone keeps between changes (one for
-/// each name it serves).
+/// each name it serves, and the names in its records). Shared: an
+/// instance's SRV target is in the records of several names. Encoding
+/// copies the bytes as they are, with no conversion.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WireName(Box<[u8]>);
+pub struct WireName(Arc<[u8]>);
 
 impl WireName {
     /// The wire form of `name`.
@@ -25,7 +29,7 @@ impl WireName {
             wire.extend_from_slice(label);
         }
         wire.push(0);
-        WireName(wire.into_boxed_slice())
+        WireName(wire.into())
     }
 
     /// The labels, each after its length, and the root's 0.
@@ -36,6 +40,18 @@ impl WireName {
     /// The name again, letter case as given.
     pub fn to_name(&self) -> Name {
         Name::read(&mut BinDecoder::new(&self.0)).expect("a name's own wire form")
+    }
+
+    /// The wire form in lowercase: the key of the name in a zone's maps.
+    /// Length bytes are under 64, so lowercasing leaves them alone.
+    pub fn lower(&self) -> Vec<u8> {
+        self.0.to_ascii_lowercase()
+    }
+
+    /// The same name with the same letter case; the same `Arc` is not
+    /// looked into.
+    pub fn same(&self, other: &WireName) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
     }
 }
 
@@ -226,8 +242,24 @@ impl MessageWriter {
         self.scratch = scratch;
     }
 
-    fn name_wire(&mut self, wire: &[u8], compress: bool) {
+    /// Appends a name kept in wire form, compressed against every name
+    /// already written.
+    pub fn wire_name(&mut self, name: &WireName) {
+        self.name_wire(name.wire(), true);
+    }
+
+    /// Appends a name kept in wire form without compressing it (SRV
+    /// targets, RFC 2782), though later names may still point into it.
+    pub fn wire_name_uncompressed(&mut self, name: &WireName) {
+        self.name_wire(name.wire(), false);
+    }
+
+    /// Writes a name; returns where a pointer to the whole name can point
+    /// (what a later write of the same name would point at), if anywhere.
+    fn name_wire(&mut self, wire: &[u8], compress: bool) -> Option<u16> {
         use std::hash::BuildHasher;
+        let start = self.buf.len();
+        let reachable = (start < 0x3FFF && wire != [0]).then_some(start as u16);
         let mut pos = 0;
         while wire[pos] != 0 {
             let suffix = &wire[pos..];
@@ -235,7 +267,7 @@ impl MessageWriter {
             match self.suffixes.get(&hash) {
                 Some(&offset) if compress && self.written_at(offset as usize, suffix) => {
                     self.u16(0xC000 | offset);
-                    return;
+                    return if pos == 0 { Some(offset) } else { reachable };
                 }
                 // Pointers have 14 bits; later names just go uncompressed.
                 _ if self.buf.len() < 0x3FFF => {
@@ -248,6 +280,7 @@ impl MessageWriter {
             pos += len + 1;
         }
         self.buf.push(0);
+        reachable
     }
 
     /// Whether the name written at `offset` (following pointers) is exactly
@@ -281,8 +314,31 @@ impl MessageWriter {
 
     /// Appends a record header, runs `rdata` to write its data, and fills in
     /// the data length.
-    pub fn record(&mut self, owner: &Name, rtype: u16, ttl: u32, rdata: impl FnOnce(&mut Self)) {
-        self.name(owner);
+    pub fn record(
+        &mut self,
+        owner: &WireName,
+        rtype: u16,
+        ttl: u32,
+        rdata: impl FnOnce(&mut Self),
+    ) {
+        self.record_of(owner, &mut None, rtype, ttl, rdata);
+    }
+
+    /// [`MessageWriter::record`] for one of several records of an owner:
+    /// `owner_at` keeps where the first one's owner went, and the others
+    /// point there without looking the name up again, as a lookup would.
+    pub fn record_of(
+        &mut self,
+        owner: &WireName,
+        owner_at: &mut Option<u16>,
+        rtype: u16,
+        ttl: u32,
+        rdata: impl FnOnce(&mut Self),
+    ) {
+        match *owner_at {
+            Some(at) => self.u16(0xC000 | at),
+            None => *owner_at = self.name_wire(owner.wire(), true),
+        }
         self.u16(rtype);
         self.u16(CLASS_IN);
         self.u32(ttl);
@@ -316,6 +372,36 @@ mod tests {
 
     fn name(s: &str) -> Name {
         Name::from_ascii(s).unwrap()
+    }
+
+    #[test]
+    fn records_of_one_owner_point_where_a_lookup_would() {
+        // The owner as the question spells it, in other case, and written
+        // past where pointers reach.
+        for (qname, owner, filler) in [
+            ("_web._tcp.svc.example.", "_web._tcp.svc.example.", 0),
+            ("_web._tcp.svc.example.", "_WEB._tcp.svc.example.", 0),
+            ("svc.example.", "web-1.svc.example.", 0),
+            ("svc.example.", "web-1.svc.example.", 0x4000),
+        ] {
+            let owner = WireName::new(&name(owner));
+            let [mut looked_up, mut kept] = [(); 2].map(|_| {
+                let mut w = MessageWriter::with_question(&lower_wire(&name(qname)), rtype::SRV);
+                w.buf.resize(w.buf.len() + filler, 0);
+                w
+            });
+            let mut owner_at = None;
+            for i in 0..4u16 {
+                let target = WireName::new(&name(&format!("t-{i}.svc.example.")));
+                let rdata = |w: &mut MessageWriter| {
+                    w.u16(i);
+                    w.wire_name(&target);
+                };
+                looked_up.record(&owner, rtype::SRV, 30, rdata);
+                kept.record_of(&owner, &mut owner_at, rtype::SRV, 30, rdata);
+            }
+            assert_eq!(looked_up.buf, kept.buf, "{qname} {owner:?} {filler}");
+        }
     }
 
     /// Makes the writer's table map `suffix` (uncompressed wire form) to

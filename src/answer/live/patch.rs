@@ -81,14 +81,37 @@ impl LiveZone {
             .iter()
             .map(|i| target_key(apex, i))
             .collect::<Option<_>>()?;
-        let unchanged = old.instances[..start]
-            .iter()
-            .chain(&old.instances[start + remove..]);
-        if unchanged
-            .clone()
-            .any(|other| shares(&changed, &hosts, self.apex_len, other))
-        {
-            return None;
+        // The instance just before the change is where a new instance's
+        // records most often go after (see `records_before`), which needs
+        // it to share no record with the others either: both are worked
+        // out in this one look at the service's instances.
+        let prior = start.checked_sub(1).and_then(|i| {
+            let instance = &*old.instances[i];
+            let host = target_key(apex, instance)?;
+            matches!(instance.endpoint, Endpoint::Addresses(_)).then_some((i, instance, host))
+        });
+        let mut prior_alone = prior.is_some();
+        for (j, other) in old.instances.iter().enumerate() {
+            let is_changed = (start..start + remove).contains(&j);
+            if !is_changed && shares(&changed, &hosts, self.apex_len, other) {
+                return None;
+            }
+            if let Some((i, instance, host)) = &prior
+                && prior_alone
+                && j != *i
+                && shares(
+                    &[instance],
+                    std::slice::from_ref(host),
+                    self.apex_len,
+                    other,
+                )
+            {
+                prior_alone = false;
+            }
+        }
+        let mut alone: HashMap<usize, bool> = HashMap::new();
+        if let Some((i, ..)) = prior {
+            alone.insert(i, prior_alone);
         }
         let own: Vec<Vec<u8>> = service_names(apex, old)
             .map(|(a, b)| vec![lower_wire(&a), lower_wire(&b)])
@@ -168,6 +191,7 @@ impl LiveZone {
                         rtype,
                         current,
                         &mut looked_back,
+                        &mut alone,
                     )?,
                 };
                 left += current.len() - out.len() + insert.len();
@@ -279,6 +303,7 @@ impl LiveZone {
         rtype: u16,
         current: &[RData],
         looked_back: &mut Vec<(usize, HashMap<Vec<u8>, NodeRecords>)>,
+        alone: &mut HashMap<usize, bool>,
     ) -> Option<usize> {
         for i in (start.saturating_sub(PATCH_LOOK_BACK)..start).rev() {
             let at = match looked_back.iter().position(|(j, _)| *j == i) {
@@ -302,18 +327,24 @@ impl LiveZone {
             };
             // Its last record ends the records before only if it placed
             // it, not an instance before it with the same record.
+            // Worked out once per instance, however many RRsets ask.
             let instance = &service.instances[i];
+            if !matches!(instance.endpoint, Endpoint::Addresses(_)) {
+                return None;
+            }
             let host = target_key(apex, instance)?;
-            let alone = service.instances.iter().enumerate().all(|(j, other)| {
-                j == i
-                    || !shares(
-                        &[instance],
-                        std::slice::from_ref(&host),
-                        self.apex_len,
-                        other,
-                    )
+            let alone = *alone.entry(i).or_insert_with(|| {
+                service.instances.iter().enumerate().all(|(j, other)| {
+                    j == i
+                        || !shares(
+                            &[instance],
+                            std::slice::from_ref(&host),
+                            self.apex_len,
+                            other,
+                        )
+                })
             });
-            if !alone || !matches!(instance.endpoint, Endpoint::Addresses(_)) {
+            if !alone {
                 return None;
             }
             let mut last = 0;
