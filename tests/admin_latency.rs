@@ -14,7 +14,8 @@
 //! zone of that many services of 3 instances each, plus the service the
 //! registrations go to, which the file gives `SIGNPOST_BENCH_INSTANCES`
 //! instances to start with (default 5000): a change to a large service in a
-//! large zone.
+//! large zone. `SIGNPOST_BENCH_ARGS` adds flags to the server's command
+//! line (`--reverse 10.0.0.0/8`), to measure what they cost.
 //!
 //! `pipelined_registration_throughput` measures acknowledged registrations
 //! a second: 8 clients, each over one connection keeping
@@ -165,7 +166,10 @@ fn bench_server() -> Bench {
         println!("zone: {services} services of 3 instances, and bench with {instances}");
         zones.path().to_path_buf()
     };
-    let mut command = serve_command(&zones_dir, state.path(), &[]);
+    // More server flags, such as `--reverse 10.0.0.0/8`, to measure what they cost.
+    let extra = std::env::var("SIGNPOST_BENCH_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let mut command = serve_command(&zones_dir, state.path(), &extra);
     // The writer logs where each batch's time went.
     command
         .stdout(std::process::Stdio::null())
