@@ -400,7 +400,9 @@ pub fn build_zone(zone: &Zone, serial: u32, previous: Option<&ZoneSnapshot>) -> 
 
 /// Builds a reverse zone (under in-addr.arpa or ip6.arpa) from its SOA
 /// settings (`zone`, which has no hosts or services) and (owner, target)
-/// PTR pairs, reusing `previous` as [`build_zone`] does.
+/// PTR pairs, reusing `previous` as [`build_zone`] does: what the reverse
+/// zones, kept up to date change by change, are checked against.
+#[cfg(test)]
 pub fn build_reverse_zone<'a>(
     zone: &Zone,
     ptrs: impl IntoIterator<Item = (&'a Name, &'a Name)>,

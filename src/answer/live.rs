@@ -72,6 +72,18 @@ impl LiveZone {
         serial: u32,
         previous: Option<&ZoneSnapshot>,
     ) -> LiveZone {
+        LiveZone::build_with(base, services, Vec::new(), serial, previous)
+    }
+
+    /// [`LiveZone::build`] with more records, of names no service has (a
+    /// reverse zone's PTR records), in the order given.
+    pub(super) fn build_with(
+        base: &Zone,
+        services: impl IntoIterator<Item = impl Into<Arc<Service>>>,
+        records: Vec<(Name, Vec<RData>)>,
+        serial: u32,
+        previous: Option<&ZoneSnapshot>,
+    ) -> LiveZone {
         let zone = Zone {
             apex: base.apex.clone(),
             ttl: base.ttl,
@@ -90,6 +102,11 @@ impl LiveZone {
         let apex_len = lower_wire(&zone.apex).len();
         let mut builder = Builder::new(&zone.apex, previous.map_or(0, |p| p.nodes.len()));
         builder.add_zone(&zone, services.values().map(|s| &**s));
+        for (name, rdatas) in records {
+            for rdata in rdatas {
+                builder.add(&name, rdata);
+            }
+        }
         let names = builder.names;
         let below = count_below(&names, apex_len);
         let snapshot = Arc::new(snapshot_of(&zone, &names, &below, serial, previous));
@@ -352,6 +369,36 @@ impl LiveZone {
             self.first_edits
                 .insert((browse_key.clone(), rtype::PTR), first_ptr_edit);
         }
+        self.finish(changed, ents, serial);
+    }
+
+    /// Sets all the records of these names (none: the name goes), for a
+    /// zone whose records are not services' (a reverse zone), and gives the
+    /// zone a new serial: only those names, and the answers that read them,
+    /// are encoded again.
+    pub(super) fn set_names(&mut self, changes: Vec<(Name, Vec<RData>)>, serial: u32) {
+        self.retired.clear();
+        self.first_edits.clear();
+        let mut touched: HashSet<Vec<u8>> = HashSet::new();
+        let mut fresh: HashMap<Vec<u8>, NodeRecords> = HashMap::new();
+        for (name, records) in changes {
+            let key = lower_wire(&name);
+            touched.insert(key.clone());
+            if records.is_empty() {
+                continue;
+            }
+            let mut node = NodeRecords::new(Some(&name));
+            let mut types: Vec<u16> = records.iter().map(RData::rtype).collect();
+            types.sort_unstable();
+            types.dedup();
+            for rtype in types {
+                let of_type = records.iter().filter(|r| r.rtype() == rtype);
+                node.rrsets.set(rtype, of_type.cloned().collect());
+            }
+            fresh.insert(key, node);
+        }
+        let (mut changed, mut ents) = (Vec::new(), Vec::new());
+        self.settle(touched, fresh, &mut changed, &mut ents);
         self.finish(changed, ents, serial);
     }
 
@@ -931,7 +978,7 @@ fn same_service(a: &Service, b: &Service) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::IpAddr;
 
     use super::*;
@@ -955,19 +1002,19 @@ mod tests {
         zone
     }
 
-    struct Rng(u64);
+    pub(in crate::answer) struct Rng(pub(in crate::answer) u64);
 
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(in crate::answer) fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
             self.0
         }
-        fn below(&mut self, n: usize) -> usize {
+        pub(in crate::answer) fn below(&mut self, n: usize) -> usize {
             (self.next() % n as u64) as usize
         }
-        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        pub(in crate::answer) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
             &items[self.below(items.len())]
         }
     }
@@ -1101,7 +1148,7 @@ mod tests {
             .collect()
     }
 
-    fn assert_same(live: &ZoneSnapshot, fresh: &ZoneSnapshot, context: &str) {
+    pub(in crate::answer) fn assert_same(live: &ZoneSnapshot, fresh: &ZoneSnapshot, context: &str) {
         let (l, f) = (answers(live), answers(fresh));
         assert_eq!(
             l.keys().collect::<Vec<_>>(),

@@ -3,8 +3,9 @@
 //! names show service instance names.
 //!
 //! They are derived data: the server is authoritative for the reverse zones
-//! of the networks it is configured with (`--reverse 10.0.0.0/8`), and builds
-//! them from every forward zone's addresses whenever a forward zone changes.
+//! of the networks it is configured with (`--reverse 10.0.0.0/8`), and keeps
+//! them up to date with the forward zones' addresses: a change to a service
+//! puts in or takes out the PTR records of its instances that changed.
 //! A network whose prefix is not on a label boundary (an octet for IPv4, a
 //! nibble for IPv6) is split into the zones of the next boundary down, so
 //! 10.0.0.0/12 gives 0.10.in-addr.arpa to 15.10.in-addr.arpa: the server is
@@ -17,22 +18,47 @@ use std::sync::Arc;
 use hickory_proto::rr::Name;
 use ipnet::IpNet;
 
-use crate::answer::build::build_reverse_zone;
-use crate::answer::snapshot::ZoneSnapshot;
-use crate::answer::wire::lower_wire;
-use crate::model::{DEFAULT_TTL, Soa, Zone};
+// Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
+use foldhash::HashSet;
 
-/// The reverse zones being served.
+use crate::answer::encode::RData;
+use crate::answer::live::LiveZone;
+use crate::answer::snapshot::ZoneSnapshot;
+use crate::answer::wire::{WireName, lower_wire};
+use crate::model::{
+    DEFAULT_TTL, Endpoint, Instance, Service, ServiceChange, ServiceKey, Soa, Zone,
+};
+
+/// The reverse zones being served, kept up to date change by change: a
+/// registration adds or takes out the PTR records of its addresses only,
+/// and re-encodes those names, whatever the size of the zones.
 #[derive(Default)]
 pub struct ReverseZones {
     zones: Vec<ReverseZone>,
-    /// The (address, name) pairs of each forward zone, by zone key, with the
-    /// serial they were computed at, so only changed zones are read again.
-    forward: HashMap<Vec<u8>, (u32, Addresses)>,
+    /// Which zone an address is in: its network, for each prefix length in
+    /// use, longest first (with 10.0.0.0/8 and 10.1.0.0/16 both configured,
+    /// 10.1.2.3 belongs in the /16's zone, which is the one queries for it
+    /// reach): one hash lookup per length, not a scan of the zones.
+    by_net: HashMap<IpNet, usize>,
+    prefixes: Vec<(bool, u8)>,
+    /// What each forward zone gave, by zone key, with the serial it was
+    /// read at: a change is applied as the difference from it.
+    forward: HashMap<Vec<u8>, ForwardZone>,
 }
 
-/// A forward zone's (address, name) pairs.
-type Addresses = Arc<[(IpAddr, Name)]>;
+/// The addresses a forward zone names: its hosts' and those of each
+/// service's instances (zone file and runtime, health checks aside).
+#[derive(Default)]
+pub struct ForwardZone {
+    /// The zone's serial when read.
+    pub serial: u32,
+    /// The zone's apex, which instance names are under.
+    pub apex: Name,
+    /// Each host's addresses, with its name.
+    pub hosts: Vec<(IpAddr, Name)>,
+    /// The services, merged from the file and registrations.
+    pub services: HashMap<ServiceKey, Arc<Service>>,
+}
 
 struct ReverseZone {
     net: IpNet,
@@ -40,7 +66,12 @@ struct ReverseZone {
     /// SOA settings and apex; no hosts or services.
     zone: Zone,
     serial: u32,
-    built: Option<Arc<ZoneSnapshot>>,
+    /// The PTR targets of each address, each with how many (address, name)
+    /// pairs give it (an instance in two services gives its pair twice).
+    targets: HashMap<IpAddr, Vec<(WireName, u32)>>,
+    /// Addresses whose targets changed since the zone was last encoded.
+    dirty: HashSet<IpAddr>,
+    live: Option<LiveZone>,
 }
 
 impl ReverseZones {
@@ -59,12 +90,26 @@ impl ReverseZones {
                     key,
                     zone: soa_zone(apex),
                     serial: 0,
-                    built: None,
+                    targets: HashMap::new(),
+                    dirty: HashSet::default(),
+                    live: None,
                 });
             }
         }
+        let mut by_net = HashMap::new();
+        let mut prefixes: Vec<(bool, u8)> = Vec::new();
+        for (i, z) in zones.iter().enumerate() {
+            by_net.insert(z.net, i);
+            let p = (z.net.addr().is_ipv4(), z.net.prefix_len());
+            if !prefixes.contains(&p) {
+                prefixes.push(p);
+            }
+        }
+        prefixes.sort_by_key(|&(_, len)| std::cmp::Reverse(len));
         Ok(ReverseZones {
             zones,
+            by_net,
+            prefixes,
             forward: HashMap::new(),
         })
     }
@@ -88,78 +133,174 @@ impl ReverseZones {
     pub fn serials(&self) -> impl Iterator<Item = (&[u8], &Name, u32)> {
         self.zones
             .iter()
-            .filter(|z| z.built.is_some())
+            .filter(|z| z.live.is_some())
             .map(|z| (z.key.as_slice(), &z.zone.apex, z.serial))
     }
 
-    /// Brings the reverse zones up to date with the forward zones, given as
-    /// (key, serial) pairs; `addresses` reads a forward zone's (address,
-    /// name) pairs, and is called only for zones whose serial changed.
-    pub fn update(
+    /// Services of the forward zone `key` changed (`None`: gone), taking
+    /// it from serial `from` to `to`: their addresses' PTR records are
+    /// brought up to date. Ignored unless the zone was last read at `from`;
+    /// [`ReverseZones::update`] then reads it whole.
+    pub fn services_changed(
         &mut self,
-        current: &[(&[u8], u32)],
-        mut addresses: impl FnMut(&[u8]) -> Vec<(IpAddr, Name)>,
+        key: &[u8],
+        (from, to): (u32, u32),
+        changes: Vec<ServiceChange>,
     ) {
+        let Some(mut forward) = self.forward.remove(key) else {
+            return;
+        };
+        if forward.serial == from {
+            for (id, new) in changes {
+                let old = forward.services.remove(&id);
+                self.services_differ(&forward.apex, old.as_deref(), new.as_deref());
+                forward.services.extend(new.map(|s| (id, s)));
+            }
+            forward.serial = to;
+        }
+        self.forward.insert(key.to_vec(), forward);
+    }
+
+    /// Brings the reverse zones up to date with the forward zones, given as
+    /// (key, serial) pairs: a zone whose serial is not the one last seen
+    /// (a new zone, a file reload) is read whole with `read` and applied as
+    /// the difference from what it gave before; zones not given are taken
+    /// out. Only reverse zones whose records changed get a new serial.
+    pub fn update(&mut self, current: &[(&[u8], u32)], mut read: impl FnMut(&[u8]) -> ForwardZone) {
         if self.zones.is_empty() {
             return;
         }
-        let before = self.forward.len();
-        self.forward
-            .retain(|k, _| current.iter().any(|(c, _)| *c == k.as_slice()));
-        let mut changed = self.forward.len() != before;
+        let gone: Vec<Vec<u8>> = (self.forward.keys())
+            .filter(|k| !current.iter().any(|(c, _)| c == k))
+            .cloned()
+            .collect();
+        for key in gone {
+            let old = self.forward.remove(&key).expect("listed");
+            self.zone_differs(&old, &ForwardZone::default());
+        }
         for &(key, serial) in current {
-            if self.forward.get(key).is_some_and(|(s, _)| *s == serial) {
+            if self.forward.get(key).is_some_and(|f| f.serial == serial) {
                 continue;
             }
+            let new = read(key);
+            let old = self.forward.remove(key).unwrap_or_default();
+            self.zone_differs(&old, &new);
             self.forward
-                .insert(key.to_vec(), (serial, addresses(key).into()));
-            changed = true;
+                .insert(key.to_vec(), ForwardZone { serial, ..new });
         }
-        if !changed && self.zones.iter().all(|z| z.built.is_some()) {
-            return;
-        }
-
-        // Which reverse zone an address is in: one hash lookup per prefix
-        // length in use, not a scan of the zones.
-        let mut by_net: HashMap<IpNet, usize> = HashMap::new();
-        let mut prefixes: Vec<(bool, u8)> = Vec::new();
-        for (i, z) in self.zones.iter().enumerate() {
-            by_net.insert(z.net, i);
-            let p = (z.net.addr().is_ipv4(), z.net.prefix_len());
-            if !prefixes.contains(&p) {
-                prefixes.push(p);
+        for z in &mut self.zones {
+            if z.live.is_none() || !z.dirty.is_empty() {
+                z.publish();
             }
         }
-        // Longest prefix first: with 10.0.0.0/8 and 10.1.0.0/16 both
-        // configured, 10.1.2.3 belongs in the /16's zone, which is the one
-        // queries for it reach.
-        prefixes.sort_by_key(|&(_, len)| std::cmp::Reverse(len));
-        let mut ptrs: Vec<Vec<(Name, &Name)>> = vec![Vec::new(); self.zones.len()];
-        for (_, list) in self.forward.values() {
-            for (addr, name) in list.iter() {
-                let zone = prefixes
-                    .iter()
-                    .filter(|(v4, _)| *v4 == addr.is_ipv4())
-                    .find_map(|&(_, p)| {
-                        let net = IpNet::new(*addr, p).ok()?.trunc();
-                        by_net.get(&net)
-                    });
-                if let Some(&i) = zone {
-                    ptrs[i].push((ptr_name(*addr), name));
+    }
+
+    /// Applies the difference between what a forward zone gave and gives.
+    fn zone_differs(&mut self, old: &ForwardZone, new: &ForwardZone) {
+        for (addr, name) in &old.hosts {
+            self.pair(*addr, &WireName::new(name), false);
+        }
+        for (addr, name) in &new.hosts {
+            self.pair(*addr, &WireName::new(name), true);
+        }
+        for (id, service) in &old.services {
+            let other = new.services.get(id).map(|s| &**s);
+            self.services_differ(&old.apex, Some(service), other);
+        }
+        for (id, service) in &new.services {
+            if !old.services.contains_key(id) {
+                self.services_differ(&new.apex, None, Some(service));
+            }
+        }
+    }
+
+    /// Applies the difference between two versions of a service's
+    /// instances: those that are the same `Arc` in both are not looked at
+    /// beyond their pointer.
+    fn services_differ(&mut self, apex: &Name, old: Option<&Service>, new: Option<&Service>) {
+        let none: &[Arc<Instance>] = &[];
+        let old = old.map_or(none, |s| &s.instances[..]);
+        let new = new.map_or(none, |s| &s.instances[..]);
+        let start = (old.iter().zip(new))
+            .take_while(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        let (old, new) = (&old[start..], &new[start..]);
+        let end = (old.iter().rev().zip(new.iter().rev()))
+            .take_while(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        let (old, new) = (&old[..old.len() - end], &new[..new.len() - end]);
+        let mut kept: HashMap<*const Instance, usize> = HashMap::new();
+        for i in new {
+            *kept.entry(Arc::as_ptr(i)).or_default() += 1;
+        }
+        let mut removed = Vec::new();
+        for i in old {
+            match kept.get_mut(&Arc::as_ptr(i)) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => removed.push(i),
+            }
+        }
+        for i in removed {
+            self.instance(apex, i, false);
+        }
+        let mut was: HashMap<*const Instance, usize> = HashMap::new();
+        for i in old {
+            *was.entry(Arc::as_ptr(i)).or_default() += 1;
+        }
+        for i in new {
+            match was.get_mut(&Arc::as_ptr(i)) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => self.instance(apex, i, true),
+            }
+        }
+    }
+
+    /// Adds or takes out the (address, name) pairs of an instance.
+    fn instance(&mut self, apex: &Name, instance: &Instance, add: bool) {
+        let Endpoint::Addresses(addrs) = &instance.endpoint else {
+            return;
+        };
+        let Ok(name) = apex.prepend_label(instance.name.as_str()) else {
+            return;
+        };
+        let name = WireName::new(&name);
+        for addr in addrs {
+            self.pair(*addr, &name, add);
+        }
+    }
+
+    /// Adds or takes out one (address, name) pair, in the zone the address
+    /// is in, if any.
+    fn pair(&mut self, addr: IpAddr, name: &WireName, add: bool) {
+        let zone = self
+            .prefixes
+            .iter()
+            .filter(|(v4, _)| *v4 == addr.is_ipv4())
+            .find_map(|&(_, p)| {
+                let net = IpNet::new(addr, p).ok()?.trunc();
+                self.by_net.get(&net)
+            });
+        let Some(&i) = zone else {
+            return;
+        };
+        let z = &mut self.zones[i];
+        let targets = z.targets.entry(addr).or_default();
+        let at = (targets.iter()).position(|(t, _)| t.wire().eq_ignore_ascii_case(name.wire()));
+        match (at, add) {
+            (Some(at), true) => targets[at].1 += 1,
+            (None, true) => targets.push((name.clone(), 1)),
+            (Some(at), false) => {
+                targets[at].1 -= 1;
+                if targets[at].1 == 0 {
+                    targets.remove(at);
                 }
             }
+            (None, false) => {}
         }
-        for (z, ptrs) in self.zones.iter_mut().zip(ptrs) {
-            // 0: never built.
-            z.serial = crate::model::serial::next(Some(z.serial).filter(|&s| s != 0));
-            let built = build_reverse_zone(
-                &z.zone,
-                ptrs.iter().map(|(o, t)| (o, *t)),
-                z.serial,
-                z.built.as_deref(),
-            );
-            z.built = Some(Arc::new(built));
+        if targets.is_empty() {
+            z.targets.remove(&addr);
         }
+        z.dirty.insert(addr);
     }
 
     /// The built reverse zones, except those whose apex a zone file serves
@@ -171,7 +312,35 @@ impl ReverseZones {
         self.zones
             .iter()
             .filter(move |z| !forward(&z.key))
-            .filter_map(|z| z.built.clone())
+            .filter_map(|z| z.live.as_ref().map(|l| l.snapshot().clone()))
+    }
+}
+
+impl ReverseZone {
+    /// Encodes the names of the addresses that changed, with a new serial;
+    /// builds the zone the first time.
+    fn publish(&mut self) {
+        // 0: never built.
+        self.serial = crate::model::serial::next(Some(self.serial).filter(|&s| s != 0));
+        let changes = (self.dirty.drain()).map(|addr| {
+            // In lowercase order of the names: one order, whatever the
+            // order the pairs came in.
+            let mut targets: Vec<&(WireName, u32)> =
+                self.targets.get(&addr).into_iter().flatten().collect();
+            targets.sort_by_cached_key(|(t, _)| t.lower());
+            let records = targets.iter().map(|(t, _)| RData::Ptr(t.clone())).collect();
+            (ptr_name(addr), records)
+        });
+        let changes: Vec<(Name, Vec<RData>)> = changes.collect();
+        match &mut self.live {
+            Some(live) => live.set_names(changes, self.serial),
+            // The first time, every address at once, as a build.
+            None => {
+                let none = Vec::<Arc<Service>>::new();
+                let live = LiveZone::build_with(&self.zone, none, changes, self.serial, None);
+                self.live = Some(live);
+            }
+        }
     }
 }
 
@@ -284,6 +453,150 @@ mod tests {
         );
         // At most 2^7 zones per network.
         assert_eq!(apexes("0.0.0.0/1").len(), 128);
+    }
+
+    /// After any sequence of changes, each reverse zone is the one a build
+    /// from every address of the forward zone gives.
+    #[test]
+    fn changes_give_the_zones_a_build_from_every_address_gives() {
+        use crate::answer::build::build_reverse_zone;
+        use crate::answer::live::tests::{Rng, assert_same};
+        use crate::model::Protocol;
+
+        let nets: Vec<IpNet> = ["10.0.0.0/8", "10.1.0.0/16", "fd00::/64"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let apex = Name::from_ascii("svc.example.").unwrap();
+        let hosts = vec![(
+            "10.1.0.1".parse().unwrap(),
+            Name::from_ascii("gw.svc.example.").unwrap(),
+        )];
+        // Small pools: addresses shared by instances, names by services,
+        // addresses outside every network.
+        let addrs: Vec<IpAddr> = [
+            "10.0.0.1",
+            "10.0.0.2",
+            "10.1.0.1",
+            "10.1.2.3",
+            "fd00::1",
+            "192.168.0.1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let names = ["a", "b", "Web-1", "gw", "c"];
+        let keys: Vec<ServiceKey> = ["web", "db", "api"]
+            .iter()
+            .map(|n| ServiceKey {
+                name: n.to_string(),
+                protocol: Protocol::Tcp,
+            })
+            .collect();
+        for seed in 1..=4u64 {
+            let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9));
+            let mut reverse = ReverseZones::new(&nets).unwrap();
+            let mut services: HashMap<ServiceKey, Arc<Service>> = HashMap::new();
+            let mut serial = 1;
+            let read = |services: &HashMap<ServiceKey, Arc<Service>>, serial| ForwardZone {
+                serial,
+                apex: apex.clone(),
+                hosts: hosts.clone(),
+                services: services.clone(),
+            };
+            reverse.update(&[(b"key", serial)], |_| read(&services, serial));
+            for step in 0..200 {
+                let key = rng.pick(&keys).clone();
+                let mut instances: Vec<Arc<Instance>> = services
+                    .get(&key)
+                    .map(|s| s.instances.clone())
+                    .unwrap_or_default();
+                match rng.below(4) {
+                    0 | 1 => {
+                        let n = 1 + rng.below(2);
+                        let endpoint = (0..n).map(|_| *rng.pick(&addrs)).collect();
+                        let at = rng.below(instances.len() + 1);
+                        instances.insert(
+                            at,
+                            Arc::new(Instance {
+                                name: rng.pick(&names).to_string(),
+                                endpoint: Endpoint::Addresses(endpoint),
+                                port: 80,
+                                weight: 1,
+                                priority: 0,
+                                check: None,
+                                tags: Vec::new(),
+                                metadata: Vec::new(),
+                            }),
+                        );
+                    }
+                    2 if !instances.is_empty() => {
+                        instances.remove(rng.below(instances.len()));
+                    }
+                    _ => instances.clear(),
+                }
+                let new = (!instances.is_empty()).then(|| {
+                    Arc::new(Service {
+                        name: key.name.clone(),
+                        protocol: key.protocol,
+                        tags: Vec::new(),
+                        check: None,
+                        instances,
+                        max_answers: None,
+                    })
+                });
+                match &new {
+                    Some(s) => services.insert(key.clone(), s.clone()),
+                    None => services.remove(&key),
+                };
+                // Mostly told as a change; sometimes read whole, as after
+                // a reload.
+                if step % 7 != 0 {
+                    reverse.services_changed(b"key", (serial, serial + 1), vec![(key, new)]);
+                }
+                serial += 1;
+                reverse.update(&[(b"key", serial)], |_| read(&services, serial));
+
+                // Every (address, name), each in the most specific zone.
+                let mut pairs: Vec<(IpAddr, Name)> = hosts.clone();
+                for s in services.values() {
+                    for i in &s.instances {
+                        let Endpoint::Addresses(a) = &i.endpoint else {
+                            continue;
+                        };
+                        let name = apex.prepend_label(i.name.as_str()).unwrap();
+                        pairs.extend(a.iter().map(|a| (*a, name.clone())));
+                    }
+                }
+                pairs.sort_by_cached_key(|(a, n)| (*a, lower_wire(n)));
+                for z in &reverse.zones {
+                    let mine: Vec<(Name, &Name)> = pairs
+                        .iter()
+                        .filter(|(a, _)| {
+                            let zone = (reverse.prefixes.iter())
+                                .filter(|(v4, _)| *v4 == a.is_ipv4())
+                                .find_map(|&(_, p)| {
+                                    reverse.by_net.get(&IpNet::new(*a, p).ok()?.trunc())
+                                });
+                            zone.is_some_and(|&i| reverse.zones[i].key == z.key)
+                        })
+                        .map(|(a, n)| (ptr_name(*a), n))
+                        .collect();
+                    let fresh = build_reverse_zone(
+                        &z.zone,
+                        mine.iter().map(|(o, t)| (o, *t)),
+                        z.serial,
+                        None,
+                    );
+                    let live = z.live.as_ref().expect("built");
+                    assert_same(
+                        live.snapshot(),
+                        &fresh,
+                        &format!("seed {seed}, step {step}, zone {}", z.zone.apex),
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub struct Service {
     pub max_answers: Option<u16>,
 }
 
+/// A service as it now is under its key; `None`: gone.
+pub type ServiceChange = (ServiceKey, Option<Arc<Service>>);
+
 /// A service's identity in its zone: lowercased name and protocol; the
 /// canonical order of services.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

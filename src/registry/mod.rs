@@ -265,12 +265,21 @@ impl Registry {
             if self.builds.is_running(&key) {
                 self.dirty.insert(key, services);
             } else if let Some(entry) = self.zones.get_mut(&key) {
+                // The reverse zones follow the services as merged: what
+                // changed in them is all they read.
+                let mut merged = Vec::new();
+                let from = entry.serial();
                 retired.extend(entry.update(
                     self.runtime.get(&key),
                     self.services.get(&key),
                     services,
                     (&key, &mut self.health),
+                    self.reverse.is_enabled().then_some(&mut merged),
                 ));
+                if self.reverse.is_enabled() && entry.live.is_some() {
+                    self.reverse
+                        .services_changed(&key, (from, entry.serial()), merged);
+                }
             }
         }
         // Zones no longer served have nothing to check.
@@ -292,9 +301,10 @@ impl Registry {
                 .filter(|(_, e)| e.live.is_some())
                 .map(|(k, e)| (k.as_slice(), e.serial()))
                 .collect();
-            let (zones, runtime) = (&self.zones, &self.runtime);
-            self.reverse
-                .update(&current, |key| zones[key].addresses(runtime.get(key)));
+            let (zones, runtime, ids) = (&self.zones, &self.runtime, &self.services);
+            self.reverse.update(&current, |key| {
+                zones[key].forward_zone(runtime.get(key), ids.get(key))
+            });
         }
         // Durable before any secondary can see the serials.
         let serials = self

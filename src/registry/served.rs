@@ -12,8 +12,9 @@ use super::entries::{FileZone, RuntimeEntry, ServiceIds, ZoneEntry};
 use super::health::Book;
 use super::runtime;
 use crate::answer::live::LiveZone;
+use crate::answer::reverse::ForwardZone;
 use crate::answer::snapshot::ZoneSnapshot;
-use crate::model::{Endpoint, Service, ServiceKey, Zone};
+use crate::model::{Service, ServiceChange, ServiceKey, Zone};
 
 /// What a zone is built from, owned: the build, which takes seconds for a
 /// file of 100 000 services, can run away from the writer.
@@ -61,30 +62,38 @@ impl ZoneEntry {
         self.live.as_ref().map(LiveZone::snapshot)
     }
 
-    /// Every (address, name) of the zone's hosts and served instances, for
-    /// the reverse zones.
-    pub(super) fn addresses(
+    /// The keys of the zone's services, from its file and registrations,
+    /// in key order.
+    fn service_keys<'a>(&'a self, ids: Option<&'a ServiceIds>) -> BTreeSet<&'a ServiceKey> {
+        (self.file.services.keys())
+            .chain(ids.into_iter().flat_map(|i| i.keys()))
+            .collect()
+    }
+
+    /// The addresses the zone names, for the reverse zones: its hosts' and
+    /// each service's as merged (before health checks, which do not change
+    /// what an address is called).
+    pub(super) fn forward_zone(
         &self,
         runtime: Option<&BTreeMap<String, RuntimeEntry>>,
-    ) -> Vec<(std::net::IpAddr, hickory_proto::rr::Name)> {
-        let mut out = Vec::new();
-        for h in &self.file.zone.hosts {
-            out.extend(h.addresses.iter().map(|a| (*a, h.name.clone())));
+        ids: Option<&ServiceIds>,
+    ) -> ForwardZone {
+        let hosts = self.file.zone.hosts.iter();
+        let ids_of = self.service_keys(ids);
+        ForwardZone {
+            serial: self.serial(),
+            apex: self.file.zone.apex.clone(),
+            hosts: hosts
+                .flat_map(|h| h.addresses.iter().map(|a| (*a, h.name.clone())))
+                .collect(),
+            services: ids_of
+                .into_iter()
+                .filter_map(|id| {
+                    let merged = self.merged_service(runtime, ids.and_then(|i| i.get(id)), id)?;
+                    Some((id.clone(), merged))
+                })
+                .collect(),
         }
-        let file = self.file.zone.services.iter().flat_map(|s| &s.instances);
-        let runtime = runtime
-            .into_iter()
-            .flat_map(|r| r.values())
-            .filter(|r| r.serving())
-            .map(|r| &r.valid.instance);
-        for i in file.chain(runtime) {
-            if let Endpoint::Addresses(addrs) = &i.endpoint
-                && let Ok(name) = self.file.zone.apex.prepend_label(i.name.as_str())
-            {
-                out.extend(addrs.iter().map(|a| (*a, name.clone())));
-            }
-        }
-        out
     }
 
     /// The zone's SOA serial (0 before the first build).
@@ -160,12 +169,7 @@ impl ZoneEntry {
         }
         let runtime = runtime.as_deref();
         // File services, then runtime ones: one canonical order, by id.
-        let ids_of: BTreeSet<&ServiceKey> = self
-            .file
-            .services
-            .keys()
-            .chain(ids.into_iter().flat_map(|i| i.keys()))
-            .collect();
+        let ids_of = self.service_keys(ids);
         let mut services = Vec::with_capacity(ids_of.len());
         for id in ids_of {
             let service_ids = ids.and_then(|i| i.get(id));
@@ -198,19 +202,25 @@ impl ZoneEntry {
     /// Brings the services `changed` up to date (their runtime instances
     /// or health changed), with a new serial: only those services' names
     /// are gathered and encoded again. Returns the services replaced, to be
-    /// freed where no one waits.
+    /// freed where no one waits. `merged`, if given, gets each changed
+    /// service as merged, before health checks (`None`: gone).
     pub(super) fn update(
         &mut self,
         runtime: Option<&BTreeMap<String, RuntimeEntry>>,
         ids: Option<&ServiceIds>,
         changed: BTreeSet<ServiceKey>,
         (key, health): (&[u8], &mut Book),
+        mut merged: Option<&mut Vec<ServiceChange>>,
     ) -> Vec<Arc<Service>> {
         let serial = self.next_serial();
         let changes: Vec<(ServiceKey, Option<Arc<Service>>)> = changed
             .into_iter()
             .map(|id| {
-                let served = match self.merged_service(runtime, ids.and_then(|i| i.get(&id)), &id) {
+                let service = self.merged_service(runtime, ids.and_then(|i| i.get(&id)), &id);
+                if let Some(merged) = merged.as_deref_mut() {
+                    merged.push((id.clone(), service.clone()));
+                }
+                let served = match service {
                     Some(merged) => {
                         let served = health.service_built(key, &merged).map(Arc::new);
                         Some(served.unwrap_or(merged))
