@@ -190,12 +190,29 @@ fn registration_to_answer_latency() {
     let bench = bench_server();
     let server = &bench.server;
     println!("{n} registrations per run");
+    let cpu = cpu_seconds(server.pid());
     let one = report("1 client, request -> answerable", run(server, "seq", n, 1));
+    // The server's CPU time is steadier than wall times on a shared machine.
+    let per = |since: f64| (cpu_seconds(server.pid()) - since) * 1000.0 / n as f64;
+    println!("  server CPU per registration: {:.2} ms", per(cpu));
+    let cpu = cpu_seconds(server.pid());
     report("8 clients, request -> answerable", run(server, "par", n, 8));
+    println!("  server CPU per registration: {:.2} ms", per(cpu));
     println!("zone now has {} runtime instances", 2 * n);
     // Not an assertion on the figure (that depends on the disk); just a sanity bound.
     assert!(one < Duration::from_secs(1));
     drop(bench.state);
+}
+
+/// User and system CPU seconds of process `pid` so far, from
+/// /proc/PID/stat (in clock ticks of 1/100 s, USER_HZ on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses: utime and
+    // stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit(") ").next().unwrap().split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
 }
 
 /// The service of a client's i-th registration.
