@@ -9,9 +9,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use hickory_proto::op::Message;
-use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
-
 use super::snapshot::{Answer, Entry, Node, Snapshot, ZoneSnapshot};
 use crate::answer::wire::{CLASS_IN, HEADER_LEN, flag::QR, rtype};
 
@@ -170,16 +167,74 @@ fn decode(key: &[u8], entry: &Entry, out: &mut Vec<WireRecord>) {
     message.extend_from_slice(&entry.rtype.to_be_bytes());
     message.extend_from_slice(&CLASS_IN.to_be_bytes());
     message.extend_from_slice(body);
-    // The snapshot's own encoding: it always reads back.
-    let decoded = Message::from_vec(&message).expect("a pre-encoded answer decodes");
-    for record in decoded.answers {
-        // Uncompressed: each record stands alone, to be put in any message.
-        let mut bytes = Vec::new();
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_name_encoding(NameEncoding::Uncompressed);
-        record.emit(&mut encoder).expect("a decoded record encodes");
-        out.push(bytes);
+    // The snapshot's own encoding: it always reads back. Read here rather
+    // than by a DNS library, which would parse the whole message (a large
+    // service's DNS-SD answer has thousands of additional records) into
+    // records only to write them out again.
+    let mut pos = HEADER_LEN + key.len() + 4;
+    for _ in 0..counts[0] {
+        let mut record = Vec::new();
+        pos = read_record(&message, pos, &mut record).expect("a pre-encoded answer reads back");
+        out.push(record);
     }
+}
+
+/// Appends the record at `pos` of `message` to `out` with its names
+/// uncompressed (each record stands alone, to be put in any message);
+/// returns where the next record starts. `None` if it does not read.
+fn read_record(message: &[u8], pos: usize, out: &mut Vec<u8>) -> Option<usize> {
+    let pos = read_name(message, pos, out)?;
+    let fixed = message.get(pos..pos + 10)?;
+    let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    let rdlen = u16::from_be_bytes([fixed[8], fixed[9]]) as usize;
+    out.extend_from_slice(&fixed[..8]);
+    let (start, end) = (pos + 10, pos + 10 + rdlen);
+    let len_at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    match rtype {
+        rtype::PTR | rtype::NS => {
+            read_name(message, start, out)?;
+        }
+        rtype::SRV => {
+            out.extend_from_slice(message.get(start..start + 6)?);
+            read_name(message, start + 6, out)?;
+        }
+        rtype::SOA => {
+            let rname = read_name(message, start, out)?;
+            let numbers = read_name(message, rname, out)?;
+            out.extend_from_slice(message.get(numbers..numbers + 20)?);
+        }
+        _ => out.extend_from_slice(message.get(start..end)?),
+    }
+    let rdlen = u16::try_from(out.len() - len_at - 2).ok()?;
+    out[len_at..len_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+    Some(end)
+}
+
+/// Appends the name at `pos` of `message` to `out`, uncompressed, letter
+/// case kept; returns where the name ends in place.
+fn read_name(message: &[u8], mut pos: usize, out: &mut Vec<u8>) -> Option<usize> {
+    let mut end = None;
+    // Each pointer goes back, so a name has at most one per byte before it.
+    for _ in 0..=message.len() {
+        let len = *message.get(pos)? as usize;
+        if len & 0xC0 == 0xC0 {
+            let low = *message.get(pos + 1)? as usize;
+            end.get_or_insert(pos + 2);
+            let target = ((len & 0x3F) << 8) | low;
+            if target >= pos {
+                return None;
+            }
+            pos = target;
+        } else if len == 0 {
+            out.push(0);
+            return Some(end.unwrap_or(pos + 1));
+        } else {
+            out.extend_from_slice(message.get(pos..=pos + len)?);
+            pos += len + 1;
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -231,6 +286,109 @@ mod tests {
             .map(std::sync::Arc::new)
             .collect(),
         }
+    }
+
+    /// What a DNS library reads from an answer: the records of its answer
+    /// section, each written out again uncompressed.
+    fn decoded_by_hickory(key: &[u8], entry: &Entry) -> Vec<WireRecord> {
+        use hickory_proto::op::Message;
+        use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+        let answer = &entry.answer;
+        let (body, counts) = match answer.shuffled() {
+            Some(s) => (
+                answer.body(),
+                [(answer.body().len() / s.record_len()) as u16, 0, 0],
+            ),
+            None => (answer.body(), answer.full().counts),
+        };
+        let mut message = vec![0, 0];
+        message.extend_from_slice(&QR.to_be_bytes());
+        message.extend_from_slice(&1u16.to_be_bytes());
+        for c in counts {
+            message.extend_from_slice(&c.to_be_bytes());
+        }
+        message.extend_from_slice(key);
+        message.extend_from_slice(&entry.rtype.to_be_bytes());
+        message.extend_from_slice(&CLASS_IN.to_be_bytes());
+        message.extend_from_slice(body);
+        let decoded = Message::from_vec(&message).unwrap();
+        (decoded.answers.iter())
+            .map(|record| {
+                let mut bytes = Vec::new();
+                let mut encoder = BinEncoder::new(&mut bytes);
+                encoder.set_name_encoding(NameEncoding::Uncompressed);
+                record.emit(&mut encoder).unwrap();
+                bytes
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_read_back_as_a_dns_library_reads_them() {
+        let mut base = crate::answer::build::test_base_zone();
+        let instance = |name: &str, endpoint: Endpoint, tags: &[&str]| Instance {
+            name: name.into(),
+            endpoint,
+            port: 8080,
+            weight: 2,
+            priority: 1,
+            check: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            metadata: vec![("path".into(), "/v1".into()), ("Zone".into(), "b".into())],
+        };
+        let addrs =
+            |a: &[&str]| Endpoint::Addresses(a.iter().map(|a| a.parse().unwrap()).collect());
+        let target = |t: &str| Endpoint::Target(Box::new(Name::from_ascii(t).unwrap()));
+        base.services = vec![Arc::new(Service {
+            name: "Web".into(),
+            protocol: Protocol::Tcp,
+            tags: vec!["blue".into()],
+            check: None,
+            instances: vec![
+                instance("web-1", addrs(&["10.0.0.1", "fd00::1"]), &["Canary"]),
+                instance("WEB-2", addrs(&["10.0.0.2"]), &[]),
+                instance("ext", target("Host.Elsewhere.example."), &["canary"]),
+                instance("in-zone", target("db.svc.example."), &[]),
+            ]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+            max_answers: None,
+        })];
+        // And a service large enough for compression to matter.
+        base.services.push(Arc::new(Service {
+            name: "big".into(),
+            protocol: Protocol::Udp,
+            tags: vec![],
+            check: None,
+            instances: (0..300)
+                .map(|i| {
+                    instance(
+                        &format!("b-{i}"),
+                        addrs(&[&format!("10.9.{}.{}", i / 250, i % 250)]),
+                        &[],
+                    )
+                })
+                .map(Arc::new)
+                .collect(),
+            max_answers: Some(3),
+        }));
+        let snapshot = build_zone(&base, 9, None);
+        let mut checked = 0;
+        for (key, node) in snapshot.nodes.iter() {
+            for entry in node.answers.iter() {
+                let mut mine = Vec::new();
+                decode(key, entry, &mut mine);
+                assert_eq!(
+                    mine,
+                    decoded_by_hickory(key, entry),
+                    "{key:?} {}",
+                    entry.rtype
+                );
+                checked += mine.len();
+            }
+        }
+        assert!(checked > 1000, "{checked}");
     }
 
     fn parse(record: &[u8]) -> Record {
