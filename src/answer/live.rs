@@ -978,12 +978,13 @@ fn same_service(a: &Service, b: &Service) -> bool {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use std::net::IpAddr;
 
     use super::*;
     use crate::answer::encode::KEPT_UNENCODED;
-    use crate::answer::snapshot::{Answer, Cut};
+    use crate::answer::snapshot::Cut;
+    use crate::answer::testing::{Rng, answers, assert_same};
     use crate::model::Host;
 
     fn name(s: &str) -> Name {
@@ -1000,23 +1001,6 @@ pub(super) mod tests {
             addresses: vec![],
         });
         zone
-    }
-
-    pub(in crate::answer) struct Rng(pub(in crate::answer) u64);
-
-    impl Rng {
-        pub(in crate::answer) fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        pub(in crate::answer) fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        pub(in crate::answer) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-            &items[self.below(items.len())]
-        }
     }
 
     /// Names chosen from small pools, so that services share names across
@@ -1119,61 +1103,6 @@ pub(super) mod tests {
             _ => s.instances.push(Arc::new(instance(rng))),
         }
         (key, Some(s))
-    }
-
-    type Flat<'a> = (
-        &'a [u8],
-        Vec<Cut>,
-        Option<(usize, usize, Option<Vec<&'a [u16]>>)>,
-    );
-
-    fn flat(a: &Answer) -> Flat<'_> {
-        let shuffled = a.shuffled().map(|s| {
-            let orders = s
-                .drawn()
-                .map(|o| (0..o.variants()).map(|v| o.get(v)).collect());
-            (s.record_len(), s.count(), orders)
-        });
-        (a.body(), a.cuts().collect(), shuffled)
-    }
-
-    /// Every name and, per name, its answers by type.
-    fn answers(z: &ZoneSnapshot) -> BTreeMap<Vec<u8>, Vec<(u16, &Answer)>> {
-        z.nodes
-            .iter()
-            .map(|(k, n)| {
-                let answers = n.answers.iter().map(|e| (e.rtype, &e.answer)).collect();
-                (k.to_vec(), answers)
-            })
-            .collect()
-    }
-
-    pub(in crate::answer) fn assert_same(live: &ZoneSnapshot, fresh: &ZoneSnapshot, context: &str) {
-        let (l, f) = (answers(live), answers(fresh));
-        assert_eq!(
-            l.keys().collect::<Vec<_>>(),
-            f.keys().collect::<Vec<_>>(),
-            "the same names, {context}"
-        );
-        for (key, la) in &l {
-            let fa = &f[key];
-            assert_eq!(
-                la.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-                fa.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-                "the same types at {key:?}, {context}"
-            );
-            for ((t, a), (_, b)) in la.iter().zip(fa) {
-                assert!(
-                    flat(a) == flat(b),
-                    "answer {}/{t} differs: {:?} vs {:?}, {context}",
-                    String::from_utf8_lossy(key),
-                    flat(a),
-                    flat(b)
-                );
-            }
-        }
-        assert_eq!(live.negative_soa, fresh.negative_soa, "{context}");
-        assert_eq!(live.serial, fresh.serial, "{context}");
     }
 
     #[test]

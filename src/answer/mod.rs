@@ -8,5 +8,7 @@ pub mod records;
 pub mod respond;
 pub mod reverse;
 pub mod snapshot;
+#[cfg(test)]
+mod testing;
 mod weighted;
 pub mod wire;

@@ -460,7 +460,7 @@ mod tests {
     #[test]
     fn changes_give_the_zones_a_build_from_every_address_gives() {
         use crate::answer::build::build_reverse_zone;
-        use crate::answer::live::tests::{Rng, assert_same};
+        use crate::answer::testing::{Rng, assert_same};
         use crate::model::Protocol;
 
         let nets: Vec<IpNet> = ["10.0.0.0/8", "10.1.0.0/16", "fd00::/64"]
