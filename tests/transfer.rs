@@ -163,6 +163,56 @@ fn knot_loads_the_zone_by_axfr_and_answers_every_name_as_signpost_does() {
 }
 
 #[test]
+fn a_service_larger_than_a_message_is_transferred_whole() {
+    // 3 000 instances: SRV RRsets of about 130 KB, more than any response
+    // holds, which answers stop short of; the zone still has them all.
+    let zones = tempfile::tempdir().unwrap();
+    let mut zone = String::from(
+        "zone = \"svc.example\"\nnameservers = [\"ns1\"]\n[hosts]\nns1 = \"127.0.0.1\"\n\
+         [[services]]\nname = \"big\"\nport = 80\n",
+    );
+    for i in 0..3000 {
+        zone.push_str(&format!(
+            "[[services.instances]]\nname = \"b-{i}\"\naddress = \"10.3.{}.{}\"\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    std::fs::write(zones.path().join("svc.example.toml"), zone).unwrap();
+    let admin = tempfile::tempdir().unwrap();
+    let (server, primary_addr) = primary(admin.path(), zones.path(), free_port(), &[]);
+    let count = |out: &str, owner: &str, rtype: &str| {
+        out.lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&owner) && f.get(3) == Some(&rtype)
+            })
+            .count()
+    };
+    let ours = dig(&server, &["svc.example", "AXFR"]);
+    assert!(!ours.contains("failed"), "{ours}");
+    for (owner, rtype) in [
+        ("_big._tcp.svc.example.", "SRV"),
+        ("_big._tcp.svc.example.", "PTR"),
+        ("big.svc.example.", "SRV"),
+        ("big.svc.example.", "A"),
+    ] {
+        assert_eq!(count(&ours, owner, rtype), 3000, "{owner} {rtype}");
+    }
+    // A response holds what fits, and says it is truncated.
+    let srv = dig(
+        &server,
+        &["+tcp", "+ignore", "_big._tcp.svc.example", "SRV"],
+    );
+    assert!(srv.contains(" tc"), "{srv}");
+    assert!(count(&srv, "_big._tcp.svc.example.", "SRV") < 3000);
+    // Knot DNS loads the whole zone (it cannot send an RRset larger than a
+    // message on by AXFR itself, so what it holds is not read back here).
+    let knot = Secondary::knot(primary_addr, free_port(), false);
+    knot.wait_for_serial(serial_of(&server), Duration::from_secs(20));
+}
+
+#[test]
 fn a_registration_deregistration_and_health_flip_reach_knot_through_notify_and_ixfr() {
     let zones = zones_copy();
     let admin = tempfile::tempdir().unwrap();

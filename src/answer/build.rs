@@ -324,17 +324,26 @@ pub(super) fn ancestors(key: &[u8], apex_len: usize) -> impl Iterator<Item = &[u
 /// depend only on the gathered records, and the orders a service's answers
 /// use are drawn from a fixed seed, so the result is the same on any
 /// number of threads.
+/// `whole_rrsets`: answers keep their RRset's records past a message, for
+/// zone transfers (see [`Answer::rest`](super::snapshot::Answer::rest)).
 pub(super) fn snapshot_of(
     zone: &Zone,
     names: &HashMap<Vec<u8>, NodeRecords>,
     below: &HashMap<Vec<u8>, u32>,
-    serial: u32,
+    (serial, whole_rrsets): (u32, bool),
     previous: Option<&ZoneSnapshot>,
 ) -> ZoneSnapshot {
     let threads = crate::parallel::cores()
         .min((names.len() + below.len()) / PARALLEL_NAMES)
         .max(1);
-    snapshot_on(threads, zone, names, below, serial, previous)
+    snapshot_on(
+        threads,
+        zone,
+        names,
+        below,
+        (serial, whole_rrsets),
+        previous,
+    )
 }
 
 /// [`snapshot_of`] on this many threads.
@@ -343,7 +352,7 @@ pub(super) fn snapshot_on(
     zone: &Zone,
     names: &HashMap<Vec<u8>, NodeRecords>,
     below: &HashMap<Vec<u8>, u32>,
-    serial: u32,
+    (serial, whole_rrsets): (u32, bool),
     previous: Option<&ZoneSnapshot>,
 ) -> ZoneSnapshot {
     let ents = below.keys().filter(|k| !names.contains_key(*k));
@@ -353,7 +362,7 @@ pub(super) fn snapshot_on(
         .chain(ents.map(|k| (k, None)))
         .collect();
     let encode = |part: &[(&Vec<u8>, Option<&NodeRecords>)]| {
-        let encoder = Encoder::new(zone, serial, names);
+        let encoder = Encoder::new(zone, serial, names, whole_rrsets);
         part.iter()
             .map(|&(key, node)| {
                 let before = previous.and_then(|p| p.nodes.get_arc(key));
@@ -367,7 +376,7 @@ pub(super) fn snapshot_on(
         apex_key: lower_wire(&zone.apex).into_boxed_slice(),
         serial,
         nodes: parts.into_iter().flatten().collect(),
-        negative_soa: Encoder::new(zone, serial, names).negative_soa(),
+        negative_soa: Encoder::new(zone, serial, names, whole_rrsets).negative_soa(),
     }
 }
 
@@ -395,7 +404,7 @@ pub fn build_zone(zone: &Zone, serial: u32, previous: Option<&ZoneSnapshot>) -> 
     let mut builder = Builder::new(&zone.apex, previous.map_or(0, |p| p.nodes.len()));
     builder.add_zone(zone, in_order(&zone.services).into_iter());
     let below = count_below(&builder.names, builder.apex_len);
-    snapshot_of(zone, &builder.names, &below, serial, previous)
+    snapshot_of(zone, &builder.names, &below, (serial, true), previous)
 }
 
 /// Builds a reverse zone (under in-addr.arpa or ip6.arpa) from its SOA
@@ -415,7 +424,7 @@ pub fn build_reverse_zone<'a>(
         builder.add(owner, RData::Ptr(WireName::new(target)));
     }
     let below = count_below(&builder.names, builder.apex_len);
-    snapshot_of(zone, &builder.names, &below, serial, previous)
+    snapshot_of(zone, &builder.names, &below, (serial, false), previous)
 }
 
 /// `_services._dns-sd._udp.<zone>`, the DNS-SD service type enumeration

@@ -58,6 +58,9 @@ pub struct LiveZone {
     /// record is: an answer cut at the first record past a message depends
     /// on its first records alone (see [`LiveZone::finish`]).
     first_edits: HashMap<(Vec<u8>, u16), usize>,
+    /// Answers keep their RRset's records past a message, for zone
+    /// transfers.
+    whole_rrsets: bool,
 }
 
 impl LiveZone {
@@ -72,16 +75,28 @@ impl LiveZone {
         serial: u32,
         previous: Option<&ZoneSnapshot>,
     ) -> LiveZone {
-        LiveZone::build_with(base, services, Vec::new(), serial, previous)
+        LiveZone::build_with(base, services, Vec::new(), (serial, false), previous)
+    }
+
+    /// A zone whose answers also keep their RRset's records past what a
+    /// message holds, which zone transfers carry (see [`LiveZone::build`]).
+    pub fn build_for_transfers(
+        base: &Zone,
+        services: impl IntoIterator<Item = impl Into<Arc<Service>>>,
+        serial: u32,
+        previous: Option<&ZoneSnapshot>,
+    ) -> LiveZone {
+        LiveZone::build_with(base, services, Vec::new(), (serial, true), previous)
     }
 
     /// [`LiveZone::build`] with more records, of names no service has (a
-    /// reverse zone's PTR records), in the order given.
+    /// reverse zone's PTR records), in the order given; `whole_rrsets` as
+    /// in [`LiveZone::build_for_transfers`].
     pub(super) fn build_with(
         base: &Zone,
         services: impl IntoIterator<Item = impl Into<Arc<Service>>>,
         records: Vec<(Name, Vec<RData>)>,
-        serial: u32,
+        (serial, whole_rrsets): (u32, bool),
         previous: Option<&ZoneSnapshot>,
     ) -> LiveZone {
         let zone = Zone {
@@ -109,7 +124,13 @@ impl LiveZone {
         }
         let names = builder.names;
         let below = count_below(&names, apex_len);
-        let snapshot = Arc::new(snapshot_of(&zone, &names, &below, serial, previous));
+        let snapshot = Arc::new(snapshot_of(
+            &zone,
+            &names,
+            &below,
+            (serial, whole_rrsets),
+            previous,
+        ));
         let mut by_target: HashMap<Vec<u8>, Vec<(ServiceKey, u32)>> = HashMap::new();
         for (key, service) in &services {
             index(&mut by_target, &zone.apex, key, &service.instances, true);
@@ -134,6 +155,7 @@ impl LiveZone {
             snapshot,
             retired: Vec::new(),
             first_edits: HashMap::new(),
+            whole_rrsets,
         }
     }
 
@@ -506,7 +528,7 @@ impl LiveZone {
         self.readers(&changed, &mut encode);
         encode.extend(changed);
         encode.extend(ents);
-        let encoder = Encoder::new(&self.zone, serial, &self.names);
+        let encoder = Encoder::new(&self.zone, serial, &self.names, self.whole_rrsets);
         let before = &self.snapshot.nodes;
         let mut nodes = before.clone();
         for key in &encode {
@@ -1115,7 +1137,14 @@ mod tests {
         }
         let on = |threads, previous| {
             let (names, below) = (&live.names, &live.below);
-            super::super::build::snapshot_on(threads, &live.zone, names, below, 300, previous)
+            super::super::build::snapshot_on(
+                threads,
+                &live.zone,
+                names,
+                below,
+                (300, false),
+                previous,
+            )
         };
         let one = on(1, None);
         assert!(one.nodes.len() > 3, "a zone worth splitting");
@@ -1284,45 +1313,54 @@ mod tests {
             instances,
             max_answers: None,
         };
-        let mut live = LiveZone::build(&base(), [big.clone()], 1, None);
-        let mut changed = big.clone();
-        Arc::make_mut(&mut changed.instances[10]).endpoint =
-            Endpoint::Addresses(vec!["10.200.0.1".parse().unwrap()]);
-        changed.instances.push(changed.instances[0].clone());
-        Arc::make_mut(&mut changed.instances[6000]).name = "late".into();
-        let key = ServiceKey::of(&big);
-        live.update([(key, Some(changed.clone()))], 2);
-        let fresh = LiveZone::build(&base(), [changed.clone()], 2, None);
-        assert_same(live.snapshot(), fresh.snapshot(), "large");
-        for (key, answers) in answers(live.snapshot()) {
-            // A service's addresses keep every record: any may be drawn.
-            for (t, a) in answers.into_iter().filter(|(_, a)| a.shuffled().is_none()) {
-                let cuts: Vec<Cut> = a.cuts().collect();
-                let before_last = &cuts[..cuts.len() - 1];
-                assert!(
-                    before_last.iter().all(|c| c.len as usize <= 65535),
-                    "{key:?}/{t}"
-                );
-                assert_eq!(a.full().len as usize, a.body().len());
+        // Both without and with the records past a message kept, for
+        // zone transfers.
+        for whole in [false, true] {
+            let make = |services: Vec<Service>, serial| match whole {
+                false => LiveZone::build(&base(), services, serial, None),
+                true => LiveZone::build_for_transfers(&base(), services, serial, None),
+            };
+            let mut live = make(vec![big.clone()], 1);
+            let mut changed = big.clone();
+            Arc::make_mut(&mut changed.instances[10]).endpoint =
+                Endpoint::Addresses(vec!["10.200.0.1".parse().unwrap()]);
+            changed.instances.push(changed.instances[0].clone());
+            Arc::make_mut(&mut changed.instances[6000]).name = "late".into();
+            let key = ServiceKey::of(&big);
+            live.update([(key, Some(changed.clone()))], 2);
+            let fresh = make(vec![changed.clone()], 2);
+            assert_same(live.snapshot(), fresh.snapshot(), "large");
+            for (key, answers) in answers(live.snapshot()) {
+                // A service's addresses keep every record: any may be drawn.
+                for (t, a) in answers.into_iter().filter(|(_, a)| a.shuffled().is_none()) {
+                    let cuts: Vec<Cut> = a.cuts().collect();
+                    let before_last = &cuts[..cuts.len() - 1];
+                    assert!(
+                        before_last.iter().all(|c| c.len as usize <= 65535),
+                        "{key:?}/{t}"
+                    );
+                    assert_eq!(a.full().len as usize, a.body().len());
+                }
             }
-        }
-        let srv = lower_wire(&name("_big._tcp.svc.example."));
-        let node = live.snapshot().node(&srv).unwrap();
-        let ptr = node.answer(rtype::PTR).unwrap();
-        assert!(ptr.full().len > 65535 && ptr.full().counts[0] < 6001);
+            let srv = lower_wire(&name("_big._tcp.svc.example."));
+            let node = live.snapshot().node(&srv).unwrap();
+            let ptr = node.answer(rtype::PTR).unwrap();
+            assert!(ptr.full().len > 65535 && ptr.full().counts[0] < 6001);
+            assert_eq!(ptr.rest().is_empty(), !whole);
 
-        // One more instance, past what the SRV and PTR answers hold: both
-        // are kept as they were, not encoded again, and equal a build's.
-        let mut grown = changed.clone();
-        let mut last = Instance::clone(&grown.instances[5999]);
-        last.name = "zz-last".into();
-        last.endpoint = Endpoint::Addresses(vec!["10.201.0.1".parse().unwrap()]);
-        grown.instances.push(Arc::new(last));
-        let kept = KEPT_UNENCODED.with(|k| k.get());
-        live.update([(ServiceKey::of(&big), Some(grown.clone()))], 3);
-        assert!(KEPT_UNENCODED.with(|k| k.get()) >= kept + 2);
-        let fresh = LiveZone::build(&base(), [grown], 3, None);
-        assert_same(live.snapshot(), fresh.snapshot(), "one more, past the cut");
+            // One more instance, past what the SRV and PTR answers hold: both
+            // are kept as they were, not encoded again, and equal a build's.
+            let mut grown = changed.clone();
+            let mut last = Instance::clone(&grown.instances[5999]);
+            last.name = "zz-last".into();
+            last.endpoint = Endpoint::Addresses(vec!["10.201.0.1".parse().unwrap()]);
+            grown.instances.push(Arc::new(last));
+            let kept = KEPT_UNENCODED.with(|k| k.get());
+            live.update([(ServiceKey::of(&big), Some(grown.clone()))], 3);
+            assert!(KEPT_UNENCODED.with(|k| k.get()) >= kept + 2);
+            let fresh = make(vec![grown], 3);
+            assert_same(live.snapshot(), fresh.snapshot(), "one more, past the cut");
+        }
     }
 
     #[test]
@@ -1391,7 +1429,9 @@ mod tests {
             let context = format!("adding {add:?}, removing {remove:?}");
             assert_same(live.snapshot(), fresh.snapshot(), &context);
             if past {
+                // Kept as it was: the list keeps no records past its body.
                 assert!(before.same(&list(&live)), "{context}");
+                assert!(list(&live).rest().is_empty(), "{context}");
                 // Kept without being encoded again.
                 assert!(
                     KEPT_UNENCODED.with(|k| k.get()) > encoded_before,

@@ -78,28 +78,43 @@ pub fn diff(old: &ZoneSnapshot, new: &ZoneSnapshot) -> Diff {
         }
         before.clear();
         after.clear();
+        // The records past a message are already standalone: compared in
+        // place, and only those that differ copied.
+        let (mut rest_before, mut rest_after) = (Vec::new(), Vec::new());
+        // A change past what a message holds leaves the body as it was.
+        let same_body = |a: Option<&Entry>, b: &Entry| {
+            a.is_some_and(|a| {
+                a.answer.body() == b.answer.body() && a.answer.full() == b.answer.full()
+            })
+        };
         for entry in node.answers.iter().filter(|e| e.rtype != rtype::SOA) {
-            let unchanged = previous
-                .and_then(|p| p.entry(entry.rtype))
-                .is_some_and(|p| p.answer.same(&entry.answer));
-            if !unchanged {
-                decode(key, entry, &mut after);
+            let was = previous.and_then(|p| p.entry(entry.rtype));
+            if !was.is_some_and(|p| p.answer.same(&entry.answer)) {
+                if !same_body(was, entry) {
+                    decode_body(key, entry, &mut after);
+                }
+                rest_after.extend(rest_records(entry.answer.rest()));
             }
         }
         if let Some(previous) = previous {
             for entry in previous.answers.iter().filter(|e| e.rtype != rtype::SOA) {
-                let unchanged = node
-                    .entry(entry.rtype)
-                    .is_some_and(|n| n.answer.same(&entry.answer));
-                if !unchanged {
-                    decode(key, entry, &mut before);
+                let now = node.entry(entry.rtype);
+                if !now.is_some_and(|n| n.answer.same(&entry.answer)) {
+                    if !same_body(now, entry) {
+                        decode_body(key, entry, &mut before);
+                    }
+                    rest_before.extend(rest_records(entry.answer.rest()));
                 }
             }
         }
-        let (b, a): (BTreeSet<_>, BTreeSet<_>) =
-            (before.drain(..).collect(), after.drain(..).collect());
-        diff.removed.extend(b.difference(&a).cloned());
-        diff.added.extend(a.difference(&b).cloned());
+        let (b, a) = trim_alike(&rest_before, &rest_after);
+        before.extend(b.iter().map(|r| r.to_vec()));
+        after.extend(a.iter().map(|r| r.to_vec()));
+        let (b, a) = trim_alike(&before, &after);
+        let (b, a): (BTreeSet<&WireRecord>, BTreeSet<&WireRecord>) =
+            (b.iter().collect(), a.iter().collect());
+        diff.removed.extend(b.difference(&a).map(|r| (*r).clone()));
+        diff.added.extend(a.difference(&b).map(|r| (*r).clone()));
     }
     for (key, node) in old.nodes.unshared(&new.nodes) {
         if new.nodes.get_arc(key).is_none() {
@@ -109,6 +124,41 @@ pub fn diff(old: &ZoneSnapshot, new: &ZoneSnapshot) -> Diff {
         }
     }
     diff
+}
+
+/// `before` and `after` without the records alike at their start and at
+/// their end. Records come in the same order in both, and a name never has
+/// one twice, so those are in both: they need not be compared as sets,
+/// which for an RRset of thousands of records with one changed would cost
+/// them all.
+fn trim_alike<'r, T: PartialEq>(before: &'r [T], after: &'r [T]) -> (&'r [T], &'r [T]) {
+    let start = (before.iter().zip(after))
+        .take_while(|(b, a)| b == a)
+        .count();
+    let (before, after) = (&before[start..], &after[start..]);
+    let end = (before.iter().rev())
+        .zip(after.iter().rev())
+        .take_while(|(b, a)| b == a)
+        .count();
+    (&before[..before.len() - end], &after[..after.len() - end])
+}
+
+/// The standalone records of an answer's rest, one after the other.
+fn rest_records(mut rest: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        // The owner's labels, then type, class, TTL and the data's length.
+        let mut at = 0;
+        while rest[at] != 0 {
+            at += 1 + rest[at] as usize;
+        }
+        let rdlen = u16::from_be_bytes([rest[at + 9], rest[at + 10]]) as usize;
+        let (record, tail) = rest.split_at(at + 11 + rdlen);
+        rest = tail;
+        Some(record)
+    })
 }
 
 /// The zones of `new` that are not as in `old`, each with its version in
@@ -147,6 +197,12 @@ fn node_records(key: &[u8], node: &Node, out: &mut Vec<WireRecord>) {
 /// encoded for a question at offset 12 (its owners point there), so it is
 /// read as the response to a question for `key`.
 fn decode(key: &[u8], entry: &Entry, out: &mut Vec<WireRecord>) {
+    decode_body(key, entry, out);
+    out.extend(rest_records(entry.answer.rest()).map(<[u8]>::to_vec));
+}
+
+/// The records of an answer's body (all of them but its rest).
+fn decode_body(key: &[u8], entry: &Entry, out: &mut Vec<WireRecord>) {
     let answer: &Answer = &entry.answer;
     let (body, counts) = match answer.shuffled() {
         // Every address, not the `max_answers` a response carries.
@@ -321,6 +377,66 @@ mod tests {
                 bytes
             })
             .collect()
+    }
+
+    #[test]
+    fn the_walk_has_every_record_of_an_rrset_larger_than_a_message() {
+        // 3 000 SRV records are about 100 KB: past any message.
+        let snapshot = build_zone(&zone(3000), 7, None);
+        let records = all(&snapshot);
+        assert_eq!(
+            has(&records, "_web._tcp.svc.example.", RecordType::SRV),
+            3000
+        );
+        assert_eq!(
+            has(&records, "_web._tcp.svc.example.", RecordType::PTR),
+            3000
+        );
+        assert_eq!(has(&records, "web.svc.example.", RecordType::SRV), 3000);
+        // Each once.
+        let unique: BTreeSet<&WireRecord> = records.iter().collect();
+        assert_eq!(unique.len(), records.len());
+    }
+
+    #[test]
+    fn the_difference_of_rrsets_larger_than_a_message_is_every_record_that_differs() {
+        // Instances added past what the answers hold, before it, and one
+        // taken out: the difference is what comparing every record gives.
+        let mut old_zone = zone(3000);
+        let old = build_zone(&old_zone, 7, None);
+        let service = Arc::make_mut(&mut old_zone.services[0]);
+        let instance = |name: &str| {
+            Arc::new(Instance {
+                name: name.into(),
+                ..Instance::clone(&service.instances[0])
+            })
+        };
+        let (late, early) = (instance("web-zzz"), instance("web-000"));
+        service.instances.push(late);
+        service.instances.insert(1, early);
+        service.instances.remove(2000);
+        let new = build_zone(&old_zone, 8, Some(&old));
+        let (all_old, all_new): (BTreeSet<WireRecord>, BTreeSet<WireRecord>) = (
+            all(&old).into_iter().collect(),
+            all(&new).into_iter().collect(),
+        );
+        let d = diff(&old, &new);
+        assert_eq!(d.removed, all_old.difference(&all_new).cloned().collect());
+        assert_eq!(d.added, all_new.difference(&all_old).cloned().collect());
+        assert!(!d.added.is_empty() && !d.removed.is_empty());
+
+        // Only past what the answers hold: their bodies stay as they were.
+        let service = Arc::make_mut(&mut old_zone.services[0]);
+        service.instances.remove(2500);
+        let newer = build_zone(&old_zone, 9, Some(&new));
+        let srv =
+            crate::answer::wire::lower_wire(&Name::from_ascii("_web._tcp.svc.example.").unwrap());
+        let body = |z: &ZoneSnapshot| z.node(&srv).unwrap().answer(33).unwrap().body().to_vec();
+        assert_eq!(body(&new), body(&newer));
+        let all_newer: BTreeSet<WireRecord> = all(&newer).into_iter().collect();
+        let d = diff(&new, &newer);
+        assert_eq!(d.removed, all_new.difference(&all_newer).cloned().collect());
+        assert!(d.added.is_empty() && !d.removed.is_empty());
     }
 
     #[test]

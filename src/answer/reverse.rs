@@ -337,7 +337,8 @@ impl ReverseZone {
             // The first time, every address at once, as a build.
             None => {
                 let none = Vec::<Arc<Service>>::new();
-                let live = LiveZone::build_with(&self.zone, none, changes, self.serial, None);
+                let live =
+                    LiveZone::build_with(&self.zone, none, changes, (self.serial, false), None);
                 self.live = Some(live);
             }
         }

@@ -257,6 +257,11 @@ pub struct Answer {
     /// after each additional RRset, in order), [`CUT_LEN`] bytes each.
     data: Arc<[u8]>,
     body_len: u32,
+    /// After the cuts: the RRset's records past the body when the body
+    /// outgrew any message (see [`Answer::overflowing_records`]), each
+    /// uncompressed and standalone. No response carries them; a zone
+    /// transfer, which is the zone's every record, does.
+    rest_len: u32,
     /// For the addresses of a service: the orders the records go out in.
     pub(super) shuffled: Option<Arc<Shuffled>>,
 }
@@ -371,7 +376,17 @@ pub struct Cut {
 impl Answer {
     /// An answer of this body and these cuts (at least one: the whole body).
     pub(super) fn new(body: &[u8], cuts: &[Cut], shuffled: Option<Arc<Shuffled>>) -> Answer {
-        let mut data = Vec::with_capacity(body.len() + cuts.len() * CUT_LEN);
+        Answer::with_rest(body, cuts, &[], shuffled)
+    }
+
+    /// [`Answer::new`] with the RRset's records past the body (`rest`).
+    pub(super) fn with_rest(
+        body: &[u8],
+        cuts: &[Cut],
+        rest: &[u8],
+        shuffled: Option<Arc<Shuffled>>,
+    ) -> Answer {
+        let mut data = Vec::with_capacity(body.len() + cuts.len() * CUT_LEN + rest.len());
         data.extend_from_slice(body);
         for cut in cuts {
             data.extend_from_slice(&cut.len.to_ne_bytes());
@@ -379,11 +394,25 @@ impl Answer {
                 data.extend_from_slice(&count.to_ne_bytes());
             }
         }
+        data.extend_from_slice(rest);
         Answer {
             data: data.into(),
             body_len: body.len() as u32,
+            rest_len: u32::try_from(rest.len()).expect("under 4 GiB"),
             shuffled,
         }
+    }
+
+    /// This answer with another `rest`: what changed is past the body.
+    pub(super) fn replace_rest(&self, rest: &[u8]) -> Answer {
+        let cuts: Vec<Cut> = (0..self.cut_count()).map(|i| self.cut_at(i)).collect();
+        Answer::with_rest(self.body(), &cuts, rest, self.shuffled.clone())
+    }
+
+    /// The RRset's records past the body, uncompressed, one after the
+    /// other; empty unless the body outgrew any message.
+    pub fn rest(&self) -> &[u8] {
+        &self.data[self.data.len() - self.rest_len as usize..]
     }
 
     /// Whether the two answers go out alike: the same bytes, and for a
@@ -405,6 +434,7 @@ impl Answer {
         };
         orders
             && self.body_len == other.body_len
+            && self.rest_len == other.rest_len
             && (Arc::ptr_eq(&self.data, &other.data) || self.data == other.data)
     }
 
@@ -419,7 +449,7 @@ impl Answer {
     }
 
     fn cut_count(&self) -> usize {
-        (self.data.len() - self.body_len as usize) / CUT_LEN
+        (self.data.len() - self.body_len as usize - self.rest_len as usize) / CUT_LEN
     }
 
     fn cut_at(&self, i: usize) -> Cut {

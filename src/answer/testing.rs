@@ -27,6 +27,7 @@ pub(super) type Flat<'a> = (
     &'a [u8],
     Vec<Cut>,
     Option<(usize, usize, Option<Vec<&'a [u16]>>)>,
+    &'a [u8],
 );
 
 pub(super) fn flat(a: &Answer) -> Flat<'_> {
@@ -36,7 +37,7 @@ pub(super) fn flat(a: &Answer) -> Flat<'_> {
             .map(|o| (0..o.variants()).map(|v| o.get(v)).collect());
         (s.record_len(), s.count(), orders)
     });
-    (a.body(), a.cuts().collect(), shuffled)
+    (a.body(), a.cuts().collect(), shuffled, a.rest())
 }
 
 /// Every name and, per name, its answers by type.

@@ -125,7 +125,8 @@ impl Registry {
             self.runtime.get_mut(&key),
             self.services.get(&key),
             (&key, &mut self.health),
-            true,
+            // The hook is what follows each publish for zone transfers.
+            (true, self.on_publish.is_some()),
         );
         if let Some(live) = self.builds.start(&key, input) {
             entry.live = Some(live);

@@ -26,6 +26,8 @@ pub(super) struct BuildInput {
     serial: u32,
     /// The version being replaced, whose unchanged answers are shared.
     previous: Option<Arc<ZoneSnapshot>>,
+    /// Zone transfers are allowed: answers keep every record of their RRset.
+    transfers: bool,
 }
 
 impl BuildInput {
@@ -36,7 +38,11 @@ impl BuildInput {
         if self.services.iter().any(|s| s.name == "panic-in-build") {
             panic!("a build that fails, for a test");
         }
-        LiveZone::build(
+        let build = match self.transfers {
+            true => LiveZone::build_for_transfers,
+            false => LiveZone::build,
+        };
+        build(
             &self.base,
             self.services,
             self.serial,
@@ -155,13 +161,13 @@ impl ZoneEntry {
     /// ([`BuildInput::run`]) replaces `live`.
     /// `shadow`: the file is new, so which registrations it now owns the
     /// names of (shadowed: kept, not served; the file wins) is worked out
-    /// again, and said in the log.
+    /// again, and said in the log. `transfers`: zone transfers are allowed.
     pub(super) fn prepare(
         &mut self,
         runtime: Option<&mut BTreeMap<String, RuntimeEntry>>,
         ids: Option<&ServiceIds>,
         (key, health): (&[u8], &mut Book),
-        shadow: bool,
+        (shadow, transfers): (bool, bool),
     ) -> BuildInput {
         let mut runtime = runtime;
         if shadow && let Some(runtime) = runtime.as_deref_mut() {
@@ -196,6 +202,7 @@ impl ZoneEntry {
             services,
             serial: self.next_serial(),
             previous: self.live.as_ref().map(|l| Arc::clone(l.snapshot())),
+            transfers,
         }
     }
 
