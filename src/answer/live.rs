@@ -124,13 +124,8 @@ impl LiveZone {
         }
         let names = builder.names;
         let below = count_below(&names, apex_len);
-        let snapshot = Arc::new(snapshot_of(
-            &zone,
-            &names,
-            &below,
-            (serial, whole_rrsets),
-            previous,
-        ));
+        let version = (serial, whole_rrsets);
+        let snapshot = Arc::new(snapshot_of(&zone, &names, &below, version, previous));
         let mut by_target: HashMap<Vec<u8>, Vec<(ServiceKey, u32)>> = HashMap::new();
         for (key, service) in &services {
             index(&mut by_target, &zone.apex, key, &service.instances, true);
