@@ -1,10 +1,12 @@
 //! A zone's records as a zone transfer carries them, read back from the
 //! snapshot's pre-encoded answers: what a secondary loads is what signpost
-//! answers, record for record, with nothing kept twice.
+//! answers, record for record, with nothing kept twice. An RRset larger
+//! than a message has the records past it kept beside its answer
+//! ([`Answer::rest`]), already in the form read here.
 //!
 //! Each record is its uncompressed wire form (owner, type, class, TTL,
-//! RDATA), owner lowercased as the snapshot keys it. Walking a zone decodes
-//! every answer once; it is the rare path of transfers, never of queries.
+//! RDATA), the owner as the answer spells it. Walking a zone decodes every
+//! answer once; it is the rare path of transfers, never of queries.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
