@@ -487,42 +487,11 @@ impl<'a> Encoder<'a> {
     /// Records of `owner` each uncompressed and standalone, one after the
     /// other: the part of an RRset no message holds (see [`Answer::rest`]).
     pub(super) fn rest(&self, owner: &WireName, records: &[RData]) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut w = MessageWriter::standalone();
         for rdata in records {
-            out.extend_from_slice(owner.wire());
-            out.extend_from_slice(&rdata.rtype().to_be_bytes());
-            out.extend_from_slice(&crate::answer::wire::CLASS_IN.to_be_bytes());
-            out.extend_from_slice(&self.zone.ttl.to_be_bytes());
-            let len_at = out.len();
-            out.extend_from_slice(&[0, 0]);
-            match rdata {
-                RData::Addr(IpAddr::V4(a)) => out.extend_from_slice(&a.octets()),
-                RData::Addr(IpAddr::V6(a)) => out.extend_from_slice(&a.octets()),
-                RData::Srv {
-                    priority,
-                    weight,
-                    port,
-                    target,
-                } => {
-                    for v in [priority, weight, port] {
-                        out.extend_from_slice(&v.to_be_bytes());
-                    }
-                    out.extend_from_slice(target.wire());
-                }
-                RData::Ns(name) | RData::Ptr(name) => out.extend_from_slice(name.wire()),
-                RData::Txt(strings) => {
-                    for s in strings {
-                        out.push(s.len() as u8);
-                        out.extend_from_slice(s);
-                    }
-                }
-                // A zone has one SOA record, which fits any message.
-                RData::Soa => unreachable!("an SOA record past a message"),
-            }
-            let len = (out.len() - len_at - 2) as u16;
-            out[len_at..len_at + 2].copy_from_slice(&len.to_be_bytes());
+            self.record(&mut w, owner, &mut None, rdata);
         }
-        out
+        w.buf
     }
 
     /// A service's addresses: each record encoded alone, with its owner a

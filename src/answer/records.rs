@@ -203,8 +203,9 @@ fn decode(key: &[u8], entry: &Entry, out: &mut Vec<WireRecord>) {
     out.extend(rest_records(entry.answer.rest()).map(<[u8]>::to_vec));
 }
 
-/// The records of an answer's body (all of them but its rest).
-fn decode_body(key: &[u8], entry: &Entry, out: &mut Vec<WireRecord>) {
+/// An answer as the response to a question for `key` (its owners point at
+/// offset 12), with how many records each section has.
+fn response(key: &[u8], entry: &Entry) -> (Vec<u8>, [u16; 3]) {
     let answer: &Answer = &entry.answer;
     let (body, counts) = match answer.shuffled() {
         // Every address, not the `max_answers` a response carries.
@@ -225,6 +226,12 @@ fn decode_body(key: &[u8], entry: &Entry, out: &mut Vec<WireRecord>) {
     message.extend_from_slice(&entry.rtype.to_be_bytes());
     message.extend_from_slice(&CLASS_IN.to_be_bytes());
     message.extend_from_slice(body);
+    (message, counts)
+}
+
+/// The records of an answer's body (all of them but its rest).
+fn decode_body(key: &[u8], entry: &Entry, out: &mut Vec<WireRecord>) {
+    let (message, counts) = response(key, entry);
     // The snapshot's own encoding: it always reads back. Read here rather
     // than by a DNS library, which would parse the whole message (a large
     // service's DNS-SD answer has thousands of additional records) into
@@ -351,24 +358,7 @@ mod tests {
     fn decoded_by_hickory(key: &[u8], entry: &Entry) -> Vec<WireRecord> {
         use hickory_proto::op::Message;
         use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
-        let answer = &entry.answer;
-        let (body, counts) = match answer.shuffled() {
-            Some(s) => (
-                answer.body(),
-                [(answer.body().len() / s.record_len()) as u16, 0, 0],
-            ),
-            None => (answer.body(), answer.full().counts),
-        };
-        let mut message = vec![0, 0];
-        message.extend_from_slice(&QR.to_be_bytes());
-        message.extend_from_slice(&1u16.to_be_bytes());
-        for c in counts {
-            message.extend_from_slice(&c.to_be_bytes());
-        }
-        message.extend_from_slice(key);
-        message.extend_from_slice(&entry.rtype.to_be_bytes());
-        message.extend_from_slice(&CLASS_IN.to_be_bytes());
-        message.extend_from_slice(body);
+        let (message, _) = response(key, entry);
         let decoded = Message::from_vec(&message).unwrap();
         (decoded.answers.iter())
             .map(|record| {

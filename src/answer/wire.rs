@@ -190,6 +190,8 @@ pub struct MessageWriter {
     suffixes: foldhash::HashMap<u64, u16>,
     hasher: foldhash::fast::FixedState,
     scratch: Vec<u8>,
+    /// `false` for [`MessageWriter::standalone`]: no name is compressed.
+    compresses: bool,
 }
 
 impl MessageWriter {
@@ -201,12 +203,25 @@ impl MessageWriter {
             suffixes: foldhash::HashMap::default(),
             hasher: foldhash::fast::FixedState::default(),
             scratch: Vec::new(),
+            compresses: true,
         };
         writer.buf.resize(HEADER_LEN, 0);
         writer.name_wire(qname_wire, true);
         writer.u16(qtype);
         writer.u16(CLASS_IN);
         writer
+    }
+
+    /// Writes records one after the other with every name uncompressed, so
+    /// that each stands alone (no header, no question).
+    pub fn standalone() -> Self {
+        MessageWriter {
+            buf: Vec::new(),
+            suffixes: foldhash::HashMap::default(),
+            hasher: foldhash::fast::FixedState::default(),
+            scratch: Vec::new(),
+            compresses: false,
+        }
     }
 
     /// Appends a big-endian u16.
@@ -258,6 +273,10 @@ impl MessageWriter {
     /// (what a later write of the same name would point at), if anywhere.
     fn name_wire(&mut self, wire: &[u8], compress: bool) -> Option<u16> {
         use std::hash::BuildHasher;
+        if !self.compresses {
+            self.buf.extend_from_slice(wire);
+            return None;
+        }
         let start = self.buf.len();
         let reachable = (start < 0x3FFF && wire != [0]).then_some(start as u16);
         let mut pos = 0;
