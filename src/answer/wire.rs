@@ -332,7 +332,9 @@ impl MessageWriter {
     }
 
     /// Appends a record header, runs `rdata` to write its data, and fills in
-    /// the data length.
+    /// the data length: a record whose owner is looked up, what
+    /// [`MessageWriter::record_of`] is checked against.
+    #[cfg(test)]
     pub fn record(
         &mut self,
         owner: &WireName,
@@ -343,9 +345,10 @@ impl MessageWriter {
         self.record_of(owner, &mut None, rtype, ttl, rdata);
     }
 
-    /// [`MessageWriter::record`] for one of several records of an owner:
-    /// `owner_at` keeps where the first one's owner went, and the others
-    /// point there without looking the name up again, as a lookup would.
+    /// Appends a record header, runs `rdata` to write its data, and fills in
+    /// the data length. For one of several records of an owner, `owner_at`
+    /// keeps where the first one's owner went, and the others point there
+    /// without looking the name up again, as a lookup would.
     pub fn record_of(
         &mut self,
         owner: &WireName,
