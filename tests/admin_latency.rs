@@ -23,7 +23,8 @@
 //! that waits for each reply), `SIGNPOST_BENCH_REQUESTS` registrations in
 //! all per run (default 40 000), each at an address of its own. One run
 //! registers into the service `bench`, one registers each instance into a
-//! new service of its own, one gives each client a new service of its own.
+//! new service of its own, one gives each client a new service of its own
+//! (`SIGNPOST_BENCH_RUNS=2` runs the second alone, to profile it).
 //! It prints the rate and request → reply percentiles:
 //!
 //! ```sh
@@ -331,7 +332,12 @@ fn pipelined_registration_throughput() {
         ("each into a new service", |c, i| format!("s{c}-{i}")),
         ("into a new service per client", |c, _| format!("p{c}")),
     ];
+    // `SIGNPOST_BENCH_RUNS` picks runs by number (`2,3`), to profile one.
+    let picked = std::env::var("SIGNPOST_BENCH_RUNS").unwrap_or_else(|_| "1,2,3".into());
     for (i, (what, service)) in runs.into_iter().enumerate() {
+        if !picked.split(',').any(|p| p.trim() == (i + 1).to_string()) {
+            continue;
+        }
         let logged = bench.server.log.lock().unwrap().len();
         let (samples, took) = pipelined(&bench.server, n, clients, window, i, service);
         let done = samples.len();

@@ -238,10 +238,9 @@ impl LiveZone {
         let apex = self.zone.apex.clone();
         let mut touched: HashSet<Vec<u8>> = HashSet::new();
         let mut changed_services: Vec<ServiceKey> = Vec::new();
-        let mut ptrs: Option<Vec<RData>> = None;
-        // The first of those PTR records this update edits: the records are
-        // taken out of the node to be edited, so `settle` cannot tell.
-        let mut first_ptr_edit = usize::MAX;
+        // The enumeration's PTR records that change, applied together after
+        // the loop: one pass over the list, however many services come.
+        let mut ptr_edits: Vec<(ServiceKey, Option<RData>)> = Vec::new();
         // The records a new service gathers alone: when it is the only
         // source of the names touched, they are those names' records.
         let mut alone = None;
@@ -289,25 +288,7 @@ impl LiveZone {
                 .and_then(|s| service_names(&apex, s))
                 .map(|(_, srv)| srv);
             if !names_same(old_ptr.as_ref(), new_ptr.as_ref()) {
-                // Taken out of the node rather than copied: there is one
-                // per service. The node is gathered again below.
-                let ptrs = ptrs.get_or_insert_with(|| {
-                    self.browse
-                        .as_ref()
-                        .and_then(|(_, key)| self.names.get_mut(key))
-                        .map(|n| n.rrsets.take(rtype::PTR))
-                        .unwrap_or_default()
-                });
-                let at = ptrs.binary_search_by(|p| ptr_key(p).as_ref().cmp(&Some(&key)));
-                first_ptr_edit = first_ptr_edit.min(at.unwrap_or_else(|i| i));
-                match (at, new_ptr) {
-                    (Ok(i), Some(n)) => ptrs[i] = RData::Ptr(WireName::new(&n)),
-                    (Ok(i), None) => {
-                        ptrs.remove(i);
-                    }
-                    (Err(i), Some(n)) => ptrs.insert(i, RData::Ptr(WireName::new(&n))),
-                    (Err(_), None) => {}
-                }
+                ptr_edits.push((key.clone(), new_ptr.map(|n| RData::Ptr(WireName::new(&n)))));
             }
             match new {
                 Some(new) => {
@@ -320,9 +301,19 @@ impl LiveZone {
             changed_services.push(key);
         }
         let browse = self.browse.clone();
-        if let (Some((_, browse_key)), Some(_)) = (&browse, &ptrs) {
-            touched.insert(browse_key.clone());
-        }
+        // Taken out of the node rather than copied: there is one per
+        // service. The node is gathered again below.
+        let (ptrs, first_ptr_edit) = match (&browse, ptr_edits.is_empty()) {
+            (Some((_, browse_key)), false) => {
+                touched.insert(browse_key.clone());
+                let ptrs = (self.names.get_mut(browse_key))
+                    .map(|n| n.rrsets.take(rtype::PTR))
+                    .unwrap_or_default();
+                let (ptrs, first) = edit_ptrs(ptrs, ptr_edits);
+                (Some(ptrs), first)
+            }
+            _ => (None, usize::MAX),
+        };
 
         // Gather the touched names again, from everything that can have
         // records there, in the order of a full build.
@@ -726,6 +717,46 @@ impl WithoutInstances for Service {
             max_answers: self.max_answers,
         }
     }
+}
+
+/// The enumeration's PTR records (in key order) with these services'
+/// records replaced, added or removed (`None`), and where the first edit
+/// is. Of edits to one service the last counts. One pass over the records
+/// however many edits there are: a batch of new services each inserting
+/// into a list of 100 000 would move it once per service.
+fn edit_ptrs(ptrs: Vec<RData>, mut edits: Vec<(ServiceKey, Option<RData>)>) -> (Vec<RData>, usize) {
+    // Stable: of equal keys, the last edit stays last, and is kept.
+    edits.sort_by(|a, b| a.0.cmp(&b.0));
+    edits.dedup_by(|later, earlier| {
+        let same = later.0 == earlier.0;
+        if same {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
+    let at: Vec<Result<usize, usize>> = edits
+        .iter()
+        .map(|(key, _)| ptrs.binary_search_by(|p| ptr_key(p).as_ref().cmp(&Some(key))))
+        .collect();
+    let first = at.first().map_or(usize::MAX, |a| a.unwrap_or_else(|i| i));
+    let mut out = Vec::with_capacity(ptrs.len() + edits.len());
+    let mut old = ptrs.into_iter();
+    let mut next = 0;
+    for ((_, ptr), at) in edits.into_iter().zip(at) {
+        let (i, found) = match at {
+            Ok(i) => (i, true),
+            Err(i) => (i, false),
+        };
+        out.extend(old.by_ref().take(i - next));
+        next = i;
+        if found {
+            old.next();
+            next += 1;
+        }
+        out.extend(ptr);
+    }
+    out.extend(old);
+    (out, first)
 }
 
 /// The PTR records of the enumeration name now.
