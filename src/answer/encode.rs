@@ -17,7 +17,7 @@ use crate::model::Zone;
 
 /// One record's data, before encoding. Names are in wire form and shared
 /// (see [`WireName`]), which keeps a record at 24 bytes whatever its kind.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum RData {
     Addr(IpAddr),
     Srv {

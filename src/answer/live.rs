@@ -26,7 +26,7 @@ use crate::answer::wire::{WireName, lower_wire, rtype};
 use crate::model::{Endpoint, Instance, Protocol, Service, ServiceKey, Zone};
 
 mod patch;
-use patch::{PATCH_CHANGED, PATCH_FROM};
+use patch::{PATCH_FROM, runs};
 
 /// A zone's services and its snapshot, updated service by service.
 pub struct LiveZone {
@@ -197,43 +197,24 @@ impl LiveZone {
         self.first_edits.clear();
         // Names changed, and empty non-terminals that came or went, so far.
         let (mut changed, mut ents) = (Vec::new(), Vec::new());
-        // A few instances more, less or changed in a large service: its
-        // names are patched rather than gathered again from every instance,
-        // one run of changed instances at a time.
+        // Instances more, less or changed in a large service, few beside
+        // it: its names are patched rather than gathered again from every
+        // instance.
         if let [(key, Some(new))] = &changes[..]
             && *key == ServiceKey::of(new)
-            && let Some(old) = self.services.get(key)
+            && let Some(old) = self.services.get(key).cloned()
             && old.instances.len() >= PATCH_FROM
-            && same_fields(old, new)
-            && !same_service(old, new)
-            && let Some(runs) = runs(old, new)
+            && same_fields(&old, new)
+            && !same_service(&old, new)
+            && let Some(runs) = runs(&old, new)
+            && let Some((touched, fresh, in_place)) = self.patch(key, &old, new, &runs)
         {
-            let mut current = self.services.remove(key).expect("the service");
-            let mut done = true;
-            for (start, remove, insert) in runs {
-                let insert = &new.instances[insert];
-                let Some((touched, fresh, in_place)) =
-                    self.patch(key, &current, start, remove, insert)
-                else {
-                    done = false;
-                    break;
-                };
-                Arc::make_mut(&mut current)
-                    .instances
-                    .splice(start..start + remove, insert.iter().cloned());
-                changed.extend(in_place);
-                self.settle(touched, fresh, &mut changed, &mut ents);
-            }
-            self.services.insert(key.clone(), current);
-            if done {
-                self.finish(changed, ents, serial);
-                // The service given was patched into the one kept.
-                self.retired
-                    .extend(changes.into_iter().filter_map(|(_, s)| s));
-                return;
-            }
-            // The rest of the change is gathered, from where patching
-            // stopped.
+            changed.extend(in_place);
+            self.settle(touched, fresh, &mut changed, &mut ents);
+            self.services.insert(key.clone(), new.clone());
+            self.retired.push(old);
+            self.finish(changed, ents, serial);
+            return;
         }
         let apex = self.zone.apex.clone();
         let mut touched: HashSet<Vec<u8>> = HashSet::new();
@@ -944,46 +925,6 @@ fn differing(old: &Service, new: &Service) -> (Service, Service) {
     )
 }
 
-/// How `old`'s instances become `new`'s as runs of instances replaced, in
-/// order, each (where it starts in the instances as the runs before it
-/// left them, how many it removes, which of `new`'s it puts there); `None`
-/// when that takes more runs, or longer ones, than are worth patching.
-/// Instances match when equal, looking a few ahead for the next match:
-/// changes to a service's instances are a few registrations, removals or
-/// updates, each in its place in the order.
-fn runs(old: &Service, new: &Service) -> Option<Vec<(usize, usize, std::ops::Range<usize>)>> {
-    let (a, b) = (&old.instances, &new.instances);
-    let (mut i, mut j, mut shift) = (0, 0, 0isize);
-    let mut runs = Vec::new();
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && same_instance(&a[i], &b[j]) {
-            i += 1;
-            j += 1;
-            continue;
-        }
-        // The nearest next match: x of a's removed, y of b's put in.
-        let found = (1..=PATCH_CHANGED).find_map(|d| {
-            (0..=d).find_map(|x| {
-                let y = d - x;
-                let (k, l) = (i + x, j + y);
-                let end = k == a.len() && l == b.len();
-                (end || (k < a.len() && l < b.len() && same_instance(&a[k], &b[l])))
-                    .then_some((x, y))
-            })
-        });
-        let (x, y) = found?;
-        if runs.len() == PATCH_CHANGED {
-            return None;
-        }
-        let at = (i as isize + shift) as usize;
-        runs.push((at, x, j..j + y));
-        shift += y as isize - x as isize;
-        i += x;
-        j += y;
-    }
-    Some(runs)
-}
-
 /// How many instances `old` and `new` have in common at their start, and
 /// then at their end.
 fn differing_bounds(old: &Service, new: &Service) -> (usize, usize) {
@@ -1232,13 +1173,43 @@ mod tests {
 
     #[test]
     fn changes_to_instances_of_a_large_service_equal_building_the_final_services() {
-        let before = patch::PATCHED.load(std::sync::atomic::Ordering::Relaxed);
-        for seed in 1..=4u64 {
+        let patched = || patch::PATCHED.get();
+        let before = patched();
+        // Batches of many instances, into a service of hundreds, patched.
+        let mut many_patched = 0;
+        for seed in 1..=6u64 {
             let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9));
             let base = base();
             let mut large = service(&mut rng);
             large.name = "large".into();
-            large.instances = (0..PATCH_FROM + 8)
+            // Seeds past 4: a service of hundreds, taking batches of many
+            // instances, each with a name and address of its own but one
+            // in 150, which has a recent one's address, and another one in
+            // 150, which has its name: shared by few, so that most batches
+            // are patched and the maps of what is shared are tried.
+            let many = seed > 4;
+            let mut made = 0u32;
+            let mut large_instance = |rng: &mut Rng| {
+                let mut i = large_instance(rng);
+                if many {
+                    made += 1;
+                    let recent = |rng: &mut Rng| made.saturating_sub(1 + rng.below(30) as u32);
+                    i.name = match rng.below(150) {
+                        0 => format!("m{}", recent(rng)),
+                        _ => format!("m{made}"),
+                    };
+                    i.tags.retain(|t| *t == t.to_lowercase());
+                    let n = match rng.below(150) {
+                        0 => recent(rng),
+                        _ => made,
+                    };
+                    let [_, _, a, b] = n.to_be_bytes();
+                    i.endpoint = Endpoint::Addresses(vec![IpAddr::from([10, 2, a, b])]);
+                }
+                i
+            };
+            let size = if many { 300 } else { PATCH_FROM + 8 };
+            large.instances = (0..size)
                 .map(|_| Arc::new(large_instance(&mut rng)))
                 .collect();
             let small: Vec<Service> = (0..4).map(|_| service(&mut rng)).collect();
@@ -1248,13 +1219,19 @@ mod tests {
             for step in 0..300 {
                 let mut s = live.service(&key).cloned().unwrap_or_else(|| large.clone());
                 let n = s.instances.len();
-                match rng.below(10) {
+                let batch = many && rng.below(10) == 2;
+                match if batch { 2 } else { rng.below(10) } {
                     0 | 1 => s
                         .instances
                         .insert(rng.below(n + 1), Arc::new(large_instance(&mut rng))),
                     2 => {
-                        // A batch: a few changes spread over the service.
-                        for _ in 0..2 + rng.below(4) {
+                        // A batch: changes spread over the service.
+                        let changes = if many {
+                            9 + rng.below(40)
+                        } else {
+                            2 + rng.below(4)
+                        };
+                        for _ in 0..changes {
                             let n = s.instances.len();
                             if rng.below(3) == 0 && n > PATCH_FROM {
                                 s.instances.remove(rng.below(n));
@@ -1288,7 +1265,11 @@ mod tests {
                     _ => s.instances.push(Arc::new(large_instance(&mut rng))),
                 }
                 let serial = step + 2;
+                let was = patched();
                 live.update([(key.clone(), Some(s.clone()))], serial);
+                if batch && patched() > was {
+                    many_patched += 1;
+                }
                 let services: Vec<Service> = live.services().map(|(_, s)| s.clone()).collect();
                 let fresh = LiveZone::build(&base, services, serial, None);
                 assert_same(
@@ -1298,8 +1279,12 @@ mod tests {
                 );
             }
         }
-        let patched = patch::PATCHED.load(std::sync::atomic::Ordering::Relaxed) - before;
-        assert!(patched > 200, "only {patched} changes patched");
+        let patched = patched() - before;
+        assert!(patched > 300, "only {patched} changes patched");
+        assert!(
+            many_patched >= 5,
+            "only {many_patched} batches of many patched"
+        );
     }
 
     #[test]

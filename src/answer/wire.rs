@@ -16,7 +16,7 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 /// each name it serves, and the names in its records). Shared: an
 /// instance's SRV target is in the records of several names. Encoding
 /// copies the bytes as they are, with no conversion.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WireName(Arc<[u8]>);
 
 impl WireName {

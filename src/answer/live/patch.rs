@@ -4,25 +4,80 @@
 //! whole service. Used only where the result is provably the one a build
 //! gives; anything else is gathered as before.
 
+use std::ops::Range;
+
 use super::*;
 
 /// Services with fewer instances are gathered again whole on a change:
 /// that is as cheap as patching, and one path less to keep right.
 pub(super) const PATCH_FROM: usize = 16;
 
-/// At most this many instances changed at once are patched in.
-pub(super) const PATCH_CHANGED: usize = 8;
+/// How far [`runs`] looks ahead for the next instance that did
+/// not change: a longer run of changed instances is gathered instead.
+const PATCH_LOOK_AHEAD: usize = 16;
 
 /// How many instances before the changed ones are looked at to find where
 /// a new instance's records go in an RRset.
 const PATCH_LOOK_BACK: usize = 32;
 
-/// How many changes were patched in, so tests know they tried the patching.
-#[cfg(test)]
-pub(super) static PATCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Up to this many instances looked at closely are compared with each
+/// instance of the service one by one; more are found through maps.
+const COMPARE_FEW: usize = 8;
 
-/// An edit of one RRset of a name: `remove` records from `at` replaced by
-/// `insert` (with their weights, for a service name's addresses).
+#[cfg(test)]
+thread_local! {
+    /// How many changes this thread patched in, so tests know they tried
+    /// the patching (per thread: tests run side by side).
+    pub(super) static PATCHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One run of a change to a service's instances: the old instances
+/// `start..start + remove` replaced by the new instances `insert`.
+pub(super) struct Run {
+    start: usize,
+    remove: usize,
+    insert: Range<usize>,
+}
+
+/// How `old`'s instances become `new`'s as runs of instances replaced, in
+/// order; `None` when a run is longer than is worth patching. Instances
+/// match when equal, looking a few ahead for the next match: changes to a
+/// service's instances are registrations, removals or updates, each in its
+/// place in the order.
+pub(super) fn runs(old: &Service, new: &Service) -> Option<Vec<Run>> {
+    let (a, b) = (&old.instances, &new.instances);
+    let (mut i, mut j) = (0, 0);
+    let mut runs = Vec::new();
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && same_instance(&a[i], &b[j]) {
+            i += 1;
+            j += 1;
+            continue;
+        }
+        // The nearest next match: x of a's removed, y of b's put in.
+        let (x, y) = (1..=PATCH_LOOK_AHEAD).find_map(|d| {
+            (0..=d).find_map(|x| {
+                let y = d - x;
+                let (k, l) = (i + x, j + y);
+                let end = k == a.len() && l == b.len();
+                (end || (k < a.len() && l < b.len() && same_instance(&a[k], &b[l])))
+                    .then_some((x, y))
+            })
+        })?;
+        runs.push(Run {
+            start: i,
+            remove: x,
+            insert: j..j + y,
+        });
+        i += x;
+        j += y;
+    }
+    Some(runs)
+}
+
+/// An edit of one RRset of a name: `remove` records from `at` (in the
+/// RRset before the change) replaced by `insert` (with their weights, for
+/// a service name's addresses).
 struct Splice {
     rtype: u16,
     at: usize,
@@ -31,29 +86,49 @@ struct Splice {
     weights: Option<Vec<(u16, f64)>>,
 }
 
+/// Which instance: of the service before the change, or after it.
+#[derive(Clone, Copy, PartialEq)]
+enum Who {
+    Old(usize),
+    New(usize),
+}
+
+/// An instance the change looks at closely: a changed one, whose records
+/// must be its run's alone, or the one just before a run, where a new
+/// instance's records most often go after (see `records_before`), whose
+/// records must be its own alone.
+struct Subject<'a> {
+    instance: &'a Instance,
+    /// The key of its host name.
+    host: Vec<u8>,
+    who: Who,
+    run: usize,
+    prior: bool,
+}
+
 impl LiveZone {
-    /// A change to the instances of a large service, `new` replacing the
-    /// service of the same key, made by editing the RRsets of its names in
-    /// place: the records of the instances that differ are taken out and
-    /// those of their replacements put in where a build would put them.
-    /// Returns the names touched, the records of those whose node is
-    /// replaced whole, and those edited in place; `None` (nothing done) when
-    /// the change is not one this can do exactly, and the service is to be
-    /// gathered again.
+    /// A change to the instances of a large service, `new` replacing `old`
+    /// (of the same key and fields) by these runs, made by editing the
+    /// RRsets of its names in place: the records of the instances that
+    /// differ are taken out and those of their replacements put in where a
+    /// build would put them, all runs at once, in one pass over each
+    /// RRset. Returns the names touched, the records of those whose node is
+    /// replaced whole, and those edited in place; `None` (nothing done)
+    /// when the change is not one this can do exactly, and the service is
+    /// to be gathered again.
     ///
-    /// Exact when the instances that differ share no record with the
-    /// others (no name, address, SRV target or tag spelled otherwise), and
-    /// no other service or host has records at the names they touch: then
-    /// every RRset is the unchanged instances' records before them, theirs,
-    /// and the unchanged instances' records after them.
+    /// Exact when the instances that differ share no record with any
+    /// instance outside their run (no name, address, SRV target or tag
+    /// spelled otherwise), and no other service or host has records at the
+    /// names they touch: then every RRset is the unchanged instances'
+    /// records with each run's records in its place among them.
     #[allow(clippy::type_complexity)]
     pub(super) fn patch(
         &mut self,
         key: &ServiceKey,
         old: &Service,
-        start: usize,
-        remove: usize,
-        insert: &[Arc<Instance>],
+        new: &Service,
+        runs: &[Run],
     ) -> Option<(
         HashSet<Vec<u8>>,
         HashMap<Vec<u8>, NodeRecords>,
@@ -64,70 +139,110 @@ impl LiveZone {
             instances: instances.to_vec(),
             ..old.clone_without_instances()
         };
-        let (before, after) = (part(&old.instances[start..start + remove]), part(insert));
-        let changed: Vec<&Instance> = (before.instances.iter())
-            .chain(&after.instances)
-            .map(|i| &**i)
+        // Each run's instances before and after, as services of their own.
+        let parts: Vec<(Service, Service)> = runs
+            .iter()
+            .map(|r| {
+                let removed = &old.instances[r.start..r.start + r.remove];
+                (part(removed), part(&new.instances[r.insert.clone()]))
+            })
             .collect();
-        if changed.len() > PATCH_CHANGED
-            || changed
-                .iter()
-                .any(|i| !matches!(i.endpoint, Endpoint::Addresses(_)))
-        {
+        // Worth it while the change is small beside the service: past a
+        // quarter, gathering it whole costs about as much.
+        let count: usize = (parts.iter())
+            .map(|(b, a)| b.instances.len() + a.instances.len())
+            .sum();
+        if count * 4 > old.instances.len() {
             return None;
         }
-        // The changed instances' records are theirs alone.
-        let hosts: Vec<Vec<u8>> = changed
-            .iter()
-            .map(|i| target_key(apex, i))
-            .collect::<Option<_>>()?;
-        // The instance just before the change is where a new instance's
-        // records most often go after (see `records_before`), which needs
-        // it to share no record with the others either: both are worked
-        // out in this one look at the service's instances.
-        let prior = start.checked_sub(1).and_then(|i| {
-            let instance = &*old.instances[i];
-            let host = target_key(apex, instance)?;
-            matches!(instance.endpoint, Endpoint::Addresses(_)).then_some((i, instance, host))
-        });
-        let mut prior_alone = prior.is_some();
-        for (j, other) in old.instances.iter().enumerate() {
-            let is_changed = (start..start + remove).contains(&j);
-            if !is_changed && shares(&changed, &hosts, self.apex_len, other) {
-                return None;
+        let mut subjects = Vec::with_capacity(count + runs.len());
+        for (r, (run, (before, after))) in runs.iter().zip(&parts).enumerate() {
+            let removed = (before.instances.iter()).zip((run.start..).map(Who::Old));
+            let added = (after.instances.iter()).zip(run.insert.clone().map(Who::New));
+            for (instance, who) in removed.chain(added) {
+                // The changed instances' records are theirs alone.
+                if !matches!(instance.endpoint, Endpoint::Addresses(_)) {
+                    return None;
+                }
+                let host = target_key(apex, instance)?;
+                subjects.push(Subject {
+                    instance,
+                    host,
+                    who,
+                    run: r,
+                    prior: false,
+                });
             }
-            if let Some((i, instance, host)) = &prior
-                && prior_alone
-                && j != *i
-                && shares(
-                    &[instance],
-                    std::slice::from_ref(host),
-                    self.apex_len,
-                    other,
-                )
+            if let Some(i) = run.start.checked_sub(1)
+                && let instance = &*old.instances[i]
+                && matches!(instance.endpoint, Endpoint::Addresses(_))
+                && let Some(host) = target_key(apex, instance)
             {
-                prior_alone = false;
+                subjects.push(Subject {
+                    instance,
+                    host,
+                    who: Who::Old(i),
+                    run: r,
+                    prior: true,
+                });
+            }
+        }
+        // One look at every instance, old and new, for what it shares with
+        // those looked at closely.
+        let sharing = Sharing::new(&subjects, self.apex_len);
+        let mut prior_alone = vec![true; runs.len()];
+        let run_of_old = |j: usize| {
+            let r = runs.partition_point(|r| r.start + r.remove <= j);
+            runs.get(r).filter(|r| r.start <= j).map(|_| r)
+        };
+        let old_side =
+            (old.instances.iter().enumerate()).map(|(j, i)| (Who::Old(j), run_of_old(j), i));
+        let new_side = runs.iter().enumerate().flat_map(|(r, run)| {
+            run.insert
+                .clone()
+                .map(move |k| (Who::New(k), Some(r), &new.instances[k]))
+        });
+        let mut hits = Vec::new();
+        for (who, run, other) in old_side.chain(new_side) {
+            sharing.with(other, &mut hits);
+            for &s in &hits {
+                let subject = &subjects[s];
+                if subject.who == who {
+                    continue;
+                }
+                if subject.prior {
+                    prior_alone[subject.run] = false;
+                } else if run != Some(subject.run) {
+                    return None;
+                }
             }
         }
         let mut alone: HashMap<usize, bool> = HashMap::new();
-        if let Some((i, ..)) = prior {
-            alone.insert(i, prior_alone);
+        for s in subjects.iter().filter(|s| s.prior) {
+            if let Who::Old(i) = s.who {
+                alone.insert(i, prior_alone[s.run]);
+            }
         }
         let own: Vec<Vec<u8>> = service_names(apex, old)
             .map(|(a, b)| vec![lower_wire(&a), lower_wire(&b)])
             .unwrap_or_default();
         // An instance named like its service has its host name there.
-        if hosts.iter().any(|h| own.contains(h)) {
+        if subjects.iter().any(|s| !s.prior && own.contains(&s.host)) {
             return None;
         }
-        let gone = gathered(apex, &before);
-        let come = gathered(apex, &after);
+        let records: Vec<(HashMap<Vec<u8>, NodeRecords>, HashMap<Vec<u8>, NodeRecords>)> = parts
+            .iter()
+            .map(|(before, after)| (gathered(apex, before), gathered(apex, after)))
+            .collect();
         let mut seen = HashSet::new();
         let mut looked_back: Vec<(usize, HashMap<Vec<u8>, NodeRecords>)> = Vec::new();
         let mut fresh: HashMap<Vec<u8>, NodeRecords> = HashMap::new();
         let mut edits: Vec<(Vec<u8>, Vec<Splice>, bool)> = Vec::new();
         let mut touched: HashSet<Vec<u8>> = HashSet::new();
-        for name in gone.keys().chain(come.keys()) {
+        let names = records
+            .iter()
+            .flat_map(|(gone, come)| gone.keys().chain(come.keys()));
+        for name in names {
             if !touched.insert(name.clone()) {
                 continue;
             }
@@ -140,24 +255,31 @@ impl LiveZone {
             if others.iter().any(|k| k != key) {
                 return None;
             }
-            let (was, will) = (gone.get(name), come.get(name));
+            // The runs with records here, in order: what each had, and has.
+            let here: Vec<(usize, Option<&NodeRecords>, Option<&NodeRecords>)> = (records.iter())
+                .enumerate()
+                .filter_map(|(r, (gone, come))| {
+                    let (was, will) = (gone.get(name), come.get(name));
+                    (was.is_some() || will.is_some()).then_some((r, was, will))
+                })
+                .collect();
             let Some(node) = self.names.get(name) else {
-                // A name of the new instances alone.
-                if was.is_some() {
+                // A name of one run's new instances alone.
+                let [(_, None, Some(will))] = here[..] else {
                     return None;
-                }
-                fresh.insert(name.clone(), will?.clone());
+                };
+                fresh.insert(name.clone(), will.clone());
                 continue;
             };
-            if [was, will]
-                .into_iter()
+            if (here.iter())
+                .flat_map(|&(_, was, will)| [was, will])
                 .flatten()
                 .any(|n| n.name != node.name)
             {
                 return None;
             }
-            let mut types: Vec<u16> = [was, will]
-                .into_iter()
+            let mut types: Vec<u16> = (here.iter())
+                .flat_map(|&(_, was, will)| [was, will])
                 .flatten()
                 .flat_map(|n| n.rrsets.keys().copied())
                 .collect();
@@ -167,65 +289,83 @@ impl LiveZone {
             let mut left = 0;
             for &rtype in &types {
                 let current = node.rrsets.get(&rtype).map_or(&[][..], Vec::as_slice);
-                let out = was
-                    .and_then(|n| n.rrsets.get(&rtype))
-                    .map_or(&[][..], Vec::as_slice);
-                let insert = will
-                    .and_then(|n| n.rrsets.get(&rtype))
-                    .cloned()
-                    .unwrap_or_default();
-                let at = match out.first() {
-                    Some(first) => {
-                        let at = current.iter().position(|r| r.same(first))?;
-                        let run = current.get(at..at + out.len())?;
-                        if !run.iter().zip(out).all(|(a, b)| a.same(b)) {
-                            return None;
-                        }
-                        at
+                let mut positions = Positions::new(current, here.len());
+                left += current.len();
+                // Where the splice before ended: the next starts after it.
+                let mut end = 0;
+                for &(r, was, will) in &here {
+                    let out =
+                        (was.and_then(|n| n.rrsets.get(&rtype))).map_or(&[][..], Vec::as_slice);
+                    let insert = (will.and_then(|n| n.rrsets.get(&rtype)))
+                        .cloned()
+                        .unwrap_or_default();
+                    if out.is_empty() && insert.is_empty() {
+                        continue;
                     }
-                    None => self.records_before(
-                        apex,
-                        old,
-                        start,
-                        name,
+                    let at = match out.first() {
+                        Some(first) => {
+                            let at = positions.find(first)?;
+                            let run = current.get(at..at + out.len())?;
+                            if !run.iter().zip(out).all(|(a, b)| a.same(b)) {
+                                return None;
+                            }
+                            at
+                        }
+                        None => self.records_before(
+                            apex,
+                            old,
+                            runs,
+                            r,
+                            name,
+                            rtype,
+                            &mut positions,
+                            &mut looked_back,
+                            &mut alone,
+                        )?,
+                    };
+                    if at < end {
+                        return None;
+                    }
+                    end = at + out.len();
+                    left = left - out.len() + insert.len();
+                    let weights = match (weights_of(Some(node), rtype), weights_of(will, rtype)) {
+                        (None, None) if weights_of(was, rtype).is_none() => None,
+                        (current_weights, new_weights) => {
+                            // Weights go with the addresses, one for one.
+                            if current_weights.map_or(0, Vec::len) != current.len()
+                                || new_weights.map_or(0, Vec::len) != insert.len()
+                                || weights_of(was, rtype).map_or(0, Vec::len) != out.len()
+                            {
+                                return None;
+                            }
+                            Some(new_weights.cloned().unwrap_or_default())
+                        }
+                    };
+                    splices.push(Splice {
                         rtype,
-                        current,
-                        &mut looked_back,
-                        &mut alone,
-                    )?,
-                };
-                left += current.len() - out.len() + insert.len();
-                let weights = match (weights_of(Some(node), rtype), weights_of(will, rtype)) {
-                    (None, None) if weights_of(was, rtype).is_none() => None,
-                    (current_weights, new_weights) => {
-                        // Weights go with the addresses, one for one.
-                        if current_weights.map_or(0, Vec::len) != current.len()
-                            || new_weights.map_or(0, Vec::len) != insert.len()
-                            || weights_of(was, rtype).map_or(0, Vec::len) != out.len()
-                        {
-                            return None;
-                        }
-                        Some(new_weights.cloned().unwrap_or_default())
-                    }
-                };
-                splices.push(Splice {
-                    rtype,
-                    at,
-                    remove: out.len(),
-                    insert,
-                    weights,
-                });
+                        at,
+                        remove: out.len(),
+                        insert,
+                        weights,
+                    });
+                }
             }
             let others_left = node.rrsets.keys().filter(|t| !types.contains(t)).count();
             // A name left without records stays when a build would still
             // make it: the service's own names, or a new instance's.
-            let keep = left > 0 || others_left > 0 || will.is_some() || own.contains(name);
+            let keep = left > 0
+                || others_left > 0
+                || here.iter().any(|(_, _, will)| will.is_some())
+                || own.contains(name);
             if !keep {
-                let was_theirs = hosts.contains(name)
-                    || before.instances.iter().any(|i| {
-                        service_names(apex, &before)
-                            .and_then(|(_, srv)| try_child(&srv, &i.name))
-                            .is_some_and(|n| lower_wire(&n) == *name)
+                let was_theirs = subjects.iter().any(|s| !s.prior && s.host == *name)
+                    || parts.iter().any(|(before, _)| {
+                        let srv = service_names(apex, before).map(|(_, srv)| srv);
+                        before.instances.iter().any(|i| {
+                            (srv.as_ref())
+                                .and_then(|srv| try_child(srv, &i.name))
+                                .is_some_and(|n| lower_wire(&n) == *name)
+                        })
                     });
                 if !was_theirs {
                     return None;
@@ -235,8 +375,10 @@ impl LiveZone {
         }
 
         // Exact: now change.
-        index(&mut self.by_target, apex, key, &before.instances, false);
-        index(&mut self.by_target, apex, key, &after.instances, true);
+        for (before, after) in &parts {
+            index(&mut self.by_target, apex, key, &before.instances, false);
+            index(&mut self.by_target, apex, key, &after.instances, true);
+        }
         let max_answers = old.max_answers;
         let mut changed_names = Vec::new();
         let mut edited = Vec::new();
@@ -248,31 +390,40 @@ impl LiveZone {
             touched.remove(&name);
             let node = self.names.get_mut(&name).expect("a name with records");
             let mut seen = node.seen.take();
-            for s in splices {
-                if s.remove > 0 || !s.insert.is_empty() {
-                    edited.push((name.clone(), s.rtype, s.at));
-                }
-                let mut records = node.rrsets.take(s.rtype);
+            for of_type in splices.chunk_by(|a, b| a.rtype == b.rtype) {
+                let rtype = of_type[0].rtype;
+                edited.push((name.clone(), rtype, of_type[0].at));
+                let mut records = node.rrsets.take(rtype);
                 if let Some(seen) = &mut seen {
-                    for r in &records[s.at..s.at + s.remove] {
-                        seen.remove(&r.key());
+                    for s in of_type {
+                        for r in &records[s.at..s.at + s.remove] {
+                            seen.remove(&r.key());
+                        }
+                        seen.extend(s.insert.iter().map(RData::key));
                     }
-                    seen.extend(s.insert.iter().map(RData::key));
                 }
-                records.splice(s.at..s.at + s.remove, s.insert);
+                splice_all(
+                    &mut records,
+                    of_type.iter().map(|s| (s.at, s.remove, &s.insert[..])),
+                );
                 let empty = records.is_empty();
-                node.rrsets.set(s.rtype, records);
-                if let Some(weights) = s.weights {
+                node.rrsets.set(rtype, records);
+                if of_type.iter().any(|s| s.weights.is_some()) {
                     let weighted = node.weighted.get_or_insert_with(|| {
                         Box::new(Weighted {
                             max_answers,
                             by_type: Default::default(),
                         })
                     });
-                    let list = weighted.by_type.or_default(s.rtype);
-                    list.splice(s.at..s.at + s.remove, weights);
+                    let list = weighted.by_type.or_default(rtype);
+                    let none = Vec::new();
+                    splice_all(
+                        list,
+                        (of_type.iter())
+                            .map(|s| (s.at, s.remove, &s.weights.as_ref().unwrap_or(&none)[..])),
+                    );
                     if empty {
-                        weighted.by_type.remove(&s.rtype);
+                        weighted.by_type.remove(&rtype);
                     }
                     if weighted.by_type.is_empty() {
                         node.weighted = None;
@@ -286,26 +437,34 @@ impl LiveZone {
             self.edited_from(name, rtype, at);
         }
         #[cfg(test)]
-        PATCHED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PATCHED.set(PATCHED.get() + 1);
         Some((touched, fresh, changed_names))
     }
 
     /// How many records of `rtype` at `name` the service's instances before
-    /// `start` make: just past the last record of the last of them with one
-    /// there. `None` when it is not among the few looked at.
+    /// run `r` make: just past the last record of the last of them with one
+    /// there. `None` when it is not among the few unchanged instances
+    /// looked at.
     #[allow(clippy::too_many_arguments)]
     fn records_before(
         &self,
         apex: &Name,
         service: &Service,
-        start: usize,
+        runs: &[Run],
+        r: usize,
         name: &[u8],
         rtype: u16,
-        current: &[RData],
+        positions: &mut Positions,
         looked_back: &mut Vec<(usize, HashMap<Vec<u8>, NodeRecords>)>,
         alone: &mut HashMap<usize, bool>,
     ) -> Option<usize> {
-        for i in (start.saturating_sub(PATCH_LOOK_BACK)..start).rev() {
+        let start = runs[r].start;
+        // Back to the run before, whose records may be moving.
+        let after_previous = r.checked_sub(1).map(|p| runs[p].start + runs[p].remove);
+        let from = start
+            .saturating_sub(PATCH_LOOK_BACK)
+            .max(after_previous.unwrap_or(0));
+        for i in (from..start).rev() {
             let at = match looked_back.iter().position(|(j, _)| *j == i) {
                 Some(at) => at,
                 None => {
@@ -349,12 +508,165 @@ impl LiveZone {
             }
             let mut last = 0;
             for r in mine {
-                last = last.max(current.iter().rposition(|c| c.same(r))?);
+                last = last.max(positions.find(r)?);
             }
             return Some(last + 1);
         }
-        (start <= PATCH_LOOK_BACK).then_some(0)
+        (after_previous.is_none() && start <= PATCH_LOOK_BACK).then_some(0)
     }
+}
+
+/// What the instances of a service share with the instances a change looks
+/// at closely: compared one by one when they are few, else found through
+/// maps of their names, addresses, host names and tags.
+struct Sharing<'a> {
+    subjects: &'a [Subject<'a>],
+    apex_len: usize,
+    maps: Option<SharingMaps>,
+}
+
+#[derive(Default)]
+struct SharingMaps {
+    names: HashMap<Vec<u8>, Vec<usize>>,
+    addresses: HashMap<std::net::IpAddr, Vec<usize>>,
+    hosts: HashMap<Vec<u8>, Vec<usize>>,
+    tags: HashMap<Vec<u8>, Vec<usize>>,
+}
+
+impl<'a> Sharing<'a> {
+    fn new(subjects: &'a [Subject<'a>], apex_len: usize) -> Self {
+        let maps = (subjects.len() > COMPARE_FEW).then(|| {
+            let mut maps = SharingMaps::default();
+            for (s, subject) in subjects.iter().enumerate() {
+                let instance = subject.instance;
+                (maps.names)
+                    .entry(instance.name.to_ascii_lowercase().into_bytes())
+                    .or_default()
+                    .push(s);
+                if let Endpoint::Addresses(addresses) = &instance.endpoint {
+                    for a in addresses {
+                        maps.addresses.entry(*a).or_default().push(s);
+                    }
+                }
+                maps.hosts.entry(subject.host.clone()).or_default().push(s);
+                for tag in &instance.tags {
+                    (maps.tags)
+                        .entry(tag.to_ascii_lowercase().into_bytes())
+                        .or_default()
+                        .push(s);
+                }
+            }
+            maps
+        });
+        Sharing {
+            subjects,
+            apex_len,
+            maps,
+        }
+    }
+
+    /// The subjects (by index) that `other` may share a record with, into
+    /// `out`, each once.
+    fn with(&self, other: &Instance, out: &mut Vec<usize>) {
+        out.clear();
+        let Some(maps) = &self.maps else {
+            out.extend(
+                (self.subjects.iter().enumerate()).filter_map(|(s, subject)| {
+                    shares(
+                        &[subject.instance],
+                        std::slice::from_ref(&subject.host),
+                        self.apex_len,
+                        other,
+                    )
+                    .then_some(s)
+                }),
+            );
+            return;
+        };
+        if let Some(found) = maps.names.get(&*lowercase(&other.name)) {
+            out.extend(found);
+        }
+        match &other.endpoint {
+            Endpoint::Addresses(addresses) => {
+                for a in addresses {
+                    out.extend(maps.addresses.get(a).into_iter().flatten());
+                }
+            }
+            Endpoint::Target(t) => out.extend(maps.hosts.get(&lower_wire(t)).into_iter().flatten()),
+        }
+        for tag in &other.tags {
+            let Some(found) = maps.tags.get(&*lowercase(tag)) else {
+                continue;
+            };
+            // Only a tag spelled otherwise is shared: its name takes the
+            // letter case of its first instance.
+            out.extend(found.iter().filter(|&&s| {
+                (self.subjects[s].instance.tags.iter())
+                    .any(|t| t.eq_ignore_ascii_case(tag) && t != tag)
+            }));
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
+}
+
+/// Where records are in an RRset before the change (each is there once):
+/// looked for one at a time, from the end where registrations mostly go,
+/// unless many will be looked for in a long RRset; then through a map
+/// made once.
+struct Positions<'a> {
+    records: &'a [RData],
+    many: bool,
+    map: Option<HashMap<&'a RData, usize>>,
+}
+
+impl<'a> Positions<'a> {
+    fn new(records: &'a [RData], lookups: usize) -> Self {
+        Positions {
+            records,
+            many: lookups > 2 && records.len() > 64,
+            map: None,
+        }
+    }
+
+    fn find(&mut self, record: &RData) -> Option<usize> {
+        if !self.many {
+            return self.records.iter().rposition(|r| r.same(record));
+        }
+        let records = self.records;
+        let map = self
+            .map
+            .get_or_insert_with(|| records.iter().enumerate().map(|(i, r)| (r, i)).collect());
+        map.get(record).copied()
+    }
+}
+
+/// Applies edits (where, in the list before them, how many to remove, what
+/// to put there) given in order: in place for one, in one pass for more.
+fn splice_all<'a, T: Clone + 'a>(
+    list: &mut Vec<T>,
+    edits: impl IntoIterator<Item = (usize, usize, &'a [T])>,
+) {
+    let mut edits = edits.into_iter().peekable();
+    let Some((at, remove, insert)) = edits.next() else {
+        return;
+    };
+    if edits.peek().is_none() {
+        list.splice(at..at + remove, insert.iter().cloned());
+        return;
+    }
+    let old = std::mem::take(list);
+    let mut out = Vec::with_capacity(old.len() + insert.len());
+    let mut old = old.into_iter();
+    let mut next = 0;
+    for (at, remove, insert) in std::iter::once((at, remove, insert)).chain(edits) {
+        out.extend(old.by_ref().take(at - next));
+        old.by_ref().take(remove).for_each(drop);
+        next = at + remove;
+        out.extend(insert.iter().cloned());
+    }
+    out.extend(old);
+    *list = out;
 }
 
 /// Whether `other` may have a record that one of `these` instances (all with
