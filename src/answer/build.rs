@@ -15,7 +15,7 @@ use super::encode::{Encoder, NodeRecords, RData};
 use super::snapshot::ZoneSnapshot;
 use super::weighted::{Weighted, ZERO_WEIGHT};
 use crate::answer::wire::{WireName, lower_wire, lower_wire_into};
-use crate::model::{Endpoint, Service, ServiceKey, Zone};
+use crate::model::{Endpoint, Instance, Service, ServiceKey, Zone};
 
 /// Assembles a zone's records by owner name, then encodes every answer.
 pub(super) struct Builder<'z> {
@@ -225,24 +225,15 @@ impl<'z> Builder<'z> {
                         warn!(instance = %instance.name, zone = %apex, "instance name too long; left out");
                         continue;
                     };
-                    // An instance's weight is shared by its addresses of a
-                    // family, so one with two IPv4 addresses is not chosen
-                    // twice as often as one with a single address.
-                    let per_family = |v4: bool| addrs.iter().filter(|a| a.is_ipv4() == v4).count();
-                    let (v4, v6) = (per_family(true), per_family(false));
-                    let weight = match instance.weight {
-                        0 => ZERO_WEIGHT,
-                        w => f64::from(w),
-                    };
+                    let share = address_share(instance, addrs);
                     for addr in addrs {
                         self.add(&host, RData::Addr(*addr));
-                        let share = weight / if addr.is_ipv4() { v4 } else { v6 } as f64;
                         for name in std::iter::once(&service_name).chain(&tag_names) {
                             self.add_weighted(
                                 name,
                                 *addr,
                                 instance.priority,
-                                share,
+                                share(addr),
                                 service.max_answers,
                             );
                         }
@@ -283,6 +274,20 @@ impl<'z> Builder<'z> {
             }
         }
     }
+}
+
+/// The weight of each of an instance's addresses in its service's weighted
+/// answers: the instance's weight shared by its addresses of a family, so
+/// one with two IPv4 addresses is not chosen twice as often as one with a
+/// single address.
+pub(super) fn address_share(instance: &Instance, addrs: &[IpAddr]) -> impl Fn(&IpAddr) -> f64 {
+    let per_family = |v4: bool| addrs.iter().filter(|a| a.is_ipv4() == v4).count();
+    let (v4, v6) = (per_family(true), per_family(false));
+    let weight = match instance.weight {
+        0 => ZERO_WEIGHT,
+        w => f64::from(w),
+    };
+    move |addr| weight / if addr.is_ipv4() { v4 } else { v6 } as f64
 }
 
 /// For each name above a name of `names` and below the apex: how many names

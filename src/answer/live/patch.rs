@@ -7,6 +7,8 @@
 use std::ops::Range;
 
 use super::*;
+use crate::answer::build::address_share;
+use crate::model::names::check_label;
 
 /// Services with fewer instances are gathered again whole on a change:
 /// that is as cheap as patching, and one path less to keep right.
@@ -190,7 +192,11 @@ impl LiveZone {
         // One look at every instance, old and new, for what it shares with
         // those looked at closely.
         let sharing = Sharing::new(&subjects, self.apex_len);
-        let mut prior_alone = vec![true; runs.len()];
+        // What each run's prior instance shares; whether a changed instance
+        // shares an address with one outside its run: then the address
+        // records of the service's names are made again whole.
+        let mut prior_shares = vec![Shared::Nothing; runs.len()];
+        let mut addresses_shared = false;
         let run_of_old = |j: usize| {
             let r = runs.partition_point(|r| r.start + r.remove <= j);
             runs.get(r).filter(|r| r.start <= j).map(|_| r)
@@ -205,24 +211,28 @@ impl LiveZone {
         let mut hits = Vec::new();
         for (who, run, other) in old_side.chain(new_side) {
             sharing.with(other, &mut hits);
-            for &s in &hits {
+            for &(s, shared) in &hits {
                 let subject = &subjects[s];
                 if subject.who == who {
                     continue;
                 }
+                if shared == Shared::Addresses {
+                    addresses_shared = true;
+                }
                 if subject.prior {
-                    prior_alone[subject.run] = false;
-                } else if run != Some(subject.run) {
+                    prior_shares[subject.run] = prior_shares[subject.run].max(shared);
+                } else if run != Some(subject.run) && shared == Shared::Records {
                     return None;
                 }
             }
         }
-        let mut alone: HashMap<usize, bool> = HashMap::new();
+        let mut alone: HashMap<usize, Shared> = HashMap::new();
         for s in subjects.iter().filter(|s| s.prior) {
             if let Who::Old(i) = s.who {
-                alone.insert(i, prior_alone[s.run]);
+                alone.insert(i, prior_shares[s.run]);
             }
         }
+        let service_key = service_names(apex, old).map(|(name, _)| lower_wire(&name));
         let own: Vec<Vec<u8>> = service_names(apex, old)
             .map(|(a, b)| vec![lower_wire(&a), lower_wire(&b)])
             .unwrap_or_default();
@@ -291,6 +301,26 @@ impl LiveZone {
                 let current = node.rrsets.get(&rtype).map_or(&[][..], Vec::as_slice);
                 let mut positions = Positions::new(current, here.len());
                 left += current.len();
+                // Addresses a changed instance shares with another: their
+                // records at the service's names are made again whole.
+                if addresses_shared
+                    && (rtype == rtype::A || rtype == rtype::AAAA)
+                    && let Some(tag) = tag_of(name, service_key.as_deref()?)
+                {
+                    if weights_of(Some(node), rtype).map_or(0, Vec::len) != current.len() {
+                        return None;
+                    }
+                    let (insert, weights) = addresses_at(new, self.apex_len, tag, rtype)?;
+                    left = left - current.len() + insert.len();
+                    splices.push(Splice {
+                        rtype,
+                        at: 0,
+                        remove: current.len(),
+                        insert,
+                        weights: Some(weights),
+                    });
+                    continue;
+                }
                 // Where the splice before ended: the next starts after it.
                 let mut end = 0;
                 for &(r, was, will) in &here {
@@ -456,7 +486,7 @@ impl LiveZone {
         rtype: u16,
         positions: &mut Positions,
         looked_back: &mut Vec<(usize, HashMap<Vec<u8>, NodeRecords>)>,
-        alone: &mut HashMap<usize, bool>,
+        alone: &mut HashMap<usize, Shared>,
     ) -> Option<usize> {
         let start = runs[r].start;
         // Back to the run before, whose records may be moving.
@@ -492,18 +522,22 @@ impl LiveZone {
                 return None;
             }
             let host = target_key(apex, instance)?;
-            let alone = *alone.entry(i).or_insert_with(|| {
-                service.instances.iter().enumerate().all(|(j, other)| {
-                    j == i
-                        || !shares(
-                            &[instance],
-                            std::slice::from_ref(&host),
-                            self.apex_len,
-                            other,
-                        )
-                })
+            let shared = *alone.entry(i).or_insert_with(|| {
+                let mut most = Shared::Nothing;
+                for (j, other) in service.instances.iter().enumerate() {
+                    if j != i {
+                        let host = std::slice::from_ref(&host);
+                        most = most.max(shares(&[instance], host, self.apex_len, other));
+                    }
+                    if most == Shared::Records {
+                        break;
+                    }
+                }
+                most
             });
-            if !alone {
+            // An address another instance has too may be placed by it.
+            let address = rtype == rtype::A || rtype == rtype::AAAA;
+            if shared == Shared::Records || (address && shared == Shared::Addresses) {
                 return None;
             }
             let mut last = 0;
@@ -565,34 +599,39 @@ impl<'a> Sharing<'a> {
         }
     }
 
-    /// The subjects (by index) that `other` may share a record with, into
-    /// `out`, each once.
-    fn with(&self, other: &Instance, out: &mut Vec<usize>) {
+    /// The subjects (by index) that `other` may share a record with, and
+    /// what, into `out`, each once.
+    fn with(&self, other: &Instance, out: &mut Vec<(usize, Shared)>) {
         out.clear();
         let Some(maps) = &self.maps else {
             out.extend(
                 (self.subjects.iter().enumerate()).filter_map(|(s, subject)| {
-                    shares(
-                        &[subject.instance],
-                        std::slice::from_ref(&subject.host),
-                        self.apex_len,
-                        other,
-                    )
-                    .then_some(s)
+                    let host = std::slice::from_ref(&subject.host);
+                    let shared = shares(&[subject.instance], host, self.apex_len, other);
+                    (shared != Shared::Nothing).then_some((s, shared))
                 }),
             );
             return;
         };
+        fn records(found: &[usize]) -> impl Iterator<Item = (usize, Shared)> + '_ {
+            found.iter().map(|&s| (s, Shared::Records))
+        }
         if let Some(found) = maps.names.get(&*lowercase(&other.name)) {
-            out.extend(found);
+            out.extend(records(found));
         }
         match &other.endpoint {
             Endpoint::Addresses(addresses) => {
                 for a in addresses {
-                    out.extend(maps.addresses.get(a).into_iter().flatten());
+                    let found = maps.addresses.get(a).into_iter().flatten();
+                    out.extend(found.map(|&s| (s, Shared::Addresses)));
                 }
             }
-            Endpoint::Target(t) => out.extend(maps.hosts.get(&lower_wire(t)).into_iter().flatten()),
+            Endpoint::Target(t) => out.extend(
+                maps.hosts
+                    .get(&lower_wire(t))
+                    .into_iter()
+                    .flat_map(|f| records(f)),
+            ),
         }
         for tag in &other.tags {
             let Some(found) = maps.tags.get(&*lowercase(tag)) else {
@@ -600,13 +639,14 @@ impl<'a> Sharing<'a> {
             };
             // Only a tag spelled otherwise is shared: its name takes the
             // letter case of its first instance.
-            out.extend(found.iter().filter(|&&s| {
+            out.extend(records(found).filter(|&(s, _)| {
                 (self.subjects[s].instance.tags.iter())
                     .any(|t| t.eq_ignore_ascii_case(tag) && t != tag)
             }));
         }
-        out.sort_unstable();
-        out.dedup();
+        // Each once, with the most it shares.
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        out.dedup_by_key(|(s, _)| *s);
     }
 }
 
@@ -669,13 +709,15 @@ fn splice_all<'a, T: Clone + 'a>(
     *list = out;
 }
 
-/// Whether `other` may have a record that one of `these` instances (all with
-/// addresses; `hosts` their host names' keys) also has: the same name, an
-/// address, an SRV target at one of their host names, or a tag spelled
-/// otherwise (whose name takes the letter case of its first instance).
-fn shares(these: &[&Instance], hosts: &[Vec<u8>], apex_len: usize, other: &Instance) -> bool {
-    these.iter().any(|c| {
-        c.name.eq_ignore_ascii_case(&other.name)
+/// What records `other` may have that one of `these` instances (all with
+/// addresses; `hosts` their host names' keys) also has: by the same name,
+/// an SRV target at one of their host names, or a tag spelled otherwise
+/// (whose name takes the letter case of its first instance), records of
+/// all kinds; by an address, the address records of the service's names.
+fn shares(these: &[&Instance], hosts: &[Vec<u8>], apex_len: usize, other: &Instance) -> Shared {
+    let mut shared = Shared::Nothing;
+    for c in these {
+        let records = c.name.eq_ignore_ascii_case(&other.name)
             || other.tags.iter().any(|tag| {
                 c.tags
                     .iter()
@@ -683,12 +725,89 @@ fn shares(these: &[&Instance], hosts: &[Vec<u8>], apex_len: usize, other: &Insta
             })
             || match (&c.endpoint, &other.endpoint) {
                 (Endpoint::Addresses(mine), Endpoint::Addresses(theirs)) => {
-                    mine.iter().any(|a| theirs.contains(a))
+                    if mine.iter().any(|a| theirs.contains(a)) {
+                        shared = Shared::Addresses;
+                    }
+                    false
                 }
                 (_, Endpoint::Target(_)) => hosts.iter().any(|h| points_at(h, apex_len, other)),
                 (Endpoint::Target(_), _) => true,
+            };
+        if records {
+            return Shared::Records;
+        }
+    }
+    shared
+}
+
+/// The address records a build makes at a name of the service (its own
+/// name, `tag` none, or a tag's name) of type `rtype`, with their weights,
+/// from every instance in order, each address placed by the first instance
+/// with it. `None` when an instance's name or tag is not a plain label
+/// (then whether a build places it is left to the build), or an instance
+/// is named like the service (its host's addresses are there too).
+fn addresses_at(
+    service: &Service,
+    apex_len: usize,
+    tag: Option<&[u8]>,
+    rtype: u16,
+) -> Option<(Vec<RData>, Weights)> {
+    let plain = |label: &str| check_label("", label).is_ok();
+    let mut seen = HashSet::new();
+    let (mut records, mut weights) = (Vec::new(), Vec::new());
+    for instance in &service.instances {
+        let Endpoint::Addresses(addrs) = &instance.endpoint else {
+            continue;
+        };
+        if !plain(&instance.name)
+            || apex_len + instance.name.len() + 1 > 255
+            || instance.name.eq_ignore_ascii_case(&service.name)
+        {
+            return None;
+        }
+        if let Some(tag) = tag {
+            let mut tags = service.tags.iter().chain(&instance.tags);
+            if !tags.all(|t| plain(t)) {
+                return None;
             }
-    })
+            let mut tags = service.tags.iter().chain(&instance.tags);
+            if !tags.any(|t| t.as_bytes().eq_ignore_ascii_case(tag)) {
+                continue;
+            }
+        }
+        let share = address_share(instance, addrs);
+        for addr in addrs {
+            let record = RData::Addr(*addr);
+            if record.rtype() == rtype && seen.insert(*addr) {
+                records.push(record);
+                weights.push((instance.priority, share(addr)));
+            }
+        }
+    }
+    Some((records, weights))
+}
+
+/// The (priority, weight) of each record of a weighted RRset, in order.
+type Weights = Vec<(u16, f64)>;
+
+/// Which of the service's names `name` is, by its key: the service's own
+/// (`Some(None)`), a tag's (`Some(Some(tag))`), or neither.
+fn tag_of<'n>(name: &'n [u8], service: &[u8]) -> Option<Option<&'n [u8]>> {
+    if name == service {
+        return Some(None);
+    }
+    let label = 1 + *name.first()? as usize;
+    (name.get(label..) == Some(service)).then(|| Some(&name[1..label]))
+}
+
+/// How much of a record one instance shares with another.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Shared {
+    Nothing,
+    /// Address records of the service's names.
+    Addresses,
+    /// Records of any kind.
+    Records,
 }
 
 /// The weights of a node's addresses of this type, if it has them.
