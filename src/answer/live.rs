@@ -25,6 +25,7 @@ use super::weighted::Weighted;
 use crate::answer::wire::{WireName, lower_wire, rtype};
 use crate::model::{Endpoint, Instance, Protocol, Service, ServiceKey, Zone};
 
+mod holdings;
 mod patch;
 use patch::{PATCH_FROM, runs};
 
@@ -35,6 +36,9 @@ pub struct LiveZone {
     /// Shared with the zone file's parsed services where no registration or
     /// health check changed them.
     services: BTreeMap<ServiceKey, Arc<Service>>,
+    /// What the instances of each large service that was patched hold,
+    /// counted, while it goes on being patched.
+    holdings: HashMap<ServiceKey, holdings::Holdings>,
     /// Every name's records, gathered from all of the above.
     names: HashMap<Vec<u8>, NodeRecords>,
     /// For each name above a name of `names` (below the apex): how many names
@@ -150,6 +154,7 @@ impl LiveZone {
             snapshot,
             retired: Vec::new(),
             first_edits: HashMap::new(),
+            holdings: HashMap::new(),
             whole_rrsets,
         }
     }
@@ -234,6 +239,9 @@ impl LiveZone {
             } {
                 continue;
             }
+            // Gathered again: what its instances hold is counted again when
+            // it is next patched.
+            self.holdings.remove(&key);
             match (old, &new) {
                 // The same service with other instances: only the names of
                 // the instances that differ (and the service's own names,
@@ -825,35 +833,6 @@ fn lowercase(name: &str) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
-/// Whether an instance points at the name at `key` (in the zone, whose
-/// apex key is `apex_len` long), without building the instance's names.
-fn points_at(key: &[u8], apex_len: usize, instance: &Instance) -> bool {
-    match &instance.endpoint {
-        Endpoint::Addresses(_) => {
-            let name = instance.name.as_bytes();
-            key.len() == 1 + name.len() + apex_len
-                && key[0] as usize == name.len()
-                && key[1..=name.len()].eq_ignore_ascii_case(name)
-        }
-        Endpoint::Target(t) => {
-            let mut rest = key;
-            for label in t.iter() {
-                let Some((&len, tail)) = rest.split_first() else {
-                    return false;
-                };
-                if len as usize != label.len()
-                    || tail.len() < label.len()
-                    || !tail[..label.len()].eq_ignore_ascii_case(label)
-                {
-                    return false;
-                }
-                rest = &tail[label.len()..];
-            }
-            rest == [0]
-        }
-    }
-}
-
 /// The key of the name an instance's SRV record points at: its own host
 /// name (which exists, empty, even without addresses) or its target.
 fn target_key(apex: &Name, instance: &Instance) -> Option<Vec<u8>> {
@@ -1149,7 +1128,9 @@ mod tests {
         let mut i = instance(rng);
         if rng.below(8) != 0 {
             i.name = format!("n{}", rng.below(400));
-            i.tags.retain(|t| t != "Blue");
+            if rng.below(4) != 0 {
+                i.tags.retain(|t| t != "Blue");
+            }
         }
         if rng.below(16) != 0 {
             i.endpoint = Endpoint::Addresses(Vec::new());
@@ -1167,6 +1148,17 @@ mod tests {
         }
         if rng.below(64) == 0 {
             i.name = "large".into();
+        }
+        if rng.below(16) == 0 {
+            // Pointing at another instance's host.
+            let host = format!("N{}.svc.example.", rng.below(20));
+            i.endpoint = Endpoint::Target(Box::new(name(&host)));
+        }
+        if matches!(&i.endpoint, Endpoint::Target(t) if t.to_ascii().starts_with('N'))
+            || (i.name.strip_prefix('n')).is_some_and(|k| k.parse().is_ok_and(|k: u32| k < 20))
+        {
+            // With the same SRV record as that instance.
+            (i.port, i.weight, i.priority) = (8000, 1, 0);
         }
         i
     }
@@ -1277,6 +1269,12 @@ mod tests {
                     fresh.snapshot(),
                     &format!("seed {seed}, step {step}"),
                 );
+                // What is counted of a service is what its instances hold.
+                if let Some(holdings) = live.holdings.get(&key) {
+                    let instances = live.service(&key).unwrap().instances.iter();
+                    let counted = holdings::Holdings::of(instances.map(|i| &**i));
+                    assert!(*holdings == counted, "seed {seed}, step {step}");
+                }
             }
         }
         let patched = patched() - before;

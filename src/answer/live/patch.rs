@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 
+use super::holdings::{Holdings, Shared, shared};
 use super::*;
 use crate::answer::build::address_share;
 use crate::model::names::check_label;
@@ -21,10 +22,6 @@ const PATCH_LOOK_AHEAD: usize = 16;
 /// How many instances before the changed ones are looked at to find where
 /// a new instance's records go in an RRset.
 const PATCH_LOOK_BACK: usize = 32;
-
-/// Up to this many instances looked at closely are compared with each
-/// instance of the service one by one; more are found through maps.
-const COMPARE_FEW: usize = 8;
 
 #[cfg(test)]
 thread_local! {
@@ -189,41 +186,38 @@ impl LiveZone {
                 });
             }
         }
-        // One look at every instance, old and new, for what it shares with
-        // those looked at closely.
-        let sharing = Sharing::new(&subjects, self.apex_len);
+        // What the service's instances hold, counted; what each run's take
+        // away and put in.
+        let holdings = (self.holdings.remove(key))
+            .unwrap_or_else(|| Holdings::of(old.instances.iter().map(|i| &**i)));
+        let of = |instances: &[Arc<Instance>]| Holdings::of(instances.iter().map(|i| &**i));
+        let removed: Vec<Holdings> = parts.iter().map(|(b, _)| of(&b.instances)).collect();
+        let inserted: Vec<Holdings> = parts.iter().map(|(_, a)| of(&a.instances)).collect();
+        let all_inserted = Holdings::of(
+            parts
+                .iter()
+                .flat_map(|(_, a)| a.instances.iter().map(|i| &**i)),
+        );
         // What each run's prior instance shares; whether a changed instance
         // shares an address with one outside its run: then the address
         // records of the service's names are made again whole.
         let mut prior_shares = vec![Shared::Nothing; runs.len()];
         let mut addresses_shared = false;
-        let run_of_old = |j: usize| {
-            let r = runs.partition_point(|r| r.start + r.remove <= j);
-            runs.get(r).filter(|r| r.start <= j).map(|_| r)
-        };
-        let old_side =
-            (old.instances.iter().enumerate()).map(|(j, i)| (Who::Old(j), run_of_old(j), i));
-        let new_side = runs.iter().enumerate().flat_map(|(r, run)| {
-            run.insert
-                .clone()
-                .map(move |k| (Who::New(k), Some(r), &new.instances[k]))
-        });
-        let mut hits = Vec::new();
-        for (who, run, other) in old_side.chain(new_side) {
-            sharing.with(other, &mut hits);
-            for &(s, shared) in &hits {
-                let subject = &subjects[s];
-                if subject.who == who {
-                    continue;
-                }
-                if shared == Shared::Addresses {
-                    addresses_shared = true;
-                }
-                if subject.prior {
-                    prior_shares[subject.run] = prior_shares[subject.run].max(shared);
-                } else if run != Some(subject.run) && shared == Shared::Records {
-                    return None;
-                }
+        for subject in &subjects {
+            let r = subject.run;
+            let (instance, host) = (subject.instance, &subject.host);
+            let shares = if subject.prior {
+                let me = Holdings::of([instance]);
+                shared(instance, host, &holdings, &[&all_inserted], &[&me])
+            } else {
+                let own_run = [&removed[r], &inserted[r]];
+                shared(instance, host, &holdings, &[&all_inserted], &own_run)
+            };
+            addresses_shared |= shares == Shared::Addresses;
+            if subject.prior {
+                prior_shares[r] = prior_shares[r].max(shares);
+            } else if shares == Shared::Records {
+                return None;
             }
         }
         let mut alone: HashMap<usize, Shared> = HashMap::new();
@@ -351,6 +345,7 @@ impl LiveZone {
                             &mut positions,
                             &mut looked_back,
                             &mut alone,
+                            &holdings,
                         )?,
                     };
                     if at < end {
@@ -405,6 +400,12 @@ impl LiveZone {
         }
 
         // Exact: now change.
+        let mut holdings = holdings;
+        for (before, after) in &parts {
+            (before.instances.iter()).for_each(|i| holdings.add(i, -1));
+            (after.instances.iter()).for_each(|i| holdings.add(i, 1));
+        }
+        self.holdings.insert(key.clone(), holdings);
         for (before, after) in &parts {
             index(&mut self.by_target, apex, key, &before.instances, false);
             index(&mut self.by_target, apex, key, &after.instances, true);
@@ -487,6 +488,7 @@ impl LiveZone {
         positions: &mut Positions,
         looked_back: &mut Vec<(usize, HashMap<Vec<u8>, NodeRecords>)>,
         alone: &mut HashMap<usize, Shared>,
+        holdings: &Holdings,
     ) -> Option<usize> {
         let start = runs[r].start;
         // Back to the run before, whose records may be moving.
@@ -522,18 +524,14 @@ impl LiveZone {
                 return None;
             }
             let host = target_key(apex, instance)?;
-            let shared = *alone.entry(i).or_insert_with(|| {
-                let mut most = Shared::Nothing;
-                for (j, other) in service.instances.iter().enumerate() {
-                    if j != i {
-                        let host = std::slice::from_ref(&host);
-                        most = most.max(shares(&[instance], host, self.apex_len, other));
-                    }
-                    if most == Shared::Records {
-                        break;
-                    }
-                }
-                most
+            let shared = *(alone.entry(i)).or_insert_with(|| {
+                shared(
+                    instance,
+                    &host,
+                    holdings,
+                    &[],
+                    &[&Holdings::of([&**instance])],
+                )
             });
             // An address another instance has too may be placed by it.
             let address = rtype == rtype::A || rtype == rtype::AAAA;
@@ -547,106 +545,6 @@ impl LiveZone {
             return Some(last + 1);
         }
         (after_previous.is_none() && start <= PATCH_LOOK_BACK).then_some(0)
-    }
-}
-
-/// What the instances of a service share with the instances a change looks
-/// at closely: compared one by one when they are few, else found through
-/// maps of their names, addresses, host names and tags.
-struct Sharing<'a> {
-    subjects: &'a [Subject<'a>],
-    apex_len: usize,
-    maps: Option<SharingMaps>,
-}
-
-#[derive(Default)]
-struct SharingMaps {
-    names: HashMap<Vec<u8>, Vec<usize>>,
-    addresses: HashMap<std::net::IpAddr, Vec<usize>>,
-    hosts: HashMap<Vec<u8>, Vec<usize>>,
-    tags: HashMap<Vec<u8>, Vec<usize>>,
-}
-
-impl<'a> Sharing<'a> {
-    fn new(subjects: &'a [Subject<'a>], apex_len: usize) -> Self {
-        let maps = (subjects.len() > COMPARE_FEW).then(|| {
-            let mut maps = SharingMaps::default();
-            for (s, subject) in subjects.iter().enumerate() {
-                let instance = subject.instance;
-                (maps.names)
-                    .entry(instance.name.to_ascii_lowercase().into_bytes())
-                    .or_default()
-                    .push(s);
-                if let Endpoint::Addresses(addresses) = &instance.endpoint {
-                    for a in addresses {
-                        maps.addresses.entry(*a).or_default().push(s);
-                    }
-                }
-                maps.hosts.entry(subject.host.clone()).or_default().push(s);
-                for tag in &instance.tags {
-                    (maps.tags)
-                        .entry(tag.to_ascii_lowercase().into_bytes())
-                        .or_default()
-                        .push(s);
-                }
-            }
-            maps
-        });
-        Sharing {
-            subjects,
-            apex_len,
-            maps,
-        }
-    }
-
-    /// The subjects (by index) that `other` may share a record with, and
-    /// what, into `out`, each once.
-    fn with(&self, other: &Instance, out: &mut Vec<(usize, Shared)>) {
-        out.clear();
-        let Some(maps) = &self.maps else {
-            out.extend(
-                (self.subjects.iter().enumerate()).filter_map(|(s, subject)| {
-                    let host = std::slice::from_ref(&subject.host);
-                    let shared = shares(&[subject.instance], host, self.apex_len, other);
-                    (shared != Shared::Nothing).then_some((s, shared))
-                }),
-            );
-            return;
-        };
-        fn records(found: &[usize]) -> impl Iterator<Item = (usize, Shared)> + '_ {
-            found.iter().map(|&s| (s, Shared::Records))
-        }
-        if let Some(found) = maps.names.get(&*lowercase(&other.name)) {
-            out.extend(records(found));
-        }
-        match &other.endpoint {
-            Endpoint::Addresses(addresses) => {
-                for a in addresses {
-                    let found = maps.addresses.get(a).into_iter().flatten();
-                    out.extend(found.map(|&s| (s, Shared::Addresses)));
-                }
-            }
-            Endpoint::Target(t) => out.extend(
-                maps.hosts
-                    .get(&lower_wire(t))
-                    .into_iter()
-                    .flat_map(|f| records(f)),
-            ),
-        }
-        for tag in &other.tags {
-            let Some(found) = maps.tags.get(&*lowercase(tag)) else {
-                continue;
-            };
-            // Only a tag spelled otherwise is shared: its name takes the
-            // letter case of its first instance.
-            out.extend(records(found).filter(|&(s, _)| {
-                (self.subjects[s].instance.tags.iter())
-                    .any(|t| t.eq_ignore_ascii_case(tag) && t != tag)
-            }));
-        }
-        // Each once, with the most it shares.
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        out.dedup_by_key(|(s, _)| *s);
     }
 }
 
@@ -709,37 +607,6 @@ fn splice_all<'a, T: Clone + 'a>(
     *list = out;
 }
 
-/// What records `other` may have that one of `these` instances (all with
-/// addresses; `hosts` their host names' keys) also has: by the same name,
-/// an SRV target at one of their host names, or a tag spelled otherwise
-/// (whose name takes the letter case of its first instance), records of
-/// all kinds; by an address, the address records of the service's names.
-fn shares(these: &[&Instance], hosts: &[Vec<u8>], apex_len: usize, other: &Instance) -> Shared {
-    let mut shared = Shared::Nothing;
-    for c in these {
-        let records = c.name.eq_ignore_ascii_case(&other.name)
-            || other.tags.iter().any(|tag| {
-                c.tags
-                    .iter()
-                    .any(|t| t.eq_ignore_ascii_case(tag) && t != tag)
-            })
-            || match (&c.endpoint, &other.endpoint) {
-                (Endpoint::Addresses(mine), Endpoint::Addresses(theirs)) => {
-                    if mine.iter().any(|a| theirs.contains(a)) {
-                        shared = Shared::Addresses;
-                    }
-                    false
-                }
-                (_, Endpoint::Target(_)) => hosts.iter().any(|h| points_at(h, apex_len, other)),
-                (Endpoint::Target(_), _) => true,
-            };
-        if records {
-            return Shared::Records;
-        }
-    }
-    shared
-}
-
 /// The address records a build makes at a name of the service (its own
 /// name, `tag` none, or a tag's name) of type `rtype`, with their weights,
 /// from every instance in order, each address placed by the first instance
@@ -798,16 +665,6 @@ fn tag_of<'n>(name: &'n [u8], service: &[u8]) -> Option<Option<&'n [u8]>> {
     }
     let label = 1 + *name.first()? as usize;
     (name.get(label..) == Some(service)).then(|| Some(&name[1..label]))
-}
-
-/// How much of a record one instance shares with another.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Shared {
-    Nothing,
-    /// Address records of the service's names.
-    Addresses,
-    /// Records of any kind.
-    Records,
 }
 
 /// The weights of a node's addresses of this type, if it has them.
