@@ -330,7 +330,25 @@ fn a_node_cut_off_while_etcd_compacts_reads_everything_again_without_a_gap() {
         lonely.server.log_text()
     );
 
+    // The node waits, stopped, while its member catches up with the
+    // compaction: else it may watch from the member's history before the
+    // member applies it, and never meet the compaction.
+    let kill = |signal: &str| {
+        let pid = lonely.server.pid().to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status();
+        assert!(status.unwrap().success());
+    };
+    kill("-STOP");
     etcd.resume_member(2);
+    let compacted = (revision - 1).to_string();
+    assert!(eventually(Duration::from_secs(10), || {
+        let get = ["get", "web", "--rev", &compacted, "--consistency=s"];
+        let out = etcd.etcdctl_on(&[2], &get);
+        String::from_utf8_lossy(&out.stderr).contains("compacted")
+    }));
+    kill("-CONT");
     let nodes = [lonely];
     assert!(none_answer(&nodes, WEB_9, Duration::from_secs(10)));
     assert!(all_answer(&nodes, "web-11.svc.example.", "10.0.0.21"));
