@@ -1093,3 +1093,95 @@ fn registrations_into_a_large_zone_are_answered_and_leave_the_rest_alone() {
         ResponseCode::NXDomain
     );
 }
+
+#[test]
+fn batches_into_a_large_service_with_shared_addresses_are_answered_as_registered() {
+    // A service of 200 instances, two to an address (two on each host).
+    let dir = tempfile::tempdir().unwrap();
+    let mut text =
+        String::from("zone = \"svc.example\"\n[[services]]\nname = \"web\"\nport = 80\n");
+    let mut expected: std::collections::BTreeMap<String, String> = (0..200)
+        .map(|i| (format!("f-{i:03}"), format!("10.0.0.{}", i / 2 + 1)))
+        .collect();
+    for (name, address) in &expected {
+        text.push_str(&format!(
+            "[[services.instances]]\nname = \"{name}\"\naddress = \"{address}\"\n"
+        ));
+    }
+    std::fs::write(dir.path().join("svc.example.toml"), text).unwrap();
+    let server = Server::start(dir.path());
+    let mut admin = server.admin();
+    // Registrations, each a third of them on a host of the file's: written
+    // together, so that one batch changes the service in many places.
+    let address = |k: usize| match k % 3 {
+        0 => format!("10.0.0.{}", k % 100 + 1),
+        _ => format!("10.0.1.{k}"),
+    };
+    let batch = |admin: &mut AdminClient, lines: Vec<Value>| {
+        let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+        admin.write_lines(&text).unwrap();
+        for line in &lines {
+            let reply = admin.read_reply().expect("a reply");
+            assert_eq!(reply["ok"], true, "{line} -> {reply}");
+        }
+    };
+    let check = |expected: &std::collections::BTreeMap<String, String>, when: &str| {
+        let mut targets: Vec<String> = (server
+            .tcp(&query("_web._tcp.svc.example.", RecordType::SRV))
+            .answers
+            .iter())
+        .map(|r| r.data.to_string().rsplit(' ').next().unwrap().to_string())
+        .collect();
+        targets.sort();
+        let hosts: Vec<String> = expected
+            .keys()
+            .map(|n| format!("{n}.svc.example."))
+            .collect();
+        assert_eq!(targets, hosts, "{when}");
+        let mut addresses: Vec<String> = (server
+            .tcp(&query("web.svc.example.", RecordType::A))
+            .answers
+            .iter())
+        .map(|r| r.data.to_string())
+        .collect();
+        addresses.sort();
+        let mut want: Vec<String> = expected.values().cloned().collect();
+        want.sort();
+        want.dedup();
+        assert_eq!(addresses, want, "{when}");
+        for (name, address) in expected {
+            let host = format!("{name}.svc.example.");
+            let got = answers(&server, &host, RecordType::A);
+            assert_eq!(got, std::slice::from_ref(address), "{when}");
+        }
+    };
+    let one = |k: usize| register(&format!("r-{k:02}"), &address(k));
+    batch(&mut admin, (0..40).step_by(2).map(one).collect());
+    expected.extend(
+        (0..40)
+            .step_by(2)
+            .map(|k| (format!("r-{k:02}"), address(k))),
+    );
+    check(&expected, "after the even ones");
+    // In between those: a run of changed instances per registration.
+    batch(&mut admin, (1..40).step_by(2).map(one).collect());
+    expected.extend(
+        (1..40)
+            .step_by(2)
+            .map(|k| (format!("r-{k:02}"), address(k))),
+    );
+    check(&expected, "after the odd ones");
+    // And out again, every third, leaving addresses held by others in and
+    // taking those held by no one else out.
+    let out: Vec<usize> = (0..40).step_by(3).collect();
+    batch(
+        &mut admin,
+        (out.iter())
+            .map(|k| json!({"op":"deregister","zone":"svc.example","service":"web","instance":format!("r-{k:02}")}))
+            .collect(),
+    );
+    for k in &out {
+        expected.remove(&format!("r-{k:02}"));
+    }
+    check(&expected, "after the deregistrations");
+}
