@@ -85,13 +85,6 @@ struct Splice {
     weights: Option<Vec<(u16, f64)>>,
 }
 
-/// Which instance: of the service before the change, or after it.
-#[derive(Clone, Copy, PartialEq)]
-enum Who {
-    Old(usize),
-    New(usize),
-}
-
 /// An instance the change looks at closely: a changed one, whose records
 /// must be its run's alone, or the one just before a run, where a new
 /// instance's records most often go after (see `records_before`), whose
@@ -100,8 +93,8 @@ struct Subject<'a> {
     instance: &'a Instance,
     /// The key of its host name.
     host: Vec<u8>,
-    who: Who,
     run: usize,
+    /// The instance before the run (at its start less one), not in it.
     prior: bool,
 }
 
@@ -156,9 +149,7 @@ impl LiveZone {
         }
         let mut subjects = Vec::with_capacity(count + runs.len());
         for (r, (run, (before, after))) in runs.iter().zip(&parts).enumerate() {
-            let removed = (before.instances.iter()).zip((run.start..).map(Who::Old));
-            let added = (after.instances.iter()).zip(run.insert.clone().map(Who::New));
-            for (instance, who) in removed.chain(added) {
+            for instance in before.instances.iter().chain(&after.instances) {
                 // The changed instances' records are theirs alone.
                 if !matches!(instance.endpoint, Endpoint::Addresses(_)) {
                     return None;
@@ -167,7 +158,6 @@ impl LiveZone {
                 subjects.push(Subject {
                     instance,
                     host,
-                    who,
                     run: r,
                     prior: false,
                 });
@@ -180,7 +170,6 @@ impl LiveZone {
                 subjects.push(Subject {
                     instance,
                     host,
-                    who: Who::Old(i),
                     run: r,
                     prior: true,
                 });
@@ -198,8 +187,8 @@ impl LiveZone {
                 .iter()
                 .flat_map(|(_, a)| a.instances.iter().map(|i| &**i)),
         );
-        // What each run's prior instance shares; whether a changed instance
-        // shares an address with one outside its run: then the address
+        // What each run's prior instance shares; whether an instance looked
+        // at shares an address with one outside its run: then the address
         // records of the service's names are made again whole.
         let mut prior_shares = vec![Shared::Nothing; runs.len()];
         let mut addresses_shared = false;
@@ -222,9 +211,7 @@ impl LiveZone {
         }
         let mut alone: HashMap<usize, Shared> = HashMap::new();
         for s in subjects.iter().filter(|s| s.prior) {
-            if let Who::Old(i) = s.who {
-                alone.insert(i, prior_shares[s.run]);
-            }
+            alone.insert(runs[s.run].start - 1, prior_shares[s.run]);
         }
         let service_key = service_names(apex, old).map(|(name, _)| lower_wire(&name));
         let own: Vec<Vec<u8>> = service_names(apex, old)
