@@ -1,6 +1,6 @@
 //! What the registry keeps of each zone and of each runtime registration.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -25,8 +25,84 @@ impl ZoneEntry {
     }
 }
 
-/// The runtime instance ids of each service of a zone.
-pub(super) type ServiceIds = BTreeMap<ServiceKey, BTreeSet<String>>;
+/// A zone's runtime registrations, kept by service: a change to a service
+/// reads that service's registrations in one walk, not one lookup in the
+/// zone's registrations for each of them (a fifth of a registration's time
+/// at 3 000 instances).
+#[derive(Default)]
+pub(super) struct ZoneRuntime {
+    /// Each service's registrations (lowercased name, protocol), by
+    /// lowercased instance name (a host name, unique in its zone).
+    services: BTreeMap<ServiceKey, BTreeMap<String, RuntimeEntry>>,
+    /// The service each instance name is registered in.
+    service_of: BTreeMap<String, ServiceKey>,
+}
+
+impl ZoneRuntime {
+    pub(super) fn get(&self, id: &str) -> Option<&RuntimeEntry> {
+        self.services.get(self.service_of.get(id)?)?.get(id)
+    }
+
+    /// The registration, to change its state; its service and name stay.
+    pub(super) fn get_mut(&mut self, id: &str) -> Option<&mut RuntimeEntry> {
+        self.services.get_mut(self.service_of.get(id)?)?.get_mut(id)
+    }
+
+    pub(super) fn contains_key(&self, id: &str) -> bool {
+        self.service_of.contains_key(id)
+    }
+
+    /// Adds or replaces the registration of instance `id`, wherever its
+    /// service was; returns the one it replaced.
+    pub(super) fn insert(&mut self, id: String, entry: RuntimeEntry) -> Option<RuntimeEntry> {
+        let before = self.remove(&id);
+        let service = entry.valid.service_key();
+        self.service_of.insert(id.clone(), service.clone());
+        self.services.entry(service).or_default().insert(id, entry);
+        before
+    }
+
+    pub(super) fn remove(&mut self, id: &str) -> Option<RuntimeEntry> {
+        let service = self.service_of.remove(id)?;
+        let instances = self.services.get_mut(&service)?;
+        let gone = instances.remove(id);
+        if instances.is_empty() {
+            self.services.remove(&service);
+        }
+        gone
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.service_of.is_empty()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.service_of.len()
+    }
+
+    /// Every registration, service by service.
+    pub(super) fn values(&self) -> impl Iterator<Item = &RuntimeEntry> {
+        self.services.values().flat_map(BTreeMap::values)
+    }
+
+    /// Every registration, to change their state; services and names stay.
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut RuntimeEntry> {
+        self.services.values_mut().flat_map(BTreeMap::values_mut)
+    }
+
+    /// The services with registrations.
+    pub(super) fn service_keys(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.services.keys()
+    }
+
+    /// A service's registrations, by instance name.
+    pub(super) fn service(
+        &self,
+        service: &ServiceKey,
+    ) -> impl Iterator<Item = (&String, &RuntimeEntry)> {
+        self.services.get(service).into_iter().flatten()
+    }
+}
 
 /// A zone file's zone with the indexes the registry keeps of it. The
 /// watcher makes it on its own thread: for a file of 100 000 services the
@@ -177,5 +253,50 @@ fn endpoint_strings(e: &Endpoint) -> (Vec<String>, Option<String>) {
     match e {
         Endpoint::Addresses(a) => (a.iter().map(ToString::to_string).collect(), None),
         Endpoint::Target(t) => (Vec::new(), Some(t.to_ascii())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(service: &str, instance: &str) -> RuntimeEntry {
+        let request: Registration = serde_json::from_value(serde_json::json!({
+            "zone": "r.test", "service": service, "instance": instance,
+            "address": "10.0.0.1", "port": 80}))
+        .expect("a registration");
+        RuntimeEntry {
+            valid: super::super::runtime::validate(&request).expect("valid"),
+            request,
+            timer: None,
+            expired: false,
+            shadowed: None,
+        }
+    }
+
+    fn names<'a>(z: &'a ZoneRuntime, service: &str) -> Vec<&'a str> {
+        let key = entry(service, "x").valid.service_key();
+        z.service(&key).map(|(id, _)| id.as_str()).collect()
+    }
+
+    /// An instance name is in one service: registered again in another, it
+    /// leaves the first, and a service without registrations is gone.
+    #[test]
+    fn each_instance_is_in_one_service() {
+        let mut z = ZoneRuntime::default();
+        assert!(z.insert("b".into(), entry("web", "b")).is_none());
+        assert!(z.insert("a".into(), entry("web", "a")).is_none());
+        assert_eq!(names(&z, "web"), ["a", "b"], "in name order");
+        let moved = z.insert("a".into(), entry("db", "a"));
+        assert_eq!(moved.expect("replaced").valid.service, "web");
+        assert_eq!((names(&z, "web"), names(&z, "db")), (vec!["b"], vec!["a"]));
+        assert_eq!(z.get("a").expect("there").valid.service, "db");
+        assert_eq!(z.len(), 2);
+        assert_eq!(z.remove("b").expect("there").valid.service, "web");
+        assert!(z.remove("b").is_none());
+        assert_eq!(z.service_keys().count(), 1, "web has no registrations left");
+        z.get_mut("a").expect("there").expired = true;
+        assert!(z.values().all(|r| r.expired));
+        assert!(z.remove("a").is_some() && z.is_empty() && z.service_keys().next().is_none());
     }
 }

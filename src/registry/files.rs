@@ -123,7 +123,6 @@ impl Registry {
         entry.floor = self.serials.floor(&key);
         let input = entry.prepare(
             self.runtime.get_mut(&key),
-            self.services.get(&key),
             (&key, &mut self.health),
             // The hook is what follows each publish for zone transfers.
             (true, self.on_publish.is_some()),

@@ -40,7 +40,7 @@ use crate::answer::snapshot::{Snapshot, SnapshotHandle};
 use crate::answer::wire::lower_wire;
 use crate::model::names::parse_apex;
 use crate::model::{Protocol, Service, ServiceKey, effective_check};
-use entries::{RuntimeEntry, ServiceIds, ZoneEntry, instance_info};
+use entries::{RuntimeEntry, ZoneEntry, ZoneRuntime, instance_info};
 use health::{Book, Flip, Target};
 use registration::{InstanceInfo, InstanceKey, Registration};
 use runtime::RuntimeInstance;
@@ -54,13 +54,11 @@ pub struct Registry {
     zones: BTreeMap<Vec<u8>, ZoneEntry>,
     /// The first problem of each zone file whose current version is invalid.
     file_errors: BTreeMap<PathBuf, String>,
-    /// The instance ids of each runtime service (lowercased name, protocol),
-    /// by zone key: a service's instances without a scan of the zone.
-    services: ServiceIndex,
-    /// Runtime registrations by zone key, then by lowercased instance name
-    /// (an instance name is a host name, unique in its zone). They outlive
-    /// their zone file: a zone whose file goes away and comes back gets them back.
-    runtime: BTreeMap<Vec<u8>, BTreeMap<String, RuntimeEntry>>,
+    /// Runtime registrations by zone key, then by service and lowercased
+    /// instance name (an instance name is a host name, unique in its zone).
+    /// They outlive their zone file: a zone whose file goes away and comes
+    /// back gets them back.
+    runtime: BTreeMap<Vec<u8>, ZoneRuntime>,
     /// The services (lowercased name, protocol) whose runtime instances or
     /// health changed since they were last built, by zone key.
     dirty: BTreeMap<Vec<u8>, BTreeSet<ServiceKey>>,
@@ -146,7 +144,6 @@ impl Registry {
             zones: BTreeMap::new(),
             file_errors: BTreeMap::new(),
             runtime: BTreeMap::new(),
-            services: BTreeMap::new(),
             dirty: BTreeMap::new(),
             files_changed: false,
             journal: Vec::new(),
@@ -234,21 +231,14 @@ impl Registry {
         let zone = self.runtime.entry(key.clone()).or_default();
         if let Some(now) = zone.remove(&id) {
             self.timers.retime(&key, &id, now.timer, None);
-            unindex(&mut self.services, &key, &now, &id);
             touch(&mut self.dirty, &key, &now.valid);
         }
         if let Some(before) = before {
             self.timers.retime(&key, &id, None, before.timer);
-            self.services
-                .entry(key.clone())
-                .or_default()
-                .entry(before.valid.service_key())
-                .or_default()
-                .insert(id.clone());
             touch(&mut self.dirty, &key, &before.valid);
             zone.insert(id, before);
         }
-        if self.runtime.get(&key).is_some_and(BTreeMap::is_empty) {
+        if self.runtime.get(&key).is_some_and(ZoneRuntime::is_empty) {
             self.runtime.remove(&key);
         }
     }
@@ -271,7 +261,6 @@ impl Registry {
                 let from = entry.serial();
                 retired.extend(entry.update(
                     self.runtime.get(&key),
-                    self.services.get(&key),
                     services,
                     (&key, &mut self.health),
                     self.reverse.is_enabled().then_some(&mut merged),
@@ -301,10 +290,9 @@ impl Registry {
                 .filter(|(_, e)| e.live.is_some())
                 .map(|(k, e)| (k.as_slice(), e.serial()))
                 .collect();
-            let (zones, runtime, ids) = (&self.zones, &self.runtime, &self.services);
-            self.reverse.update(&current, |key| {
-                zones[key].forward_zone(runtime.get(key), ids.get(key))
-            });
+            let (zones, runtime) = (&self.zones, &self.runtime);
+            self.reverse
+                .update(&current, |key| zones[key].forward_zone(runtime.get(key)));
         }
         // Durable before any secondary can see the serials.
         let serials = self
@@ -359,7 +347,7 @@ impl Registry {
             .map(|(key, e)| {
                 let runtime = self.runtime.get(key);
                 let serving = runtime.map_or(0, |r| r.values().filter(|r| r.serving()).count());
-                let registered = runtime.map_or(0, BTreeMap::len);
+                let registered = runtime.map_or(0, ZoneRuntime::len);
                 let mut services: BTreeSet<(String, crate::model::Protocol)> = e
                     .file
                     .zone
@@ -414,7 +402,6 @@ impl Registry {
         }
         let id = valid.instance.name.to_ascii_lowercase();
         let zone = self.runtime.entry(key.clone()).or_default();
-        let services = self.services.entry(key.clone()).or_default();
         // The only registrations this one can collide with: one under its
         // instance name, one of a service named like the instance, and one
         // whose instance is named like the service. Found by lookups, so a
@@ -428,7 +415,7 @@ impl Registry {
                         name: id.clone(),
                         protocol,
                     };
-                    services.get(&key)?.first()
+                    zone.service(&key).next().map(|(id, _)| id)
                 });
         let candidates = std::iter::once(&id)
             .chain(named_like_instance)
@@ -466,10 +453,6 @@ impl Registry {
             touch(&mut self.dirty, &key, &new.valid);
         }
         info!(zone = %new.request.zone, instance = %new.request.instance, "instance registered");
-        services
-            .entry(new.valid.service_key())
-            .or_default()
-            .insert(id.clone());
         zone.insert(id, new);
         Ok(info)
     }
@@ -481,14 +464,13 @@ impl Registry {
         if let Some(gone) = zone.remove(&id) {
             touch(&mut self.dirty, &key, &gone.valid);
             self.timers.retime(&key, &id, gone.timer, None);
-            unindex(&mut self.services, &key, &gone, &id);
             let (zone, instance) = store::key(&gone.request.zone, &gone.request.instance)
                 .map_err(RegistryError::Invalid)?;
             self.journal
                 .push(Record::Remove(Removed { zone, instance }));
             info!(zone = %k.zone, instance = %k.instance, "instance deregistered");
         }
-        if self.runtime.get(&key).is_some_and(BTreeMap::is_empty) {
+        if self.runtime.get(&key).is_some_and(ZoneRuntime::is_empty) {
             self.runtime.remove(&key);
         }
         Ok(())
@@ -513,7 +495,7 @@ impl Registry {
             self.journal.push(Record::Set(r.stored()));
             touch(&mut self.dirty, &key, &r.valid);
         }
-        let r = &self.runtime[&key][&id];
+        let r = self.runtime[&key].get(&id).expect("found");
         let mut info = r.info(now);
         self.runtime_health(&key, r, &mut info);
         Ok(info)
@@ -653,7 +635,6 @@ impl Registry {
                 }
                 Timer::Reap => {
                     let gone = zone.remove(&id).expect("found");
-                    unindex(&mut self.services, &key, &gone, &id);
                     if zone.is_empty() {
                         self.runtime.remove(&key);
                     }
@@ -806,12 +787,6 @@ impl Registry {
                 )));
             }
             self.timers.retime(&key, &id, None, timer);
-            self.services
-                .entry(key.clone())
-                .or_default()
-                .entry(valid.service_key())
-                .or_default()
-                .insert(id.clone());
             zone.insert(
                 id,
                 RuntimeEntry {
@@ -833,26 +808,6 @@ fn touch(dirty: &mut BTreeMap<Vec<u8>, BTreeSet<ServiceKey>>, key: &[u8], r: &Ru
         .entry(key.to_vec())
         .or_default()
         .insert(r.service_key());
-}
-
-/// The ids of each runtime service's instances, by zone key.
-type ServiceIndex = BTreeMap<Vec<u8>, ServiceIds>;
-
-/// Drops instance `id` of zone `key` from its service's ids.
-fn unindex(services: &mut ServiceIndex, key: &[u8], r: &RuntimeEntry, id: &str) {
-    let Some(zone) = services.get_mut(key) else {
-        return;
-    };
-    let service = r.valid.service_key();
-    if let Some(ids) = zone.get_mut(&service) {
-        ids.remove(id);
-        if ids.is_empty() {
-            zone.remove(&service);
-        }
-    }
-    if zone.is_empty() {
-        services.remove(key);
-    }
 }
 
 /// The expiry timer of an instance with this TTL, registered or renewed at `now`.

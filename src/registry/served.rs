@@ -3,12 +3,12 @@
 //! leave of both. Worked out one service at a time, so a change to one
 //! service looks at that service only.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::entries::{FileZone, RuntimeEntry, ServiceIds, ZoneEntry};
+use super::entries::{FileZone, ZoneEntry, ZoneRuntime};
 use super::health::Book;
 use super::runtime;
 use crate::answer::live::LiveZone;
@@ -70,22 +70,18 @@ impl ZoneEntry {
 
     /// The keys of the zone's services, from its file and registrations,
     /// in key order.
-    fn service_keys<'a>(&'a self, ids: Option<&'a ServiceIds>) -> BTreeSet<&'a ServiceKey> {
+    fn service_keys<'a>(&'a self, runtime: Option<&'a ZoneRuntime>) -> BTreeSet<&'a ServiceKey> {
         (self.file.services.keys())
-            .chain(ids.into_iter().flat_map(|i| i.keys()))
+            .chain(runtime.into_iter().flat_map(ZoneRuntime::service_keys))
             .collect()
     }
 
     /// The addresses the zone names, for the reverse zones: its hosts' and
     /// each service's as merged (before health checks, which do not change
     /// what an address is called).
-    pub(super) fn forward_zone(
-        &self,
-        runtime: Option<&BTreeMap<String, RuntimeEntry>>,
-        ids: Option<&ServiceIds>,
-    ) -> ForwardZone {
+    pub(super) fn forward_zone(&self, runtime: Option<&ZoneRuntime>) -> ForwardZone {
         let hosts = self.file.zone.hosts.iter();
-        let ids_of = self.service_keys(ids);
+        let ids_of = self.service_keys(runtime);
         ForwardZone {
             serial: self.serial(),
             apex: self.file.zone.apex.clone(),
@@ -95,7 +91,7 @@ impl ZoneEntry {
             services: ids_of
                 .into_iter()
                 .filter_map(|id| {
-                    let merged = self.merged_service(runtime, ids.and_then(|i| i.get(id)), id)?;
+                    let merged = self.merged_service(runtime, id)?;
                     Some((id.clone(), merged))
                 })
                 .collect(),
@@ -118,14 +114,12 @@ impl ZoneEntry {
     /// service without runtime instances is the file's own, not a copy.
     fn merged_service(
         &self,
-        runtime: Option<&BTreeMap<String, RuntimeEntry>>,
-        ids: Option<&BTreeSet<String>>,
+        runtime: Option<&ZoneRuntime>,
         id: &ServiceKey,
     ) -> Option<Arc<Service>> {
-        let mut instances = ids
-            .into_iter()
-            .flatten()
-            .filter_map(|i| runtime?.get(i))
+        let mut instances = (runtime.into_iter())
+            .flat_map(|r| r.service(id))
+            .map(|(_, r)| r)
             .filter(|r| r.serving())
             .map(|r| &r.valid)
             .peekable();
@@ -164,8 +158,7 @@ impl ZoneEntry {
     /// again, and said in the log. `transfers`: zone transfers are allowed.
     pub(super) fn prepare(
         &mut self,
-        runtime: Option<&mut BTreeMap<String, RuntimeEntry>>,
-        ids: Option<&ServiceIds>,
+        runtime: Option<&mut ZoneRuntime>,
         (key, health): (&[u8], &mut Book),
         (shadow, transfers): (bool, bool),
     ) -> BuildInput {
@@ -175,11 +168,10 @@ impl ZoneEntry {
         }
         let runtime = runtime.as_deref();
         // File services, then runtime ones: one canonical order, by id.
-        let ids_of = self.service_keys(ids);
+        let ids_of = self.service_keys(runtime);
         let mut services = Vec::with_capacity(ids_of.len());
         for id in ids_of {
-            let service_ids = ids.and_then(|i| i.get(id));
-            let Some(merged) = self.merged_service(runtime, service_ids, id) else {
+            let Some(merged) = self.merged_service(runtime, id) else {
                 continue;
             };
             // Health checks follow the service as built: its targets are
@@ -213,8 +205,7 @@ impl ZoneEntry {
     /// service as merged, before health checks (`None`: gone).
     pub(super) fn update(
         &mut self,
-        runtime: Option<&BTreeMap<String, RuntimeEntry>>,
-        ids: Option<&ServiceIds>,
+        runtime: Option<&ZoneRuntime>,
         changed: BTreeSet<ServiceKey>,
         (key, health): (&[u8], &mut Book),
         mut merged: Option<&mut Vec<ServiceChange>>,
@@ -223,7 +214,7 @@ impl ZoneEntry {
         let changes: Vec<(ServiceKey, Option<Arc<Service>>)> = changed
             .into_iter()
             .map(|id| {
-                let service = self.merged_service(runtime, ids.and_then(|i| i.get(&id)), &id);
+                let service = self.merged_service(runtime, &id);
                 if let Some(merged) = merged.as_deref_mut() {
                     merged.push((id.clone(), service.clone()));
                 }
@@ -251,7 +242,7 @@ impl ZoneEntry {
 
     /// Marks the registrations whose names the file now owns as shadowed,
     /// and those it gave back as served again.
-    fn shadow(&self, runtime: &mut BTreeMap<String, RuntimeEntry>) {
+    fn shadow(&self, runtime: &mut ZoneRuntime) {
         for r in runtime.values_mut() {
             let conflict = runtime::file_conflict(&self.file.names, &self.source, &r.valid);
             if conflict == r.shadowed {
