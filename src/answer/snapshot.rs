@@ -102,8 +102,10 @@ pub(super) struct Nodes {
 /// Keys are shared (`Arc`) so that copying a shard allocates nothing per name.
 type Shard = hashbrown::HashTable<(Arc<[u8]>, Arc<Node>)>;
 
-/// Consecutive shards, `GROUP_SHARDS` of them (fewer in a zone with fewer).
-type Group = Box<[Arc<Shard>]>;
+/// Consecutive shards, `GROUP_SHARDS` of them (fewer in a zone with fewer),
+/// in the group's own allocation: a lookup follows one pointer more than
+/// with one list of shards.
+type Group = [Arc<Shard>];
 
 /// Names per shard aimed at. A change copies the shards of the names it
 /// touches, and a batch of hundreds of registrations touches as many
@@ -134,9 +136,7 @@ impl Nodes {
         let group = || -> Arc<Group> {
             (0..shards.min(GROUP_SHARDS))
                 .map(|_| Arc::new(Shard::with_capacity(per_shard)))
-                .collect::<Vec<_>>()
-                .into_boxed_slice()
-                .into()
+                .collect()
         };
         Nodes {
             groups: (0..shards.div_ceil(GROUP_SHARDS))
@@ -163,7 +163,12 @@ impl Nodes {
     /// copied first if another snapshot shares them.
     fn shard_mut(&mut self, hash: u64) -> &mut Shard {
         let (g, s) = self.shard_of(hash);
-        Arc::make_mut(&mut Arc::make_mut(&mut self.groups[g])[s])
+        let group = &mut self.groups[g];
+        if Arc::get_mut(group).is_none() {
+            *group = group.iter().cloned().collect();
+        }
+        let group = Arc::get_mut(group).expect("not shared: just copied");
+        Arc::make_mut(&mut group[s])
     }
 
     pub(super) fn get(&self, key: &[u8]) -> Option<&Node> {
@@ -223,7 +228,7 @@ impl Nodes {
         &'a self,
         other: &'a Nodes,
     ) -> impl Iterator<Item = (&'a Arc<[u8]>, &'a Arc<Node>)> {
-        fn shared<T>(a: &Arc<T>, b: Option<&Arc<T>>) -> bool {
+        fn shared<T: ?Sized>(a: &Arc<T>, b: Option<&Arc<T>>) -> bool {
             b.is_some_and(|b| Arc::ptr_eq(a, b))
         }
         let other = (self.shards == other.shards).then_some(other);
