@@ -231,16 +231,14 @@ impl Nodes {
         fn shared<T: ?Sized>(a: &Arc<T>, b: Option<&Arc<T>>) -> bool {
             b.is_some_and(|b| Arc::ptr_eq(a, b))
         }
-        let other = (self.shards == other.shards).then_some(other);
-        let other_group = move |g: usize| other.and_then(|o| o.groups.get(g));
-        self.groups
-            .iter()
-            .enumerate()
-            .filter(move |&(g, group)| !shared(group, other_group(g)))
-            .flat_map(move |(g, group)| {
-                (group.iter().enumerate()).filter(move |&(s, shard)| {
-                    !shared(shard, other_group(g).and_then(|o| o.get(s)))
-                })
+        // Paired group by group when both have the same shards.
+        let theirs = (self.shards == other.shards).then_some(&other.groups);
+        (self.groups.iter().enumerate())
+            .map(move |(g, group)| (group, theirs.map(|t| &t[g])))
+            .filter(|&(group, other)| !shared(group, other))
+            .flat_map(|(group, other)| {
+                (group.iter().enumerate())
+                    .filter(move |&(s, shard)| !shared(shard, other.map(|o| &o[s])))
             })
             .flat_map(|(_, s)| s.iter().map(|(k, n)| (k, n)))
     }
