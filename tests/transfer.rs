@@ -723,6 +723,84 @@ fn ixfr_answers_the_difference_and_falls_back_to_the_whole_zone_beyond_the_journ
     assert!(reply.metadata.truncation && reply.answers.is_empty());
 }
 
+/// In a zone of 20 000 names the name index is split into many groups of
+/// shards, and a change copies only the groups it touches: the IXFR that
+/// registrations and a deregistration make is worked out from the groups
+/// and shards that differ, and must hold exactly what AXFR shows changed.
+#[test]
+fn ixfr_of_a_large_zone_holds_exactly_what_axfr_shows_changed() {
+    let zones = tempfile::tempdir().unwrap();
+    let mut zone = String::from(
+        "zone = \"svc.example\"\nnameservers = [\"ns1\"]\n[hosts]\nns1 = \"127.0.0.1\"\n",
+    );
+    for i in 0..20_000 {
+        zone.push_str(&format!("host-{i} = \"10.4.{}.{}\"\n", i / 256, i % 256));
+    }
+    std::fs::write(zones.path().join("svc.example.toml"), zone).unwrap();
+    let server = Server::start_with(
+        zones.path(),
+        &["--allow-transfer", "127.0.0.1", "--ixfr-journal", "64"],
+    );
+    let records = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.contains("\tIN\t"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let zone_records = || -> std::collections::BTreeSet<String> {
+        let out = dig(&server, &["svc.example", "AXFR"]);
+        assert!(!out.contains("failed"), "{out}");
+        (records(&out).into_iter())
+            .filter(|r| !r.contains(" SOA "))
+            .collect()
+    };
+    register(&server, "old-0", "10.5.1.0", &[]);
+    let from = serial_of(&server);
+    let before = zone_records();
+    for i in 0..24 {
+        register(&server, &format!("app-{i}"), &format!("10.5.0.{i}"), &[]);
+    }
+    let out = server.cli(&[
+        "deregister",
+        "--zone",
+        "svc.example",
+        "--service",
+        "web",
+        "--instance",
+        "old-0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = zone_records();
+    let out = dig(&server, &["+tcp", "svc.example", &format!("IXFR={from}")]);
+    let rr = records(&out);
+    // SOA (new), SOA (old), what went, SOA (new), what came, SOA (new).
+    assert!(
+        rr.len() > 4 && rr[1].contains(" SOA "),
+        "not a difference: {out}"
+    );
+    let middle = 2 + rr[2..]
+        .iter()
+        .position(|r| r.contains(" SOA "))
+        .expect("{out}");
+    let went: std::collections::BTreeSet<String> = rr[2..middle].iter().cloned().collect();
+    let came: std::collections::BTreeSet<String> =
+        rr[middle + 1..rr.len() - 1].iter().cloned().collect();
+    assert_eq!(came, after.difference(&before).cloned().collect(), "{out}");
+    assert_eq!(went, before.difference(&after).cloned().collect(), "{out}");
+    assert!(
+        came.iter().any(|r| r.starts_with("app-23.svc.example. ")),
+        "{out}"
+    );
+    assert!(
+        went.iter().any(|r| r.starts_with("old-0.svc.example. ")),
+        "{out}"
+    );
+}
+
 #[test]
 fn a_signed_query_gets_a_signed_answer_and_a_server_without_keys_says_badkey() {
     let key = key_arg();
