@@ -97,6 +97,24 @@ fn register(server: &Server, instance: &str, address: &str, extra: &[&str]) {
     );
 }
 
+/// Deregisters an instance of service `web` of svc.example with the CLI.
+fn deregister(server: &Server, instance: &str) {
+    let out = server.cli(&[
+        "deregister",
+        "--zone",
+        "svc.example",
+        "--service",
+        "web",
+        "--instance",
+        instance,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// How long Knot DNS may take to answer a change. Knot schedules the
 /// refresh a NOTIFY asks for on whole seconds: traced, it acknowledges the
 /// NOTIFY at once and starts the SOA query and the IXFR at the next second's
@@ -252,20 +270,7 @@ fn a_registration_deregistration_and_health_flip_reach_knot_through_notify_and_i
         short(knot.dig(&["+short", "web.svc.example", "A"])).contains(&"10.0.0.19".to_string())
     );
 
-    let out = server.cli(&[
-        "deregister",
-        "--zone",
-        "svc.example",
-        "--service",
-        "web",
-        "--instance",
-        "web-9",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    deregister(&server, "web-9");
     within(
         &logs,
         KNOT_FOLLOWS,
@@ -471,16 +476,7 @@ fn nsd_loads_the_zone_and_follows_a_registration() {
         "{}",
         server.log_text()
     );
-    let out = server.cli(&[
-        "deregister",
-        "--zone",
-        "svc.example",
-        "--service",
-        "web",
-        "--instance",
-        "web-9",
-    ]);
-    assert!(out.status.success());
+    deregister(&server, "web-9");
     assert!(
         eventually(Duration::from_secs(1), || {
             nsd.dig(&["web-9.svc.example", "A"])
@@ -760,20 +756,7 @@ fn ixfr_of_a_large_zone_holds_exactly_what_axfr_shows_changed() {
     for i in 0..24 {
         register(&server, &format!("app-{i}"), &format!("10.5.0.{i}"), &[]);
     }
-    let out = server.cli(&[
-        "deregister",
-        "--zone",
-        "svc.example",
-        "--service",
-        "web",
-        "--instance",
-        "old-0",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    deregister(&server, "old-0");
     let after = zone_records();
     let out = dig(&server, &["+tcp", "svc.example", &format!("IXFR={from}")]);
     let rr = records(&out);
