@@ -85,6 +85,30 @@ impl RData {
         }
     }
 
+    /// The same record as DNS compares records, names without regard to
+    /// letter case (RFC 4343), as their keys are equal; nothing allocated.
+    pub(super) fn same_record(&self, other: &RData) -> bool {
+        let same_name = |a: &WireName, b: &WireName| a.wire().eq_ignore_ascii_case(b.wire());
+        match (self, other) {
+            (
+                RData::Srv {
+                    priority: p1,
+                    weight: w1,
+                    port: o1,
+                    target: t1,
+                },
+                RData::Srv {
+                    priority: p2,
+                    weight: w2,
+                    port: o2,
+                    target: t2,
+                },
+            ) => (p1, w1, o1) == (p2, w2, o2) && same_name(t1, t2),
+            (RData::Ns(a), RData::Ns(b)) | (RData::Ptr(a), RData::Ptr(b)) => same_name(a, b),
+            (a, b) => a == b,
+        }
+    }
+
     pub(super) fn rtype(&self) -> u16 {
         match self {
             RData::Addr(IpAddr::V4(_)) => rtype::A,
@@ -170,6 +194,38 @@ impl RRsets {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn srv(target: &str) -> RData {
+        RData::Srv {
+            priority: 0,
+            weight: 1,
+            port: 80,
+            target: WireName::new(&Name::from_ascii(target).unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_record_spelled_in_other_letter_case_is_a_duplicate_in_any_rrset() {
+        // A few records (scanned) and many (kept in a set).
+        for before in [0, 3, 20] {
+            let mut node = NodeRecords::new(None);
+            for i in 0..before {
+                let other = srv(&format!("h{i}.example."));
+                assert!(node.is_new(&other));
+                node.rrsets.push(other);
+            }
+            let first = srv("Web.example.");
+            assert!(node.is_new(&first), "{before} before");
+            node.rrsets.push(first);
+            assert!(!node.is_new(&srv("web.EXAMPLE.")), "{before} before");
+            assert!(node.is_new(&srv("web2.example.")), "{before} before");
+        }
+    }
+}
+
 impl std::ops::Index<&u16> for RRsets {
     type Output = Vec<RData>;
     fn index(&self, rtype: &u16) -> &Vec<RData> {
@@ -210,15 +266,17 @@ impl NodeRecords {
     }
 
     /// Whether `rdata` is not in the node yet. Two sources of the same record
-    /// (an address shared by two instances of a service) would be a duplicate
-    /// RR, which RFC 2181 forbids.
+    /// (an address shared by two instances of a service, or SRV targets
+    /// spelled in other letter case) would be a duplicate RR, which RFC 2181
+    /// forbids. The first one's spelling stays, whether the RRset is
+    /// scanned or has a set.
     pub(super) fn is_new(&mut self, rdata: &RData) -> bool {
         if let Some(seen) = &mut self.seen {
             return seen.insert(rdata.key());
         }
         let same_type = self.rrsets.get(&rdata.rtype());
         if same_type.is_none_or(|v| v.len() < SCAN_LIMIT) {
-            return !same_type.is_some_and(|v| v.contains(rdata));
+            return !same_type.is_some_and(|v| v.iter().any(|r| r.same_record(rdata)));
         }
         let mut seen: HashSet<RecordKey> = self.rrsets.values().flatten().map(RData::key).collect();
         let new = seen.insert(rdata.key());
