@@ -194,38 +194,6 @@ impl RRsets {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn srv(target: &str) -> RData {
-        RData::Srv {
-            priority: 0,
-            weight: 1,
-            port: 80,
-            target: WireName::new(&Name::from_ascii(target).unwrap()),
-        }
-    }
-
-    #[test]
-    fn a_record_spelled_in_other_letter_case_is_a_duplicate_in_any_rrset() {
-        // A few records (scanned) and many (kept in a set).
-        for before in [0, 3, 20] {
-            let mut node = NodeRecords::new(None);
-            for i in 0..before {
-                let other = srv(&format!("h{i}.example."));
-                assert!(node.is_new(&other));
-                node.rrsets.push(other);
-            }
-            let first = srv("Web.example.");
-            assert!(node.is_new(&first), "{before} before");
-            node.rrsets.push(first);
-            assert!(!node.is_new(&srv("web.EXAMPLE.")), "{before} before");
-            assert!(node.is_new(&srv("web2.example.")), "{before} before");
-        }
-    }
-}
-
 impl std::ops::Index<&u16> for RRsets {
     type Output = Vec<RData>;
     fn index(&self, rtype: &u16) -> &Vec<RData> {
@@ -561,26 +529,34 @@ impl<'a> Encoder<'a> {
         weights: &[(u16, f64)],
         max: Option<u16>,
     ) -> Answer {
-        let mut body = Vec::new();
-        let mut cuts = Vec::new();
-        for (i, rdata) in rrset.iter().enumerate() {
+        // Every record is the same length: the body is sized once, and its
+        // one cut is the whole of it (a response takes as many records as
+        // fit, in the order drawn, never a prefix of the body).
+        let data_len = |rdata: Option<&RData>| match rdata {
+            Some(RData::Addr(IpAddr::V6(_))) => 16,
+            _ => 4,
+        };
+        let record_len = 12 + data_len(rrset.first());
+        let mut body = Vec::with_capacity(rrset.len() * record_len);
+        for rdata in rrset {
             let (rtype, data): (u16, &[u8]) = match rdata {
                 RData::Addr(IpAddr::V4(a)) => (rtype::A, &a.octets()[..]),
                 RData::Addr(IpAddr::V6(a)) => (rtype::AAAA, &a.octets()[..]),
                 _ => unreachable!("only addresses are weighted"),
             };
-            body.extend_from_slice(&[0xC0, crate::answer::wire::HEADER_LEN as u8]);
-            body.extend_from_slice(&rtype.to_be_bytes());
-            body.extend_from_slice(&crate::answer::wire::CLASS_IN.to_be_bytes());
-            body.extend_from_slice(&self.zone.ttl.to_be_bytes());
-            body.extend_from_slice(&(data.len() as u16).to_be_bytes());
-            body.extend_from_slice(data);
-            cuts.push(Cut {
-                len: body.len() as u32,
-                counts: [i as u16 + 1, 0, 0],
-            });
+            let mut record = [0u8; 28];
+            record[..2].copy_from_slice(&[0xC0, crate::answer::wire::HEADER_LEN as u8]);
+            record[2..4].copy_from_slice(&rtype.to_be_bytes());
+            record[4..6].copy_from_slice(&crate::answer::wire::CLASS_IN.to_be_bytes());
+            record[6..10].copy_from_slice(&self.zone.ttl.to_be_bytes());
+            record[10..12].copy_from_slice(&(data.len() as u16).to_be_bytes());
+            record[12..12 + data.len()].copy_from_slice(data);
+            body.extend_from_slice(&record[..12 + data.len()]);
         }
-        let record_len = body.len() / rrset.len();
+        let cuts = [Cut {
+            len: body.len() as u32,
+            counts: [rrset.len() as u16, 0, 0],
+        }];
         let count = max.map_or(rrset.len(), |m| rrset.len().min(m.into()));
         // One level of equal weights needs no drawn orders (see Shuffled).
         let uniform = weights.windows(2).all(|p| p[0] == p[1]);
@@ -645,6 +621,38 @@ impl<'a> Encoder<'a> {
         }
         for v in [self.serial, soa.refresh, soa.retry, soa.expire, soa.minimum] {
             w.u32(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn srv(target: &str) -> RData {
+        RData::Srv {
+            priority: 0,
+            weight: 1,
+            port: 80,
+            target: WireName::new(&Name::from_ascii(target).unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_record_spelled_in_other_letter_case_is_a_duplicate_in_any_rrset() {
+        // A few records (scanned) and many (kept in a set).
+        for before in [0, 3, 20] {
+            let mut node = NodeRecords::new(None);
+            for i in 0..before {
+                let other = srv(&format!("h{i}.example."));
+                assert!(node.is_new(&other));
+                node.rrsets.push(other);
+            }
+            let first = srv("Web.example.");
+            assert!(node.is_new(&first), "{before} before");
+            node.rrsets.push(first);
+            assert!(!node.is_new(&srv("web.EXAMPLE.")), "{before} before");
+            assert!(node.is_new(&srv("web2.example.")), "{before} before");
         }
     }
 }

@@ -301,7 +301,9 @@ pub struct Answer {
     /// The body, then its cuts: one allocation per answer, as a zone has
     /// about as many answers as records. Cuts are places where the body may
     /// be cut when the message is too large (after each answer record and
-    /// after each additional RRset, in order), [`CUT_LEN`] bytes each.
+    /// after each additional RRset, in order), [`CUT_LEN`] bytes each. A
+    /// service's addresses ([`Shuffled`]) have one, the whole body: their
+    /// responses are records picked from it, never a prefix of it.
     data: Arc<[u8]>,
     body_len: u32,
     /// After the cuts: the RRset's records past the body when the body
