@@ -27,7 +27,7 @@ use crate::model::{Endpoint, Instance, Protocol, Service, ServiceKey, Zone};
 
 mod holdings;
 mod patch;
-use patch::{PATCH_FROM, runs};
+use patch::{ChangedInstances, PATCH_FROM, runs};
 
 /// A zone's services and its snapshot, updated service by service.
 pub struct LiveZone {
@@ -212,13 +212,13 @@ impl LiveZone {
             && same_fields(&old, new)
             && !same_service(&old, new)
             && let Some(runs) = runs(&old, new)
-            && let Some((touched, fresh, in_place)) = self.patch(key, &old, new, &runs)
+            && let Some(patched) = self.patch(key, &old, new, &runs)
         {
-            changed.extend(in_place);
-            self.settle(touched, fresh, &mut changed, &mut ents);
+            changed.extend(patched.in_place);
+            self.settle(patched.touched, patched.fresh, &mut changed, &mut ents);
             self.services.insert(key.clone(), new.clone());
             self.retired.push(old);
-            self.finish(changed, ents, serial);
+            self.finish(changed, ents, serial, Some(&patched.changed));
             return;
         }
         let apex = self.zone.apex.clone();
@@ -366,7 +366,7 @@ impl LiveZone {
             self.first_edits
                 .insert((browse_key.clone(), rtype::PTR), first_ptr_edit);
         }
-        self.finish(changed, ents, serial);
+        self.finish(changed, ents, serial, None);
     }
 
     /// Sets all the records of these names (none: the name goes), for a
@@ -396,7 +396,7 @@ impl LiveZone {
         }
         let (mut changed, mut ents) = (Vec::new(), Vec::new());
         self.settle(touched, fresh, &mut changed, &mut ents);
-        self.finish(changed, ents, serial);
+        self.finish(changed, ents, serial, None);
     }
 
     /// Stores the records gathered again at the `touched` names (`fresh`
@@ -496,11 +496,17 @@ impl LiveZone {
     /// list of a zone of thousands of services) holds its RRset's first
     /// records and nothing else: when the update changed that RRset only
     /// past them, the answer is kept as it was instead of encoded again.
-    fn finish(&mut self, changed: Vec<Vec<u8>>, ents: Vec<Vec<u8>>, serial: u32) {
+    fn finish(
+        &mut self,
+        changed: Vec<Vec<u8>>,
+        ents: Vec<Vec<u8>>,
+        serial: u32,
+        patched: Option<&ChangedInstances>,
+    ) {
         let apex = self.zone.apex.clone();
         let mut encode: HashSet<Vec<u8>> = HashSet::new();
         encode.insert(lower_wire(&apex));
-        self.readers(&changed, &mut encode);
+        self.readers(&changed, &mut encode, patched);
         encode.extend(changed);
         encode.extend(ents);
         let encoder = Encoder::new(&self.zone, serial, &self.names, self.whole_rrsets);
@@ -594,7 +600,17 @@ impl LiveZone {
     /// (the additional section has its SRV and TXT records, and the SRV
     /// target's addresses). Both are names of the services whose instances
     /// point there, found by gathering just those instances.
-    fn readers(&self, changed: &[Vec<u8>], out: &mut HashSet<Vec<u8>>) {
+    ///
+    /// Of a service a patch changed (`patched`), when its counted holdings
+    /// say that the only instances named so or pointing there are ones the
+    /// patch put in, the names those have records at are already in
+    /// `changed`: no look at each of its instances.
+    fn readers(
+        &self,
+        changed: &[Vec<u8>],
+        out: &mut HashSet<Vec<u8>>,
+        patched: Option<&ChangedInstances>,
+    ) {
         let apex = &self.zone.apex;
         // Per service, the changed names its instances may point at, and
         // the instance names (lowercase) whose DNS-SD name changed: gathered
@@ -650,6 +666,13 @@ impl LiveZone {
                     .filter(|k| is_host(k))
                     .map(|k| k[1..k.len() - self.apex_len].to_vec()),
             );
+            if let Some(p) = patched.filter(|p| p.service == *key)
+                && let Some(holdings) = self.holdings.get(key)
+                && (names.iter()).all(|n| holdings.named(n) == p.inserted.named(n))
+                && (targets.iter()).all(|t| holdings.targeting(t) == p.inserted.targeting(t))
+            {
+                continue;
+            }
             // Instances with an SRV target are found by looking at each, in
             // the same look as the names; a second look only when one brings
             // a name not asked for yet.
@@ -1154,6 +1177,11 @@ mod tests {
             let host = format!("N{}.svc.example.", rng.below(20));
             i.endpoint = Endpoint::Target(Box::new(name(&host)));
         }
+        if rng.below(48) == 0 {
+            // Pointing at the service's name, whose addresses change with
+            // the other instances'.
+            i.endpoint = Endpoint::Target(Box::new(name("large.svc.example.")));
+        }
         if matches!(&i.endpoint, Endpoint::Target(t) if t.to_ascii().starts_with('N'))
             || (i.name.strip_prefix('n')).is_some_and(|k| k.parse().is_ok_and(|k: u32| k < 20))
         {
@@ -1237,11 +1265,18 @@ mod tests {
                         s.instances.remove(rng.below(n));
                     }
                     6 if n > 0 => {
-                        // Another port, or health leaving no address.
+                        // Another port, another address (the records of
+                        // its DNS-SD name stay, their additional section
+                        // changes), or health leaving no address.
                         let at = rng.below(n);
-                        match &mut Arc::make_mut(&mut s.instances[at]).endpoint {
-                            Endpoint::Addresses(a) if rng.below(2) == 0 => a.clear(),
-                            _ => Arc::make_mut(&mut s.instances[at]).port += 1,
+                        let instance = Arc::make_mut(&mut s.instances[at]);
+                        match (&mut instance.endpoint, rng.below(3)) {
+                            (Endpoint::Addresses(a), 0) => a.clear(),
+                            (Endpoint::Addresses(a), 1) => {
+                                let [x, y] = [rng.below(256) as u8, rng.below(256) as u8];
+                                *a = vec![IpAddr::from([10, 3, x, y])];
+                            }
+                            _ => instance.port += 1,
                         }
                     }
                     7 if n > 0 => {

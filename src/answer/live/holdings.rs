@@ -83,6 +83,16 @@ impl Holdings {
     fn count(&self, held: &Held) -> i64 {
         self.0.get(held).copied().unwrap_or(0)
     }
+
+    /// How many of the instances are named this (lowercase).
+    pub(super) fn named(&self, name: &[u8]) -> i64 {
+        self.count(&Held::Name(name.to_vec()))
+    }
+
+    /// How many of the instances have an SRV target at this key.
+    pub(super) fn targeting(&self, key: &[u8]) -> i64 {
+        self.count(&Held::Target(key.to_vec()))
+    }
 }
 
 /// What `instance` (with addresses, its host name's key `host`) shares

@@ -74,6 +74,27 @@ pub(super) fn runs(old: &Service, new: &Service) -> Option<Vec<Run>> {
     Some(runs)
 }
 
+/// What a patch did.
+pub(super) struct Patched {
+    /// The names touched whose records were not edited in place.
+    pub(super) touched: HashSet<Vec<u8>>,
+    /// The records of those of them that still exist.
+    pub(super) fresh: HashMap<Vec<u8>, NodeRecords>,
+    /// The names whose records were edited in place.
+    pub(super) in_place: Vec<Vec<u8>>,
+    pub(super) changed: ChangedInstances,
+}
+
+/// The instances a patch put into a service: every name they have records
+/// at is among the names it changed (each is edited in place or settled),
+/// so the names whose answers read a changed name need no look at them
+/// (see [`LiveZone::readers`]).
+pub(super) struct ChangedInstances {
+    pub(super) service: ServiceKey,
+    /// What they hold.
+    pub(super) inserted: Holdings,
+}
+
 /// An edit of one RRset of a name: `remove` records from `at` (in the
 /// RRset before the change) replaced by `insert` (with their weights, for
 /// a service name's addresses).
@@ -104,8 +125,7 @@ impl LiveZone {
     /// RRsets of its names in place: the records of the instances that
     /// differ are taken out and those of their replacements put in where a
     /// build would put them, all runs at once, in one pass over each
-    /// RRset. Returns the names touched, the records of those whose node is
-    /// replaced whole, and those edited in place; `None` (nothing done)
+    /// RRset. Returns what it did (see [`Patched`]); `None` (nothing done)
     /// when the change is not one this can do exactly, and the service is
     /// to be gathered again.
     ///
@@ -114,18 +134,13 @@ impl LiveZone {
     /// spelled otherwise), and no other service or host has records at the
     /// names they touch: then every RRset is the unchanged instances'
     /// records with each run's records in its place among them.
-    #[allow(clippy::type_complexity)]
     pub(super) fn patch(
         &mut self,
         key: &ServiceKey,
         old: &Service,
         new: &Service,
         runs: &[Run],
-    ) -> Option<(
-        HashSet<Vec<u8>>,
-        HashMap<Vec<u8>, NodeRecords>,
-        Vec<Vec<u8>>,
-    )> {
+    ) -> Option<Patched> {
         let apex = &self.zone.apex;
         let part = |instances: &[Arc<Instance>]| Service {
             instances: instances.to_vec(),
@@ -221,7 +236,9 @@ impl LiveZone {
         if subjects.iter().any(|s| !s.prior && own.contains(&s.host)) {
             return None;
         }
-        let records: Vec<(HashMap<Vec<u8>, NodeRecords>, HashMap<Vec<u8>, NodeRecords>)> = parts
+        // What each run's instances had, and have, by name.
+        type ByName = HashMap<Vec<u8>, NodeRecords>;
+        let records: Vec<(ByName, ByName)> = parts
             .iter()
             .map(|(before, after)| (gathered(apex, before), gathered(apex, after)))
             .collect();
@@ -387,6 +404,10 @@ impl LiveZone {
         }
 
         // Exact: now change.
+        let changed = ChangedInstances {
+            service: key.clone(),
+            inserted: all_inserted,
+        };
         let mut holdings = holdings;
         for (before, after) in &parts {
             (before.instances.iter()).for_each(|i| holdings.add(i, -1));
@@ -456,7 +477,12 @@ impl LiveZone {
         }
         #[cfg(test)]
         PATCHED.set(PATCHED.get() + 1);
-        Some((touched, fresh, changed_names))
+        Some(Patched {
+            touched,
+            fresh,
+            in_place: changed_names,
+            changed,
+        })
     }
 
     /// How many records of `rtype` at `name` the service's instances before
