@@ -204,23 +204,38 @@ impl LiveZone {
         let (mut changed, mut ents) = (Vec::new(), Vec::new());
         // Instances more, less or changed in a large service, few beside
         // it: its names are patched rather than gathered again from every
-        // instance.
-        if let [(key, Some(new))] = &changes[..]
-            && *key == ServiceKey::of(new)
-            && let Some(old) = self.services.get(key).cloned()
-            && old.instances.len() >= PATCH_FROM
-            && same_fields(&old, new)
-            && !same_service(&old, new)
-            && let Some(runs) = runs(&old, new)
-            && let Some(patched) = self.patch(key, &old, new, &runs)
-        {
-            changed.extend(patched.in_place);
-            self.settle(patched.touched, patched.fresh, &mut changed, &mut ents);
-            self.services.insert(key.clone(), new.clone());
-            self.retired.push(old);
-            self.finish(changed, ents, serial, Some(&patched.changed));
+        // instance. Each service of a batch on its own: a patch refuses
+        // names another service has records at, and the names of services
+        // gathered below are gathered from every service there, patched
+        // ones included.
+        let mut patched = Vec::new();
+        let mut rest = Vec::with_capacity(changes.len());
+        let own_keys =
+            (changes.iter()).all(|(k, s)| s.as_ref().is_none_or(|s| *k == ServiceKey::of(s)));
+        for (key, new) in changes {
+            if own_keys
+                && let Some(new) = &new
+                && let Some(old) = self.services.get(&key).cloned()
+                && old.instances.len() >= PATCH_FROM
+                && same_fields(&old, new)
+                && !same_service(&old, new)
+                && let Some(runs) = runs(&old, new)
+                && let Some(done) = self.patch(&key, &old, new, &runs)
+            {
+                changed.extend(done.in_place);
+                self.settle(done.touched, done.fresh, &mut changed, &mut ents);
+                self.services.insert(key, new.clone());
+                self.retired.push(old);
+                patched.push(done.changed);
+            } else {
+                rest.push((key, new));
+            }
+        }
+        if rest.is_empty() {
+            self.finish(changed, ents, serial, &patched);
             return;
         }
+        let changes = rest;
         let apex = self.zone.apex.clone();
         let mut touched: HashSet<Vec<u8>> = HashSet::new();
         let mut changed_services: Vec<ServiceKey> = Vec::new();
@@ -366,7 +381,7 @@ impl LiveZone {
             self.first_edits
                 .insert((browse_key.clone(), rtype::PTR), first_ptr_edit);
         }
-        self.finish(changed, ents, serial, None);
+        self.finish(changed, ents, serial, &patched);
     }
 
     /// Sets all the records of these names (none: the name goes), for a
@@ -396,7 +411,7 @@ impl LiveZone {
         }
         let (mut changed, mut ents) = (Vec::new(), Vec::new());
         self.settle(touched, fresh, &mut changed, &mut ents);
-        self.finish(changed, ents, serial, None);
+        self.finish(changed, ents, serial, &[]);
     }
 
     /// Stores the records gathered again at the `touched` names (`fresh`
@@ -501,7 +516,7 @@ impl LiveZone {
         changed: Vec<Vec<u8>>,
         ents: Vec<Vec<u8>>,
         serial: u32,
-        patched: Option<&ChangedInstances>,
+        patched: &[ChangedInstances],
     ) {
         let apex = self.zone.apex.clone();
         let mut encode: HashSet<Vec<u8>> = HashSet::new();
@@ -601,7 +616,7 @@ impl LiveZone {
     /// target's addresses). Both are names of the services whose instances
     /// point there, found by gathering just those instances.
     ///
-    /// Of a service a patch changed (`patched`), when its counted holdings
+    /// Of a service a patch changed (in `patched`), when its counted holdings
     /// say that the only instances named so or pointing there are ones the
     /// patch put in, the names those have records at are already in
     /// `changed`: no look at each of its instances.
@@ -609,7 +624,7 @@ impl LiveZone {
         &self,
         changed: &[Vec<u8>],
         out: &mut HashSet<Vec<u8>>,
-        patched: Option<&ChangedInstances>,
+        patched: &[ChangedInstances],
     ) {
         let apex = &self.zone.apex;
         // Per service, the changed names its instances may point at, and
@@ -666,7 +681,7 @@ impl LiveZone {
                     .filter(|k| is_host(k))
                     .map(|k| k[1..k.len() - self.apex_len].to_vec()),
             );
-            if let Some(p) = patched.filter(|p| p.service == *key)
+            if let Some(p) = patched.iter().find(|p| p.service == *key)
                 && let Some(holdings) = self.holdings.get(key)
                 && (names.iter()).all(|n| holdings.named(n) == p.inserted.named(n))
                 && (targets.iter()).all(|t| holdings.targeting(t) == p.inserted.targeting(t))
@@ -1197,6 +1212,8 @@ mod tests {
         let before = patched();
         // Batches of many instances, into a service of hundreds, patched.
         let mut many_patched = 0;
+        // Batches with both large services patched.
+        let mut two_patched = 0;
         for seed in 1..=6u64 {
             let mut rng = Rng(0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9));
             let base = base();
@@ -1232,9 +1249,21 @@ mod tests {
             large.instances = (0..size)
                 .map(|_| Arc::new(large_instance(&mut rng)))
                 .collect();
+            // A second large service, at some steps changed in the same
+            // batch as the first: each is patched on its own.
+            let mut wide = large.clone();
+            wide.name = "wide".into();
+            wide.instances = (0..size)
+                .map(|k| {
+                    let mut i = large_instance(&mut rng);
+                    i.name = format!("w{k}");
+                    Arc::new(i)
+                })
+                .collect();
+            let wide_key = ServiceKey::of(&wide);
             let small: Vec<Service> = (0..4).map(|_| service(&mut rng)).collect();
-            let mut live =
-                LiveZone::build(&base, small.into_iter().chain([large.clone()]), 1, None);
+            let all = small.into_iter().chain([large.clone(), wide.clone()]);
+            let mut live = LiveZone::build(&base, all, 1, None);
             let key = ServiceKey::of(&large);
             for step in 0..300 {
                 let mut s = live.service(&key).cloned().unwrap_or_else(|| large.clone());
@@ -1293,9 +1322,30 @@ mod tests {
                 }
                 let serial = step + 2;
                 let was = patched();
-                live.update([(key.clone(), Some(s.clone()))], serial);
+                let mut changes = vec![(key.clone(), Some(s.clone()))];
+                match rng.below(4) {
+                    0 => {
+                        let mut w =
+                            (live.service(&wide_key).cloned()).unwrap_or_else(|| wide.clone());
+                        let n = w.instances.len();
+                        if rng.below(3) == 0 && n > PATCH_FROM {
+                            w.instances.remove(rng.below(n));
+                        } else {
+                            let mut i = large_instance(&mut rng);
+                            i.name = format!("w{}", 1000 + step);
+                            w.instances.insert(rng.below(n + 1), Arc::new(i));
+                        }
+                        changes.push((wide_key.clone(), Some(w)));
+                    }
+                    1 => changes.push(change(&mut rng, &live)),
+                    _ => {}
+                }
+                live.update(changes, serial);
                 if batch && patched() > was {
                     many_patched += 1;
+                }
+                if patched() >= was + 2 {
+                    two_patched += 1;
                 }
                 let services: Vec<Service> = live.services().map(|(_, s)| s.clone()).collect();
                 let fresh = LiveZone::build(&base, services, serial, None);
@@ -1317,6 +1367,10 @@ mod tests {
         assert!(
             many_patched >= 5,
             "only {many_patched} batches of many patched"
+        );
+        assert!(
+            two_patched >= 50,
+            "only {two_patched} batches with two services patched"
         );
     }
 
