@@ -332,7 +332,7 @@ impl LiveZone {
                     }
                     let at = match out.first() {
                         Some(first) => {
-                            let at = positions.find(first)?;
+                            let at = positions.find(first, runs[r].start)?;
                             let run = current.get(at..at + out.len())?;
                             if !run.iter().zip(out).all(|(a, b)| a.same(b)) {
                                 return None;
@@ -553,7 +553,7 @@ impl LiveZone {
             }
             let mut last = 0;
             for r in mine {
-                last = last.max(positions.find(r)?);
+                last = last.max(positions.find(r, i)?);
             }
             return Some(last + 1);
         }
@@ -561,8 +561,11 @@ impl LiveZone {
     }
 }
 
-/// Where records are in an RRset before the change (each is there once):
-/// looked for one at a time, from the end where registrations mostly go,
+/// Where records are in an RRset before the change (each is there once).
+/// A record is looked for first around where it most likely is: at the
+/// place of its instance in the service, as most instances have one record
+/// at each name (a service's SRV and PTR names) or about one (its
+/// addresses). Failing that, from the end where registrations mostly go,
 /// unless many will be looked for in a long RRset; then through a map
 /// made once.
 struct Positions<'a> {
@@ -570,6 +573,9 @@ struct Positions<'a> {
     many: bool,
     map: Option<HashMap<&'a RData, usize>>,
 }
+
+/// How far around the likely place a record is looked for.
+const NEAR: usize = 64;
 
 impl<'a> Positions<'a> {
     fn new(records: &'a [RData], lookups: usize) -> Self {
@@ -580,11 +586,23 @@ impl<'a> Positions<'a> {
         }
     }
 
-    fn find(&mut self, record: &RData) -> Option<usize> {
-        if !self.many {
-            return self.records.iter().rposition(|r| r.same(record));
-        }
+    /// Where `record` is; `likely`: the place of its instance.
+    fn find(&mut self, record: &RData, likely: usize) -> Option<usize> {
         let records = self.records;
+        let n = records.len();
+        // Nearest first: outward from the likely place, both ways.
+        let at = likely.min(n.saturating_sub(1));
+        for d in 0..NEAR {
+            if at + d < n && records[at + d].same(record) {
+                return Some(at + d);
+            }
+            if d > 0 && d <= at && records[at - d].same(record) {
+                return Some(at - d);
+            }
+        }
+        if !self.many {
+            return records.iter().rposition(|r| r.same(record));
+        }
         let map = self
             .map
             .get_or_insert_with(|| records.iter().enumerate().map(|(i, r)| (r, i)).collect());
