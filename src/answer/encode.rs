@@ -537,7 +537,8 @@ impl<'a> Encoder<'a> {
             _ => 4,
         };
         let record_len = 12 + data_len(rrset.first());
-        let mut body = Vec::with_capacity(rrset.len() * record_len);
+        // Room for the cut too, which goes after the body.
+        let mut body = Vec::with_capacity(rrset.len() * record_len + 16);
         for rdata in rrset {
             let (rtype, data): (u16, &[u8]) = match rdata {
                 RData::Addr(IpAddr::V4(a)) => (rtype::A, &a.octets()[..]),
@@ -566,7 +567,7 @@ impl<'a> Encoder<'a> {
             count,
             orders,
         };
-        Answer::new(&body, &cuts, Some(Arc::new(shuffled)))
+        Answer::new(body, &cuts, Some(Arc::new(shuffled)))
     }
 
     /// Writes one record of `owner` (see [`MessageWriter::record_of`]).

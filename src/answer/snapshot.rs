@@ -424,8 +424,10 @@ pub struct Cut {
 
 impl Answer {
     /// An answer of this body and these cuts (at least one: the whole body).
-    pub(super) fn new(body: &[u8], cuts: &[Cut], shuffled: Option<Arc<Shuffled>>) -> Answer {
-        Answer::with_rest(body, cuts, &[], shuffled)
+    /// The cuts go after the body in its buffer, which is copied once, into
+    /// the answer's allocation.
+    pub(super) fn new(body: Vec<u8>, cuts: &[Cut], shuffled: Option<Arc<Shuffled>>) -> Answer {
+        Answer::assembled(body, cuts, &[], shuffled)
     }
 
     /// [`Answer::new`] with the RRset's records past the body (`rest`).
@@ -437,6 +439,18 @@ impl Answer {
     ) -> Answer {
         let mut data = Vec::with_capacity(body.len() + cuts.len() * CUT_LEN + rest.len());
         data.extend_from_slice(body);
+        Answer::assembled(data, cuts, rest, shuffled)
+    }
+
+    /// The answer whose body is `data` so far: the cuts and `rest` go after it.
+    fn assembled(
+        mut data: Vec<u8>,
+        cuts: &[Cut],
+        rest: &[u8],
+        shuffled: Option<Arc<Shuffled>>,
+    ) -> Answer {
+        let body_len = u32::try_from(data.len()).expect("under 4 GiB");
+        data.reserve_exact(cuts.len() * CUT_LEN + rest.len());
         for cut in cuts {
             data.extend_from_slice(&cut.len.to_ne_bytes());
             for count in cut.counts {
@@ -446,7 +460,7 @@ impl Answer {
         data.extend_from_slice(rest);
         Answer {
             data: data.into(),
-            body_len: body.len() as u32,
+            body_len,
             rest_len: u32::try_from(rest.len()).expect("under 4 GiB"),
             shuffled,
         }
