@@ -1,6 +1,6 @@
 //! What the registry keeps of each zone and of each runtime registration.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -36,6 +36,10 @@ pub(super) struct ZoneRuntime {
     services: BTreeMap<ServiceKey, BTreeMap<String, RuntimeEntry>>,
     /// The service each instance name is registered in.
     service_of: BTreeMap<String, ServiceKey>,
+    /// How many of each service's registrations have a health check: a
+    /// service with none, in a file service with none, has no targets to
+    /// collect, and a change to it skips a look at each of its instances.
+    checked: HashMap<ServiceKey, usize>,
 }
 
 impl ZoneRuntime {
@@ -57,6 +61,9 @@ impl ZoneRuntime {
     pub(super) fn insert(&mut self, id: String, entry: RuntimeEntry) -> Option<RuntimeEntry> {
         let before = self.remove(&id);
         let service = entry.valid.service_key();
+        if entry.valid.instance.check.is_some() {
+            *self.checked.entry(service.clone()).or_default() += 1;
+        }
         self.service_of.insert(id.clone(), service.clone());
         self.services.entry(service).or_default().insert(id, entry);
         before
@@ -69,7 +76,22 @@ impl ZoneRuntime {
         if instances.is_empty() {
             self.services.remove(&service);
         }
+        if gone
+            .as_ref()
+            .is_some_and(|g| g.valid.instance.check.is_some())
+            && let Some(n) = self.checked.get_mut(&service)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.checked.remove(&service);
+            }
+        }
         gone
+    }
+
+    /// Whether any registration of the service has a health check.
+    pub(super) fn has_checks(&self, service: &ServiceKey) -> bool {
+        self.checked.contains_key(service)
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -114,6 +136,8 @@ pub struct FileZone {
     pub(super) names: FileNames,
     /// Where each service of the file is in `zone.services`.
     pub(super) services: HashMap<ServiceKey, usize>,
+    /// The services with a health check, of their own or an instance's.
+    pub(super) checked: HashSet<ServiceKey>,
 }
 
 impl FileZone {
@@ -126,6 +150,10 @@ impl FileZone {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| (ServiceKey::of(s), i))
+                .collect(),
+            checked: (zone.services.iter())
+                .filter(|s| s.check.is_some() || s.instances.iter().any(|i| i.check.is_some()))
+                .map(|s| ServiceKey::of(s))
                 .collect(),
             zone,
         }
@@ -272,6 +300,43 @@ mod tests {
             expired: false,
             shadowed: None,
         }
+    }
+
+    fn checked_entry(service: &str, instance: &str) -> RuntimeEntry {
+        let request: Registration = serde_json::from_value(serde_json::json!({
+            "zone": "r.test", "service": service, "instance": instance,
+            "address": "10.0.0.1", "port": 80, "check": {"tcp": true}}))
+        .expect("a registration");
+        RuntimeEntry {
+            valid: super::super::runtime::validate(&request).expect("valid"),
+            ..entry(service, instance)
+        }
+    }
+
+    /// Whether a service has a registration with a health check follows
+    /// every insert, replacement and removal.
+    #[test]
+    fn a_service_has_checks_while_a_registration_with_one_is_in_it() {
+        let mut z = ZoneRuntime::default();
+        let (web, db) = (
+            entry("web", "x").valid.service_key(),
+            entry("db", "x").valid.service_key(),
+        );
+        z.insert("a".into(), entry("web", "a"));
+        assert!(!z.has_checks(&web));
+        z.insert("b".into(), checked_entry("web", "b"));
+        z.insert("c".into(), checked_entry("web", "c"));
+        assert!(z.has_checks(&web));
+        z.remove("b");
+        assert!(z.has_checks(&web), "c has one still");
+        // Registered again without a check, then in another service.
+        z.insert("c".into(), entry("web", "c"));
+        assert!(!z.has_checks(&web));
+        z.insert("c".into(), checked_entry("web", "c"));
+        z.insert("c".into(), checked_entry("db", "c"));
+        assert!(!z.has_checks(&web) && z.has_checks(&db));
+        z.remove("c");
+        assert!(!z.has_checks(&db));
     }
 
     fn names<'a>(z: &'a ZoneRuntime, service: &str) -> Vec<&'a str> {

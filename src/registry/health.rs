@@ -173,7 +173,8 @@ impl Book {
         self.filter(&group, service)
     }
 
-    /// Forgets the targets of a service that left the zone.
+    /// Forgets the targets of a service that left the zone, or has no
+    /// health check (`service` lowercase).
     pub fn service_gone(&mut self, key: &[u8], service: &str, protocol: Protocol) {
         self.set_group(key, group_key(key, service, protocol), HashSet::new());
     }

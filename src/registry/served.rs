@@ -149,6 +149,19 @@ impl ZoneEntry {
         Some(Arc::new(service))
     }
 
+    /// Whether service `id` (merged) may have a health check: its own, or an
+    /// instance's in the file or in a registration.
+    fn may_have_checks(
+        &self,
+        runtime: Option<&ZoneRuntime>,
+        id: &ServiceKey,
+        merged: &Service,
+    ) -> bool {
+        merged.check.is_some()
+            || self.file.checked.contains(id)
+            || runtime.is_some_and(|r| r.has_checks(id))
+    }
+
     /// Works out what the zone is built from: its file and its runtime
     /// instances, with the serial after the current one; the current
     /// version lends its unchanged answers. What is built from it
@@ -219,6 +232,12 @@ impl ZoneEntry {
                     merged.push((id.clone(), service.clone()));
                 }
                 let served = match service {
+                    // No check: no targets, nothing left out, and no look
+                    // at each instance for them.
+                    Some(merged) if !self.may_have_checks(runtime, &id, &merged) => {
+                        health.service_gone(key, &id.name, id.protocol);
+                        Some(merged)
+                    }
                     Some(merged) => {
                         let served = health.service_built(key, &merged).map(Arc::new);
                         Some(served.unwrap_or(merged))
