@@ -210,10 +210,14 @@ impl LiveZone {
         // ones included.
         let mut patched = Vec::new();
         let mut rest = Vec::with_capacity(changes.len());
-        let own_keys =
-            (changes.iter()).all(|(k, s)| s.as_ref().is_none_or(|s| *k == ServiceKey::of(s)));
+        // Each under its own key, once: the general path below takes the
+        // last of two changes to one service, in order, which patching
+        // one of them first would undo.
+        let keys: BTreeSet<&ServiceKey> = changes.iter().map(|(k, _)| k).collect();
+        let patchable = keys.len() == changes.len()
+            && (changes.iter()).all(|(k, s)| s.as_ref().is_none_or(|s| *k == ServiceKey::of(s)));
         for (key, new) in changes {
-            if own_keys
+            if patchable
                 && let Some(new) = &new
                 && let Some(old) = self.services.get(&key).cloned()
                 && old.instances.len() >= PATCH_FROM
@@ -1204,6 +1208,49 @@ mod tests {
             (i.port, i.weight, i.priority) = (8000, 1, 0);
         }
         i
+    }
+
+    #[test]
+    fn of_two_changes_to_one_service_in_a_batch_the_last_counts() {
+        let mut rng = Rng(42);
+        let base = base();
+        let at = |n: u8, k: u8| Endpoint::Addresses(vec![IpAddr::from([10, 9, n, k])]);
+        let mut large = service(&mut rng);
+        large.name = "large".into();
+        large.tags.clear();
+        large.instances = (0..PATCH_FROM as u8 + 8)
+            .map(|k| {
+                let mut i = large_instance(&mut rng);
+                (i.name, i.endpoint) = (format!("m{k}"), at(0, k));
+                i.tags.clear();
+                Arc::new(i)
+            })
+            .collect();
+        let key = ServiceKey::of(&large);
+        let mut live = LiveZone::build(&base, [large.clone()], 1, None);
+        // The first is gathered again (another tag), the last alone could
+        // be patched (one instance more).
+        let mut retagged = large.clone();
+        retagged.tags = vec!["blue".into()];
+        let mut grown = large.clone();
+        let mut more = large_instance(&mut rng);
+        (more.name, more.endpoint) = ("m99".into(), at(1, 1));
+        more.tags.clear();
+        grown.instances.push(Arc::new(more));
+        let was = patch::PATCHED.get();
+        let mut alone = LiveZone::build(&base, [large.clone()], 1, None);
+        alone.update([(key.clone(), Some(grown.clone()))], 2);
+        assert_eq!(patch::PATCHED.get(), was + 1, "the last alone is patched");
+        live.update(
+            [
+                (key.clone(), Some(retagged)),
+                (key.clone(), Some(grown.clone())),
+            ],
+            2,
+        );
+        assert!(same_service(live.service(&key).unwrap(), &grown));
+        let fresh = LiveZone::build(&base, [grown], 2, None);
+        assert_same(live.snapshot(), fresh.snapshot(), "the last change");
     }
 
     #[test]
