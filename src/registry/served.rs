@@ -149,17 +149,27 @@ impl ZoneEntry {
         Some(Arc::new(service))
     }
 
-    /// Whether service `id` (merged) may have a health check: its own, or an
-    /// instance's in the file or in a registration.
-    fn may_have_checks(
+    /// Service `id` as served: health checks follow the service as merged
+    /// (its targets are recorded for the checker, and unhealthy addresses
+    /// left out). A service with no check of its own, nor any instance's
+    /// in the file or a registration, has no targets: it is served as
+    /// merged, with no look at each instance for them.
+    fn served(
         &self,
         runtime: Option<&ZoneRuntime>,
         id: &ServiceKey,
-        merged: &Service,
-    ) -> bool {
-        merged.check.is_some()
+        merged: Arc<Service>,
+        (key, health): (&[u8], &mut Book),
+    ) -> Arc<Service> {
+        let checked = merged.check.is_some()
             || self.file.checked.contains(id)
-            || runtime.is_some_and(|r| r.has_checks(id))
+            || runtime.is_some_and(|r| r.has_checks(id));
+        if !checked {
+            health.service_gone(key, &id.name, id.protocol);
+            return merged;
+        }
+        let served = health.service_built(key, &merged).map(Arc::new);
+        served.unwrap_or(merged)
     }
 
     /// Works out what the zone is built from: its file and its runtime
@@ -187,10 +197,7 @@ impl ZoneEntry {
             let Some(merged) = self.merged_service(runtime, id) else {
                 continue;
             };
-            // Health checks follow the service as built: its targets are
-            // recorded for the checker, and unhealthy addresses left out.
-            let served = health.service_built(key, &merged).map(Arc::new);
-            services.push(served.unwrap_or(merged));
+            services.push(self.served(runtime, id, merged, (key, health)));
         }
         health.retain_services(key, services.iter().map(|s| &**s));
         // The zone's previous version lends its serial and its unchanged
@@ -232,16 +239,7 @@ impl ZoneEntry {
                     merged.push((id.clone(), service.clone()));
                 }
                 let served = match service {
-                    // No check: no targets, nothing left out, and no look
-                    // at each instance for them.
-                    Some(merged) if !self.may_have_checks(runtime, &id, &merged) => {
-                        health.service_gone(key, &id.name, id.protocol);
-                        Some(merged)
-                    }
-                    Some(merged) => {
-                        let served = health.service_built(key, &merged).map(Arc::new);
-                        Some(served.unwrap_or(merged))
-                    }
+                    Some(merged) => Some(self.served(runtime, &id, merged, (key, &mut *health))),
                     None => {
                         health.service_gone(key, &id.name, id.protocol);
                         None
