@@ -74,6 +74,21 @@ fn primary(admin: &Path, zones: &Path, port: u16, extra: &[&str]) -> (Server, So
     (server, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
+/// Writes `<apex>.toml` in `dir`: a zone with its name server and `n`
+/// hosts, `host-<i>` at `10.<net>.<i / 256>.<i % 256>`.
+fn write_hosts_zone(dir: &Path, apex: &str, n: usize, net: u8) {
+    let mut zone =
+        format!("zone = \"{apex}\"\nnameservers = [\"ns1\"]\n[hosts]\nns1 = \"127.0.0.1\"\n");
+    for i in 0..n {
+        zone.push_str(&format!(
+            "host-{i} = \"10.{net}.{}.{}\"\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    std::fs::write(dir.join(format!("{apex}.toml")), zone).unwrap();
+}
+
 fn register(server: &Server, instance: &str, address: &str, extra: &[&str]) {
     let mut args = vec![
         "register",
@@ -592,13 +607,7 @@ fn with_a_key_unsigned_unknown_key_bad_mac_and_stale_transfers_are_refused() {
 #[test]
 fn dig_with_the_right_key_gets_a_verified_complete_transfer_in_many_messages() {
     let zones = tempfile::tempdir().unwrap();
-    let mut zone = String::from(
-        "zone = \"big.example\"\nnameservers = [\"ns1\"]\n[hosts]\nns1 = \"127.0.0.1\"\n",
-    );
-    for i in 0..2000 {
-        zone.push_str(&format!("host-{i} = \"10.2.{}.{}\"\n", i / 256, i % 256));
-    }
-    std::fs::write(zones.path().join("big.example.toml"), zone).unwrap();
+    write_hosts_zone(zones.path(), "big.example", 2000, 2);
     let keys = [
         format!("hmac-sha256:{KEY}:{SECRET}"),
         format!("hmac-sha512:{KEY}-512:{SECRET}"),
@@ -726,13 +735,7 @@ fn ixfr_answers_the_difference_and_falls_back_to_the_whole_zone_beyond_the_journ
 #[test]
 fn ixfr_of_a_large_zone_holds_exactly_what_axfr_shows_changed() {
     let zones = tempfile::tempdir().unwrap();
-    let mut zone = String::from(
-        "zone = \"svc.example\"\nnameservers = [\"ns1\"]\n[hosts]\nns1 = \"127.0.0.1\"\n",
-    );
-    for i in 0..20_000 {
-        zone.push_str(&format!("host-{i} = \"10.4.{}.{}\"\n", i / 256, i % 256));
-    }
-    std::fs::write(zones.path().join("svc.example.toml"), zone).unwrap();
+    write_hosts_zone(zones.path(), "svc.example", 20_000, 4);
     let server = Server::start_with(
         zones.path(),
         &["--allow-transfer", "127.0.0.1", "--ixfr-journal", "64"],
