@@ -10,7 +10,7 @@ use hickory_proto::rr::Name;
 // Keys of these maps come from zones, not queries: see Cargo.toml on foldhash.
 use foldhash::{HashMap, HashSet, HashSetExt};
 
-use super::snapshot::{Answer, Cut, Entry, Node, Shuffled};
+use super::snapshot::{Answer, CUT_LEN, Cut, Entry, Node, Shuffled};
 use super::weighted::{Orders, Weighted};
 use crate::answer::wire::{MessageWriter, WireName, lower_wire, rtype};
 use crate::model::Zone;
@@ -64,31 +64,17 @@ impl RData {
     /// Equal with the letter case of names too, as an answer carries the
     /// case it was given (`==` is the same).
     pub(super) fn same(&self, other: &RData) -> bool {
-        let same_name = WireName::same;
-        match (self, other) {
-            (
-                RData::Srv {
-                    priority: p1,
-                    weight: w1,
-                    port: o1,
-                    target: t1,
-                },
-                RData::Srv {
-                    priority: p2,
-                    weight: w2,
-                    port: o2,
-                    target: t2,
-                },
-            ) => (p1, w1, o1) == (p2, w2, o2) && same_name(t1, t2),
-            (RData::Ns(a), RData::Ns(b)) | (RData::Ptr(a), RData::Ptr(b)) => same_name(a, b),
-            (a, b) => a == b,
-        }
+        self.equal_by(other, WireName::same)
     }
 
     /// The same record as DNS compares records, names without regard to
     /// letter case (RFC 4343), as their keys are equal; nothing allocated.
     pub(super) fn same_record(&self, other: &RData) -> bool {
-        let same_name = |a: &WireName, b: &WireName| a.wire().eq_ignore_ascii_case(b.wire());
+        self.equal_by(other, |a, b| a.wire().eq_ignore_ascii_case(b.wire()))
+    }
+
+    /// Equal, names compared by `same_name`.
+    fn equal_by(&self, other: &RData, same_name: impl Fn(&WireName, &WireName) -> bool) -> bool {
         match (self, other) {
             (
                 RData::Srv {
@@ -538,7 +524,7 @@ impl<'a> Encoder<'a> {
         };
         let record_len = 12 + data_len(rrset.first());
         // Room for the cut too, which goes after the body.
-        let mut body = Vec::with_capacity(rrset.len() * record_len + 16);
+        let mut body = Vec::with_capacity(rrset.len() * record_len + CUT_LEN);
         for rdata in rrset {
             let (rtype, data): (u16, &[u8]) = match rdata {
                 RData::Addr(IpAddr::V4(a)) => (rtype::A, &a.octets()[..]),

@@ -317,7 +317,7 @@ pub struct Answer {
 
 /// A cut in an answer's buffer: its length, then its three counts, each in
 /// native byte order.
-const CUT_LEN: usize = 10;
+pub(super) const CUT_LEN: usize = 10;
 
 /// An answer whose records are sent in an order picked per query. Its body
 /// is the records one after the other, each the same length (an A or AAAA
