@@ -613,6 +613,47 @@ async fn out_of_zone_name_servers_get_no_glue() {
 // ---------------------------------------------------------------------------
 // Flags and the echoed question
 
+/// Two instances whose SRV records differ only in the letter case of the
+/// target are one record (RFC 4343, RFC 2181 5): the answer holds it once,
+/// spelled as the first instance gives it, in a small RRset and in one
+/// past the size at which duplicates are found through a set.
+#[test]
+fn srv_records_whose_targets_differ_only_in_letter_case_are_one() {
+    let mut zone = String::from("zone = \"case.example\"\n");
+    for (service, others) in [("small", 0), ("large", 12)] {
+        zone.push_str(&format!("[[services]]\nname = \"{service}\"\nport = 80\n"));
+        for i in 0..others {
+            zone.push_str(&format!(
+                "[[services.instances]]\nname = \"{service}-{i}\"\naddress = \"10.0.1.{i}\"\n"
+            ));
+        }
+        let upper = service.to_ascii_uppercase();
+        zone.push_str(&format!(
+            "[[services.instances]]\nname = \"{service}-web\"\naddress = \"10.0.0.1\"\n\
+             [[services.instances]]\nname = \"{service}-alias\"\n\
+             target = \"{upper}-WEB.case.example.\"\n"
+        ));
+    }
+    let dir = zone_dir(&[("case.example.toml", &zone)]);
+    let server = Server::start(dir.path());
+    for (service, others) in [("small", 0), ("large", 12)] {
+        let qname = format!("_{service}._tcp.case.example.");
+        let reply = server.udp(&query_edns(&qname, RecordType::SRV, 4096));
+        let targets: Vec<String> = (reply.answers.iter())
+            .filter_map(|r| match &r.data {
+                RData::SRV(s) => Some(s.target.to_ascii()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(targets.len(), others + 1, "{service}: {reply}");
+        let host = format!("{service}-web.case.example.");
+        let web: Vec<&String> = (targets.iter())
+            .filter(|t| t.eq_ignore_ascii_case(&host))
+            .collect();
+        assert_eq!(web, [&host], "{service}: once, as first spelled");
+    }
+}
+
 #[test]
 fn question_is_echoed_with_the_clients_letter_case() {
     let server = Server::start(&example_zones());
