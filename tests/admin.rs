@@ -277,6 +277,66 @@ fn serial(admin: &mut AdminClient) -> u64 {
     zone["serial"].as_u64().unwrap()
 }
 
+/// Pipelined registrations into two services of 200 instances each, the
+/// two taking turns, so that the writer's batches change both: every SRV
+/// answer then holds the file's instances and every registration, once.
+#[test]
+fn a_batch_into_two_large_services_answers_every_instance_of_each() {
+    let mut zone = String::from("zone = \"multi.example\"\n");
+    for (s, service) in ["a", "b"].iter().enumerate() {
+        zone.push_str(&format!("[[services]]\nname = \"{service}\"\nport = 80\n"));
+        for i in 0..200 {
+            zone.push_str(&format!(
+                "[[services.instances]]\nname = \"{service}-{i}\"\naddress = \"10.5.{s}.{i}\"\n"
+            ));
+        }
+    }
+    let zones = tempfile::tempdir().unwrap();
+    std::fs::write(zones.path().join("multi.example.toml"), zone).unwrap();
+    let server = Server::start(zones.path());
+    let mut admin = server.admin();
+    let lines: Vec<String> = (0..60)
+        .map(|i| {
+            let (service, s) = [("a", 0), ("b", 1)][i % 2];
+            json!({"op":"register","zone":"multi.example","service":service,
+                "instance":format!("{service}-r{i}"),"address":format!("10.6.{s}.{i}"),"port":81})
+            .to_string()
+        })
+        .collect();
+    admin.write_lines(&lines).unwrap();
+    for line in &lines {
+        let reply = admin.read_reply().expect("a reply");
+        assert_eq!(reply["ok"], true, "{line} -> {reply}");
+    }
+    for (s, service) in ["a", "b"].iter().enumerate() {
+        let qname = format!("_{service}._tcp.multi.example.");
+        let reply = server.tcp(&query(&qname, RecordType::SRV));
+        let mut got: Vec<String> = (reply.answers.iter())
+            .filter_map(|r| match &r.data {
+                hickory_proto::rr::RData::SRV(srv) => {
+                    Some(format!("{} {}", srv.port, srv.target.to_ascii()))
+                }
+                _ => None,
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = (0..200)
+            .map(|i| format!("80 {service}-{i}.multi.example."))
+            .chain(
+                (0..60)
+                    .filter(|i| i % 2 == s)
+                    .map(|i| format!("81 {service}-r{i}.multi.example.")),
+            )
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "{service}");
+        // A registration's own name answers its address.
+        let host = format!("{service}-r{}.multi.example.", 58 + s);
+        let reply = server.udp(&query(&host, RecordType::A));
+        assert_eq!(reply.answers.len(), 1, "{host}: {reply}");
+    }
+}
+
 #[test]
 fn pipelined_requests_get_their_replies_in_order() {
     let server = Server::start(&example_zones());
