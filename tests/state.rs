@@ -150,8 +150,12 @@ fn a_start_refused_for_a_taken_port_leaves_no_file_behind() {
     // A server holds the port for both: TCP, bound first, is refused.
     let first = Server::start(zones.path());
     refused_on(format!("127.0.0.1:{}", first.addr.port()), "TCP");
-    // A port taken for UDP only.
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A port taken for UDP only: one whose TCP side is free as well, or
+    // the server would be refused on TCP, by whoever holds that.
+    let udp = (0..50)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .find(|u| std::net::TcpListener::bind(u.local_addr().unwrap()).is_ok())
+        .expect("a UDP port whose TCP side is free");
     refused_on(udp.local_addr().unwrap().to_string(), "UDP");
 }
 
