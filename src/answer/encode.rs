@@ -518,27 +518,31 @@ impl<'a> Encoder<'a> {
         // Every record is the same length: the body is sized once, and its
         // one cut is the whole of it (a response takes as many records as
         // fit, in the order drawn, never a prefix of the body).
-        let data_len = |rdata: Option<&RData>| match rdata {
-            Some(RData::Addr(IpAddr::V6(_))) => 16,
-            _ => 4,
+        let (rtype, record_len) = match rrset.first() {
+            Some(RData::Addr(IpAddr::V6(_))) => (rtype::AAAA, 12 + 16),
+            _ => (rtype::A, 12 + 4),
         };
-        let record_len = 12 + data_len(rrset.first());
-        // Room for the cut too, which goes after the body.
+        // What every record starts with: its owner, a pointer to the
+        // question; its type, class, TTL and data length.
+        let mut head = [0u8; 12];
+        head[..2].copy_from_slice(&[0xC0, crate::answer::wire::HEADER_LEN as u8]);
+        head[2..4].copy_from_slice(&rtype.to_be_bytes());
+        head[4..6].copy_from_slice(&crate::answer::wire::CLASS_IN.to_be_bytes());
+        head[6..10].copy_from_slice(&self.zone.ttl.to_be_bytes());
+        head[10..12].copy_from_slice(&((record_len - 12) as u16).to_be_bytes());
+        // Room for the cut too, which goes after the body. Written record
+        // by record in place: a service of thousands re-encodes this on
+        // every change to it.
         let mut body = Vec::with_capacity(rrset.len() * record_len + CUT_LEN);
-        for rdata in rrset {
-            let (rtype, data): (u16, &[u8]) = match rdata {
-                RData::Addr(IpAddr::V4(a)) => (rtype::A, &a.octets()[..]),
-                RData::Addr(IpAddr::V6(a)) => (rtype::AAAA, &a.octets()[..]),
+        body.resize(rrset.len() * record_len, 0);
+        for (record, rdata) in body.chunks_exact_mut(record_len).zip(rrset) {
+            let (head_of, data) = record.split_at_mut(12);
+            head_of.copy_from_slice(&head);
+            match rdata {
+                RData::Addr(IpAddr::V4(a)) => data.copy_from_slice(&a.octets()),
+                RData::Addr(IpAddr::V6(a)) => data.copy_from_slice(&a.octets()),
                 _ => unreachable!("only addresses are weighted"),
-            };
-            let mut record = [0u8; 28];
-            record[..2].copy_from_slice(&[0xC0, crate::answer::wire::HEADER_LEN as u8]);
-            record[2..4].copy_from_slice(&rtype.to_be_bytes());
-            record[4..6].copy_from_slice(&crate::answer::wire::CLASS_IN.to_be_bytes());
-            record[6..10].copy_from_slice(&self.zone.ttl.to_be_bytes());
-            record[10..12].copy_from_slice(&(data.len() as u16).to_be_bytes());
-            record[12..12 + data.len()].copy_from_slice(data);
-            body.extend_from_slice(&record[..12 + data.len()]);
+            }
         }
         let cuts = [Cut {
             len: body.len() as u32,
