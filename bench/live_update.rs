@@ -191,7 +191,7 @@ fn main() {
             let mut grown = base.clone();
             grown
                 .instances
-                .push(Arc::new(instance(format!("extra-{u}"), 0x90_0000 + u)));
+                .push_back(Arc::new(instance(format!("extra-{u}"), 0x90_0000 + u)));
             serial += 1;
             timed(&mut add, || {
                 live.update([(big_key.clone(), Some(grown))], serial)

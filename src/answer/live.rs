@@ -23,7 +23,7 @@ use super::encode::{Encoder, NodeRecords, RData};
 use super::snapshot::{Answer, SHARD_NAMES, ZoneSnapshot};
 use super::weighted::Weighted;
 use crate::answer::wire::{WireName, lower_wire, rtype};
-use crate::model::{Endpoint, Instance, Protocol, Service, ServiceKey, Zone};
+use crate::model::{Endpoint, Instance, Instances, Protocol, Service, ServiceKey, Zone};
 
 mod holdings;
 mod patch;
@@ -720,33 +720,35 @@ impl LiveZone {
         }
         for (key, instances) in reading {
             let service = &self.services[key];
-            let only = Service {
-                instances: instances
+            let only = service.with_instances(
+                instances
                     .into_iter()
                     .map(|i| service.instances[i].clone())
                     .collect(),
-                ..service.clone_without_instances()
-            };
+            );
             out.extend(gathered(apex, &only).into_keys());
         }
     }
 }
 
-trait WithoutInstances {
-    fn clone_without_instances(&self) -> Service;
+trait WithInstances {
+    fn with_instances(&self, instances: Instances) -> Service;
+    fn part(&self, range: std::ops::Range<usize>) -> Service;
 }
 
-impl WithoutInstances for Service {
-    /// The service's own fields, without the cost of copying its instances.
-    fn clone_without_instances(&self) -> Service {
+impl WithInstances for Service {
+    /// The service's own fields with these instances.
+    fn with_instances(&self, instances: Instances) -> Service {
         Service {
-            name: self.name.clone(),
-            protocol: self.protocol,
-            tags: self.tags.clone(),
-            check: self.check.clone(),
-            instances: Vec::new(),
-            max_answers: self.max_answers,
+            instances,
+            ..self.clone()
         }
+    }
+
+    /// The service with only its instances in `range`, which share the
+    /// chunks of its list.
+    fn part(&self, range: std::ops::Range<usize>) -> Service {
+        self.with_instances(crate::model::instances_in(&self.instances, range))
     }
 }
 
@@ -816,7 +818,7 @@ fn index(
     by_target: &mut HashMap<Vec<u8>, Vec<(ServiceKey, u32)>>,
     apex: &Name,
     key: &ServiceKey,
-    instances: &[Arc<Instance>],
+    instances: &Instances,
     add: bool,
 ) {
     for instance in instances {
@@ -936,31 +938,61 @@ fn same_fields(a: &Service, b: &Service) -> bool {
 fn differing(old: &Service, new: &Service) -> (Service, Service) {
     let (a, b) = (&old.instances, &new.instances);
     let (start, end) = differing_bounds(old, new);
-    let part = |s: &Service, instances: &[Arc<Instance>]| Service {
-        instances: instances.to_vec(),
-        ..s.clone_without_instances()
-    };
     (
-        part(old, &a[start..a.len() - end]),
-        part(new, &b[start..b.len() - end]),
+        old.part(start..a.len() - end),
+        new.part(start..b.len() - end),
     )
 }
 
 /// How many instances `old` and `new` have in common at their start, and
-/// then at their end.
+/// then at their end. Where the two lists are the same chunk of memory
+/// they are passed over a chunk at a time: after a change to a few
+/// instances of a large service, all but the chunks around them are.
 fn differing_bounds(old: &Service, new: &Service) -> (usize, usize) {
     let (a, b) = (&old.instances, &new.instances);
-    let start = a
-        .iter()
-        .zip(b)
-        .take_while(|(x, y)| same_instance(x, y))
-        .count();
-    let end = a[start..]
-        .iter()
-        .rev()
-        .zip(b[start..].iter().rev())
-        .take_while(|(x, y)| same_instance(x, y))
-        .count();
+    let n = a.len().min(b.len());
+    let (mut fa, mut fb) = (a.focus(), b.focus());
+    let mut start = 0;
+    while start < n {
+        let (at, x) = fa.chunk_at(start);
+        let x = &x[start - at.start..];
+        let (at, y) = fb.chunk_at(start);
+        let y = &y[start - at.start..];
+        let len = x.len().min(y.len()).min(n - start);
+        let (x, y) = (&x[..len], &y[..len]);
+        let same = match std::ptr::eq(x.as_ptr(), y.as_ptr()) {
+            true => len,
+            false => (x.iter().zip(y))
+                .take_while(|(i, j)| same_instance(i, j))
+                .count(),
+        };
+        start += same;
+        if same < len {
+            break;
+        }
+    }
+    // From the end, up to what the start has in common.
+    let most = n - start;
+    let mut end = 0;
+    while end < most {
+        let (a_to, b_to) = (a.len() - end, b.len() - end);
+        let (at, x) = fa.chunk_at(a_to - 1);
+        let x = &x[..a_to - at.start];
+        let (at, y) = fb.chunk_at(b_to - 1);
+        let y = &y[..b_to - at.start];
+        let len = x.len().min(y.len()).min(most - end);
+        let (x, y) = (&x[x.len() - len..], &y[y.len() - len..]);
+        let same = match std::ptr::eq(x.as_ptr(), y.as_ptr()) {
+            true => len,
+            false => (x.iter().rev().zip(y.iter().rev()))
+                .take_while(|(i, j)| same_instance(i, j))
+                .count(),
+        };
+        end += same;
+        if same < len {
+            break;
+        }
+    }
     (start, end)
 }
 
@@ -981,10 +1013,7 @@ fn same_service(a: &Service, b: &Service) -> bool {
     same_fields(a, b)
         && a.check == b.check
         && a.instances.len() == b.instances.len()
-        && a.instances
-            .iter()
-            .zip(&b.instances)
-            .all(|(x, y)| same_instance(x, y))
+        && differing_bounds(a, b).0 == a.instances.len()
 }
 
 #[cfg(test)]
@@ -1028,6 +1057,76 @@ mod tests {
         "x.other.",
         "i0._web._tcp.svc.example.",
     ];
+
+    /// The common start and end found chunk by chunk are the ones found
+    /// instance by instance, for lists that share chunks after edits
+    /// anywhere in them, and for equal lists that share none.
+    #[test]
+    fn differing_bounds_passing_over_shared_chunks_finds_each_instance() {
+        let mut rng = Rng(0x5eed_b0d5);
+        let one = |k: usize| {
+            Arc::new(Instance {
+                name: format!("i{k}"),
+                endpoint: Endpoint::Addresses(Vec::new()),
+                port: 80,
+                weight: 1,
+                priority: 0,
+                check: None,
+                tags: Vec::new(),
+                metadata: Vec::new(),
+            })
+        };
+        let naive = |a: &Service, b: &Service| {
+            let (x, y): (Vec<_>, Vec<_>) =
+                (a.instances.iter().collect(), b.instances.iter().collect());
+            let start = x
+                .iter()
+                .zip(&y)
+                .take_while(|(i, j)| same_instance(i, j))
+                .count();
+            let most = x.len().min(y.len()) - start;
+            let end = (x.iter().rev().zip(y.iter().rev()))
+                .take(most)
+                .take_while(|(i, j)| same_instance(i, j))
+                .count();
+            (start, end)
+        };
+        for round in 0..200 {
+            let len = [0, 1, 5, 64, 65, 300, 5000][rng.below(7)];
+            let old = Service {
+                name: "big".into(),
+                protocol: Protocol::Tcp,
+                tags: Vec::new(),
+                check: None,
+                instances: (0..len).map(one).collect(),
+                max_answers: None,
+            };
+            let mut new = old.clone();
+            for _ in 0..rng.below(4) {
+                let at = rng.below(new.instances.len() + 1);
+                match rng.below(4) {
+                    0 => new.instances.insert(at, one(len + round)),
+                    1 if at < new.instances.len() => {
+                        new.instances.remove(at);
+                    }
+                    // The same instance again, in a new allocation.
+                    2 if at < new.instances.len() => {
+                        let again = Arc::new(Instance::clone(&new.instances[at]));
+                        new.instances.set(at, again);
+                    }
+                    _ => new.instances.push_back(one(len + round + 1)),
+                }
+            }
+            assert_eq!(
+                differing_bounds(&old, &new),
+                naive(&old, &new),
+                "round {round}"
+            );
+            // Equal lists, no chunk shared.
+            let copy = old.with_instances(old.instances.iter().cloned().collect());
+            assert_eq!(differing_bounds(&old, &copy), (len, 0), "round {round}");
+        }
+    }
 
     fn instance(rng: &mut Rng) -> Instance {
         let endpoint = if rng.below(4) == 0 {
@@ -1110,7 +1209,7 @@ mod tests {
                 }
                 s.instances[at] = Arc::new(new);
             }
-            _ => s.instances.push(Arc::new(instance(rng))),
+            _ => s.instances.push_back(Arc::new(instance(rng))),
         }
         (key, Some(s))
     }
@@ -1236,7 +1335,7 @@ mod tests {
         let mut more = large_instance(&mut rng);
         (more.name, more.endpoint) = ("m99".into(), at(1, 1));
         more.tags.clear();
-        grown.instances.push(Arc::new(more));
+        grown.instances.push_back(Arc::new(more));
         let was = patch::PATCHED.get();
         let mut alone = LiveZone::build(&base, [large.clone()], 1, None);
         alone.update([(key.clone(), Some(grown.clone()))], 2);
@@ -1365,7 +1464,7 @@ mod tests {
                         live.update([(k, other)], serial);
                         continue;
                     }
-                    _ => s.instances.push(Arc::new(large_instance(&mut rng))),
+                    _ => s.instances.push_back(Arc::new(large_instance(&mut rng))),
                 }
                 let serial = step + 2;
                 let was = patched();
@@ -1455,7 +1554,7 @@ mod tests {
             protocol: Protocol::Tcp,
             tags: Vec::new(),
             check: None,
-            instances,
+            instances: instances.into(),
             max_answers: None,
         };
         // Both without and with the records past a message kept, for
@@ -1469,7 +1568,7 @@ mod tests {
             let mut changed = big.clone();
             Arc::make_mut(&mut changed.instances[10]).endpoint =
                 Endpoint::Addresses(vec!["10.200.0.1".parse().unwrap()]);
-            changed.instances.push(changed.instances[0].clone());
+            changed.instances.push_back(changed.instances[0].clone());
             Arc::make_mut(&mut changed.instances[6000]).name = "late".into();
             let key = ServiceKey::of(&big);
             live.update([(key, Some(changed.clone()))], 2);
@@ -1499,7 +1598,7 @@ mod tests {
             let mut last = Instance::clone(&grown.instances[5999]);
             last.name = "zz-last".into();
             last.endpoint = Endpoint::Addresses(vec!["10.201.0.1".parse().unwrap()]);
-            grown.instances.push(Arc::new(last));
+            grown.instances.push_back(Arc::new(last));
             let kept = KEPT_UNENCODED.with(|k| k.get());
             live.update([(ServiceKey::of(&big), Some(grown.clone()))], 3);
             assert!(KEPT_UNENCODED.with(|k| k.get()) >= kept + 2);
@@ -1519,7 +1618,7 @@ mod tests {
             protocol: Protocol::Tcp,
             tags: Vec::new(),
             check: None,
-            instances: Vec::new(),
+            instances: Instances::new(),
             max_answers: None,
         };
         let mut services: Vec<Service> = (0..4000).map(|i| service(format!("s{i:05}"))).collect();

@@ -404,7 +404,7 @@ mod tests {
             })
         };
         let (late, early) = (instance("web-zzz"), instance("web-000"));
-        service.instances.push(late);
+        service.instances.push_back(late);
         service.instances.insert(1, early);
         service.instances.remove(2000);
         let new = build_zone(&old_zone, 8, Some(&old));

@@ -26,7 +26,7 @@ use crate::answer::live::LiveZone;
 use crate::answer::snapshot::ZoneSnapshot;
 use crate::answer::wire::{WireName, lower_wire};
 use crate::model::{
-    DEFAULT_TTL, Endpoint, Instance, Service, ServiceChange, ServiceKey, Soa, Zone,
+    DEFAULT_TTL, Endpoint, Instance, Instances, Service, ServiceChange, ServiceKey, Soa, Zone,
 };
 
 /// The reverse zones being served, kept up to date change by change: a
@@ -218,23 +218,24 @@ impl ReverseZones {
     /// instances: those that are the same `Arc` in both are not looked at
     /// beyond their pointer.
     fn services_differ(&mut self, apex: &Name, old: Option<&Service>, new: Option<&Service>) {
-        let none: &[Arc<Instance>] = &[];
-        let old = old.map_or(none, |s| &s.instances[..]);
-        let new = new.map_or(none, |s| &s.instances[..]);
+        let none = Instances::new();
+        let old = old.map_or(&none, |s| &s.instances);
+        let new = new.map_or(&none, |s| &s.instances);
         let start = (old.iter().zip(new))
             .take_while(|(a, b)| Arc::ptr_eq(a, b))
             .count();
-        let (old, new) = (&old[start..], &new[start..]);
         let end = (old.iter().rev().zip(new.iter().rev()))
+            .take(old.len().min(new.len()) - start)
             .take_while(|(a, b)| Arc::ptr_eq(a, b))
             .count();
-        let (old, new) = (&old[..old.len() - end], &new[..new.len() - end]);
+        let old = crate::model::instances_in(old, start..old.len() - end);
+        let new = crate::model::instances_in(new, start..new.len() - end);
         let mut kept: HashMap<*const Instance, usize> = HashMap::new();
-        for i in new {
+        for i in &new {
             *kept.entry(Arc::as_ptr(i)).or_default() += 1;
         }
         let mut removed = Vec::new();
-        for i in old {
+        for i in &old {
             match kept.get_mut(&Arc::as_ptr(i)) {
                 Some(n) if *n > 0 => *n -= 1,
                 _ => removed.push(i),
@@ -244,10 +245,10 @@ impl ReverseZones {
             self.instance(apex, i, false);
         }
         let mut was: HashMap<*const Instance, usize> = HashMap::new();
-        for i in old {
+        for i in &old {
             *was.entry(Arc::as_ptr(i)).or_default() += 1;
         }
-        for i in new {
+        for i in &new {
             match was.get_mut(&Arc::as_ptr(i)) {
                 Some(n) if *n > 0 => *n -= 1,
                 _ => self.instance(apex, i, true),
@@ -508,7 +509,7 @@ mod tests {
             reverse.update(&[(b"key", serial)], |_| read(&services, serial));
             for step in 0..200 {
                 let key = rng.pick(&keys).clone();
-                let mut instances: Vec<Arc<Instance>> = services
+                let mut instances: Instances = services
                     .get(&key)
                     .map(|s| s.instances.clone())
                     .unwrap_or_default();

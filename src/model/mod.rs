@@ -89,6 +89,22 @@ impl Protocol {
     }
 }
 
+/// A service's instances: a persistent vector, so that a change to one
+/// instance of a service of thousands (a registration, an expiry) copies
+/// a few chunks of 64 and shares the rest with the version before, instead
+/// of taking a reference to every instance again; a service of a few
+/// instances keeps them inline, with no allocation of their own.
+pub type Instances = imbl::Vector<Arc<Instance>>;
+
+/// The instances of `instances` in `range`, sharing its chunks.
+pub fn instances_in(instances: &Instances, range: std::ops::Range<usize>) -> Instances {
+    // Split off, not sliced: `slice` joins the rest back together, work
+    // thrown away here.
+    let mut part = instances.skip(range.start);
+    part.truncate(range.len());
+    part
+}
+
 /// A service: a name under the zone, a protocol, and its instances.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
@@ -102,7 +118,7 @@ pub struct Service {
     /// an instance gives its own.
     pub check: Option<Check>,
     /// The instances, in the order given.
-    pub instances: Vec<Arc<Instance>>,
+    pub instances: Instances,
     /// At most this many A/AAAA records per answer (`None`: all that fit),
     /// taken from the weighted order.
     pub max_answers: Option<u16>,

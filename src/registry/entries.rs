@@ -1,7 +1,8 @@
 //! What the registry keeps of each zone and of each runtime registration.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::health::InstanceHealth;
@@ -10,7 +11,7 @@ use super::runtime::{FileNames, RuntimeInstance};
 use super::store::Stored;
 use super::timers::Timer;
 use crate::answer::live::LiveZone;
-use crate::model::{Endpoint, ServiceKey, Zone};
+use crate::model::{Endpoint, Service, ServiceKey, Zone};
 
 #[cfg(test)]
 impl ZoneEntry {
@@ -185,6 +186,30 @@ pub(super) struct ZoneEntry {
     /// The serial the zone's first build must go above: one it served
     /// before a restart, or before its file went away.
     pub(super) floor: Option<u32>,
+    /// Each service with registrations as last merged (before health
+    /// checks), since the file was last read: a change to a few of its
+    /// instances edits this instead of merging every instance again
+    /// (see `ZoneEntry::update`).
+    pub(super) merged: HashMap<ServiceKey, Arc<Service>>,
+}
+
+/// What changed in a service since it was last published.
+#[derive(Debug)]
+pub(super) enum Touched {
+    /// These runtime instances (by id) came, went or changed.
+    Instances(BTreeSet<String>),
+    /// Its health: every instance is looked at again.
+    Whole,
+}
+
+impl Touched {
+    /// Adds `other` to what changed.
+    pub(super) fn add(&mut self, other: Touched) {
+        match (self, other) {
+            (Touched::Instances(ids), Touched::Instances(more)) => ids.extend(more),
+            (this, _) => *this = Touched::Whole,
+        }
+    }
 }
 
 /// One runtime registration and its health.

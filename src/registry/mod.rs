@@ -40,7 +40,7 @@ use crate::answer::snapshot::{Snapshot, SnapshotHandle};
 use crate::answer::wire::lower_wire;
 use crate::model::names::parse_apex;
 use crate::model::{Protocol, Service, ServiceKey, effective_check};
-use entries::{RuntimeEntry, ZoneEntry, ZoneRuntime, instance_info};
+use entries::{RuntimeEntry, Touched, ZoneEntry, ZoneRuntime, instance_info};
 use health::{Book, Flip, Target};
 use registration::{InstanceInfo, InstanceKey, Registration};
 use runtime::RuntimeInstance;
@@ -61,7 +61,7 @@ pub struct Registry {
     runtime: BTreeMap<Vec<u8>, ZoneRuntime>,
     /// The services (lowercased name, protocol) whose runtime instances or
     /// health changed since they were last built, by zone key.
-    dirty: BTreeMap<Vec<u8>, BTreeSet<ServiceKey>>,
+    dirty: Dirty,
     /// A zone file change altered what queries see since the last publish.
     files_changed: bool,
     /// Changes to the runtime registrations not yet handed out by
@@ -695,13 +695,11 @@ impl Registry {
             // changes no answer, so it costs no rebuild (nor a new serial).
             if before.is_some() || !flip.healthy {
                 let t = &flip.target;
-                self.dirty
-                    .entry(t.zone.clone())
-                    .or_default()
-                    .insert(ServiceKey {
-                        name: t.service.clone(),
-                        protocol: t.protocol,
-                    });
+                let service = ServiceKey {
+                    name: t.service.clone(),
+                    protocol: t.protocol,
+                };
+                mark(&mut self.dirty, &t.zone, service, Touched::Whole);
             }
             let t = &flip.target;
             let zone = self
@@ -803,11 +801,23 @@ impl Registry {
 }
 
 /// Notes that the service of runtime instance `r` of zone `key` changed.
-fn touch(dirty: &mut BTreeMap<Vec<u8>, BTreeSet<ServiceKey>>, key: &[u8], r: &RuntimeInstance) {
-    dirty
-        .entry(key.to_vec())
-        .or_default()
-        .insert(r.service_key());
+fn touch(dirty: &mut Dirty, key: &[u8], r: &RuntimeInstance) {
+    let id = r.instance.name.to_ascii_lowercase();
+    mark(dirty, key, r.service_key(), Touched::Instances([id].into()));
+}
+
+/// The services changed since the last publish, by zone key.
+type Dirty = BTreeMap<Vec<u8>, BTreeMap<ServiceKey, Touched>>;
+
+/// Notes that service `service` of zone `key` changed by `touched`.
+fn mark(dirty: &mut Dirty, key: &[u8], service: ServiceKey, touched: Touched) {
+    let services = dirty.entry(key.to_vec()).or_default();
+    match services.entry(service) {
+        std::collections::btree_map::Entry::Vacant(v) => {
+            v.insert(touched);
+        }
+        std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().add(touched),
+    }
 }
 
 /// The expiry timer of an instance with this TTL, registered or renewed at `now`.
@@ -1430,8 +1440,12 @@ mod tests {
         let r_key = lower_wire(&parse_apex("r.test").unwrap());
         for step in 0..300u64 {
             let now = start + Duration::from_secs(step);
-            let service = ["web", "db", "new"][next(3) as usize];
-            let id = format!("{service}-{}", next(6));
+            let service = ["web", "db", "new", "NEW"][next(4) as usize];
+            // Spelled in either letter case: ids are lowercased names.
+            let id = match next(4) {
+                0 => format!("{}-{}", service.to_ascii_uppercase(), next(6)),
+                _ => format!("{}-{}", service.to_ascii_lowercase(), next(6)),
+            };
             let change = match next(10) {
                 0..=4 => {
                     let mut r =

@@ -41,6 +41,11 @@ pub(super) struct RuntimeInstance {
 }
 
 impl RuntimeInstance {
+    /// Whether it is registered into service `key`.
+    pub(super) fn in_service(&self, key: &ServiceKey) -> bool {
+        self.protocol == key.protocol && self.service.eq_ignore_ascii_case(&key.name)
+    }
+
     /// The key of the service it is registered into.
     pub(super) fn service_key(&self) -> ServiceKey {
         ServiceKey {

@@ -3,18 +3,18 @@
 //! leave of both. Worked out one service at a time, so a change to one
 //! service looks at that service only.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::entries::{FileZone, ZoneEntry, ZoneRuntime};
+use super::entries::{FileZone, Touched, ZoneEntry, ZoneRuntime};
 use super::health::Book;
 use super::runtime;
 use crate::answer::live::LiveZone;
 use crate::answer::reverse::ForwardZone;
 use crate::answer::snapshot::ZoneSnapshot;
-use crate::model::{Service, ServiceChange, ServiceKey, Zone};
+use crate::model::{Instances, Service, ServiceChange, ServiceKey, Zone};
 
 /// What a zone is built from, owned: the build, which takes seconds for a
 /// file of 100 000 services, can run away from the writer.
@@ -59,6 +59,7 @@ impl ZoneEntry {
             file,
             live: None,
             floor: None,
+            merged: HashMap::new(),
         }
     }
 
@@ -138,7 +139,7 @@ impl ZoneEntry {
                     protocol: first.protocol,
                     tags: Vec::new(),
                     check: None,
-                    instances: Vec::new(),
+                    instances: Instances::new(),
                     max_answers: None,
                 }
             }
@@ -226,15 +227,15 @@ impl ZoneEntry {
     pub(super) fn update(
         &mut self,
         runtime: Option<&ZoneRuntime>,
-        changed: BTreeSet<ServiceKey>,
+        changed: BTreeMap<ServiceKey, Touched>,
         (key, health): (&[u8], &mut Book),
         mut merged: Option<&mut Vec<ServiceChange>>,
     ) -> Vec<Arc<Service>> {
         let serial = self.next_serial();
         let changes: Vec<(ServiceKey, Option<Arc<Service>>)> = changed
             .into_iter()
-            .map(|id| {
-                let service = self.merged_service(runtime, &id);
+            .map(|(id, touched)| {
+                let service = self.merged_again(runtime, &id, &touched);
                 if let Some(merged) = merged.as_deref_mut() {
                     merged.push((id.clone(), service.clone()));
                 }
@@ -255,6 +256,76 @@ impl ZoneEntry {
             }
             None => Vec::new(),
         }
+    }
+
+    /// Service `id` as merged after the change `touched`. When only some
+    /// of its runtime instances changed, the last merge is edited: each
+    /// of them taken out of it and put back in its place if it serves,
+    /// at a cost in the log of the service's size, where merging again
+    /// takes a reference to every instance. The merge is kept for the
+    /// next change while the service has registrations.
+    fn merged_again(
+        &mut self,
+        runtime: Option<&ZoneRuntime>,
+        id: &ServiceKey,
+        touched: &Touched,
+    ) -> Option<Arc<Service>> {
+        let service = match (touched, self.merged.get(id)) {
+            (Touched::Instances(ids), Some(last)) => self.merged_with(runtime, id, last, ids),
+            _ => self.merged_service(runtime, id),
+        };
+        #[cfg(test)]
+        assert_eq!(service, self.merged_service(runtime, id), "{id:?}");
+        match &service {
+            Some(s) if runtime.is_some_and(|r| r.service(id).next().is_some()) => {
+                self.merged.insert(id.clone(), Arc::clone(s));
+            }
+            _ => {
+                self.merged.remove(id);
+            }
+        }
+        service
+    }
+
+    /// `last`, service `id` as last merged, with the runtime instances
+    /// `ids` taken out and, those that serve, put back in their place. The
+    /// file's instances come first, then the registrations', in the order
+    /// of their ids (see [`ZoneEntry::merged_service`]), so each has its
+    /// place found by halving.
+    fn merged_with(
+        &self,
+        runtime: Option<&ZoneRuntime>,
+        id: &ServiceKey,
+        last: &Service,
+        ids: &BTreeSet<String>,
+    ) -> Option<Arc<Service>> {
+        let file = (self.file.services.get(id)).map(|&i| &self.file.zone.services[i]);
+        let from = file.map_or(0, |f| f.instances.len());
+        let mut service = last.clone();
+        for name in ids {
+            let (at, found) = place(&service.instances, from, name);
+            if found {
+                service.instances.remove(at);
+            }
+            let entry = runtime.and_then(|r| r.get(name));
+            if let Some(r) = entry.filter(|r| r.serving() && r.valid.in_service(id)) {
+                service.instances.insert(at, Arc::clone(&r.valid.instance));
+            }
+        }
+        if service.instances.len() == from {
+            // No registration serves: the file's own service, if any.
+            return file.cloned();
+        }
+        if file.is_none() {
+            // Spelled as its first serving registration spells it.
+            let first = (runtime.into_iter().flat_map(|r| r.service(id)))
+                .map(|(_, r)| r)
+                .find(|r| r.serving())?;
+            if first.valid.service != service.name {
+                service.name = first.valid.service.clone();
+            }
+        }
+        Some(Arc::new(service))
     }
 
     /// Marks the registrations whose names the file now owns as shadowed,
@@ -281,4 +352,24 @@ impl ZoneEntry {
             r.shadowed = conflict;
         }
     }
+}
+
+/// Where the runtime instance `id` is, or goes, among `instances` from
+/// `from` on, which are in the order of their ids (their lowercased names),
+/// and whether it is there.
+fn place(instances: &Instances, from: usize, id: &str) -> (usize, bool) {
+    let (mut low, mut high) = (from, instances.len());
+    while low < high {
+        let middle = low + (high - low) / 2;
+        let name = instances[middle]
+            .name
+            .bytes()
+            .map(|b| b.to_ascii_lowercase());
+        match name.cmp(id.bytes()) {
+            std::cmp::Ordering::Less => low = middle + 1,
+            std::cmp::Ordering::Greater => high = middle,
+            std::cmp::Ordering::Equal => return (middle, true),
+        }
+    }
+    (low, false)
 }

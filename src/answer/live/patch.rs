@@ -45,10 +45,14 @@ pub(super) struct Run {
 /// place in the order.
 pub(super) fn runs(old: &Service, new: &Service) -> Option<Vec<Run>> {
     let (a, b) = (&old.instances, &new.instances);
-    let (mut i, mut j) = (0, 0);
+    // Past the common start and end, walked in order (looking an instance
+    // up by its place costs more than stepping to the next).
+    let (start, end) = differing_bounds(old, new);
+    let (a_end, b_end) = (a.len() - end, b.len() - end);
+    let (mut i, mut j) = (start, start);
     let mut runs = Vec::new();
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && same_instance(&a[i], &b[j]) {
+    while i < a_end || j < b_end {
+        if i < a_end && j < b_end && same_instance(&a[i], &b[j]) {
             i += 1;
             j += 1;
             continue;
@@ -58,9 +62,8 @@ pub(super) fn runs(old: &Service, new: &Service) -> Option<Vec<Run>> {
             (0..=d).find_map(|x| {
                 let y = d - x;
                 let (k, l) = (i + x, j + y);
-                let end = k == a.len() && l == b.len();
-                (end || (k < a.len() && l < b.len() && same_instance(&a[k], &b[l])))
-                    .then_some((x, y))
+                let end = k == a_end && l == b_end;
+                (end || (k < a_end && l < b_end && same_instance(&a[k], &b[l]))).then_some((x, y))
             })
         })?;
         runs.push(Run {
@@ -142,16 +145,14 @@ impl LiveZone {
         runs: &[Run],
     ) -> Option<Patched> {
         let apex = &self.zone.apex;
-        let part = |instances: &[Arc<Instance>]| Service {
-            instances: instances.to_vec(),
-            ..old.clone_without_instances()
-        };
         // Each run's instances before and after, as services of their own.
         let parts: Vec<(Service, Service)> = runs
             .iter()
             .map(|r| {
-                let removed = &old.instances[r.start..r.start + r.remove];
-                (part(removed), part(&new.instances[r.insert.clone()]))
+                (
+                    old.part(r.start..r.start + r.remove),
+                    new.part(r.insert.clone()),
+                )
             })
             .collect();
         // Worth it while the change is small beside the service: past a
@@ -194,7 +195,7 @@ impl LiveZone {
         // away and put in.
         let holdings = (self.holdings.remove(key))
             .unwrap_or_else(|| Holdings::of(old.instances.iter().map(|i| &**i)));
-        let of = |instances: &[Arc<Instance>]| Holdings::of(instances.iter().map(|i| &**i));
+        let of = |instances: &Instances| Holdings::of(instances.iter().map(|i| &**i));
         let removed: Vec<Holdings> = parts.iter().map(|(b, _)| of(&b.instances)).collect();
         let inserted: Vec<Holdings> = parts.iter().map(|(_, a)| of(&a.instances)).collect();
         let all_inserted = Holdings::of(
@@ -513,10 +514,7 @@ impl LiveZone {
             let at = match looked_back.iter().position(|(j, _)| *j == i) {
                 Some(at) => at,
                 None => {
-                    let one = Service {
-                        instances: vec![service.instances[i].clone()],
-                        ..service.clone_without_instances()
-                    };
+                    let one = service.part(i..i + 1);
                     looked_back.push((i, gathered(apex, &one)));
                     looked_back.len() - 1
                 }

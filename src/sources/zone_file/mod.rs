@@ -391,7 +391,7 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("zones/svc.example.toml")
     }
 
-    fn arcs(instances: Vec<Instance>) -> Vec<std::sync::Arc<Instance>> {
+    fn arcs(instances: Vec<Instance>) -> crate::model::Instances {
         instances.into_iter().map(std::sync::Arc::new).collect()
     }
 

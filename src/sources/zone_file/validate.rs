@@ -603,7 +603,7 @@ impl Cx<'_> {
             protocol: protocol?,
             tags,
             check: check.flatten(),
-            instances,
+            instances: instances.into(),
             max_answers,
         })
     }
