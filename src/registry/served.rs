@@ -16,6 +16,12 @@ use crate::answer::reverse::ForwardZone;
 use crate::answer::snapshot::ZoneSnapshot;
 use crate::model::{Instances, Service, ServiceChange, ServiceKey, Zone};
 
+/// A service is merged again when its changed registrations are more than
+/// one in this many of its instances, else its last merge is edited. Tests
+/// edit small services too, so that their random sequences of changes check
+/// every edit against a merge (see `merged_again`).
+const EDITS_PER_INSTANCE: usize = if cfg!(test) { 1 } else { 64 };
+
 /// What a zone is built from, owned: the build, which takes seconds for a
 /// file of 100 000 services, can run away from the writer.
 pub(super) struct BuildInput {
@@ -271,7 +277,14 @@ impl ZoneEntry {
         touched: &Touched,
     ) -> Option<Arc<Service>> {
         let service = match (touched, self.merged.get(id)) {
-            (Touched::Instances(ids), Some(last)) => self.merged_with(runtime, id, last, ids),
+            // Each edit copies a chunk or two of the list: many edits, such
+            // as a batch of registrations into one service, cost more than
+            // merging its instances again.
+            (Touched::Instances(ids), Some(last))
+                if ids.len() * EDITS_PER_INSTANCE <= last.instances.len() =>
+            {
+                self.merged_with(runtime, id, last, ids)
+            }
             _ => self.merged_service(runtime, id),
         };
         #[cfg(test)]
