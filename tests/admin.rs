@@ -337,6 +337,84 @@ fn a_batch_into_two_large_services_answers_every_instance_of_each() {
     }
 }
 
+/// Registrations one at a time into a service of 200 file instances, in
+/// no order and in either letter case, removed and changed again: each
+/// edits the service's last merge (the file's instances first, then the
+/// registrations in the order of their lowercased names), and the SRV
+/// answer after each holds every instance once.
+#[test]
+fn registrations_into_a_large_service_in_any_order_answer_each_instance_once() {
+    let mut zone =
+        String::from("zone = \"edit.example\"\n[[services]]\nname = \"big\"\nport = 80\n");
+    for i in 0..200 {
+        zone.push_str(&format!(
+            "[[services.instances]]\nname = \"f-{i}\"\naddress = \"10.7.0.{i}\"\n"
+        ));
+    }
+    let zones = tempfile::tempdir().unwrap();
+    std::fs::write(zones.path().join("edit.example.toml"), zone).unwrap();
+    let server = Server::start(zones.path());
+    let mut admin = server.admin();
+    // Name, port: what the service's registrations are now.
+    let mut registered: Vec<(String, u16)> = Vec::new();
+    let check = |registered: &[(String, u16)], step: &str| {
+        let reply = server.tcp(&query("_big._tcp.edit.example.", RecordType::SRV));
+        let mut got: Vec<String> = (reply.answers.iter())
+            .filter_map(|r| match &r.data {
+                hickory_proto::rr::RData::SRV(srv) => Some(format!(
+                    "{} {}",
+                    srv.port,
+                    srv.target.to_lowercase().to_ascii()
+                )),
+                _ => None,
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = (0..200)
+            .map(|i| format!("80 f-{i}.edit.example."))
+            .chain(
+                (registered.iter())
+                    .map(|(name, port)| format!("{port} {}.edit.example.", name.to_lowercase())),
+            )
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "after {step}");
+    };
+    let register = |admin: &mut AdminClient, name: &str, port: u16, k: usize| {
+        admin.ok(
+            json!({"op":"register","zone":"edit.example","service":"big",
+            "instance":name,"address":format!("10.8.0.{k}"),"port":port}),
+        );
+    };
+    for k in [7, 2, 9, 0, 5, 3, 8, 1, 6, 4] {
+        let name = match k % 2 {
+            0 => format!("r-{k}"),
+            _ => format!("R-{k}"),
+        };
+        register(&mut admin, &name, 81, k);
+        registered.push((name.clone(), 81));
+        check(&registered, &format!("registering {name}"));
+    }
+    for k in [3, 7, 0] {
+        let name = registered
+            .iter()
+            .find(|(n, _)| n.ends_with(&format!("-{k}")))
+            .unwrap()
+            .0
+            .clone();
+        admin.ok(json!({"op":"deregister","zone":"edit.example","service":"big","instance":name}));
+        registered.retain(|(n, _)| *n != name);
+        check(&registered, &format!("deregistering {name}"));
+    }
+    // A registration changed in place, and one taken back in another case.
+    register(&mut admin, "R-5", 82, 5);
+    registered.iter_mut().find(|(n, _)| n == "R-5").unwrap().1 = 82;
+    check(&registered, "changing R-5");
+    register(&mut admin, "R-3", 83, 3);
+    registered.push(("R-3".into(), 83));
+    check(&registered, "registering R-3 again");
+}
+
 #[test]
 fn pipelined_requests_get_their_replies_in_order() {
     let server = Server::start(&example_zones());
