@@ -277,20 +277,45 @@ fn serial(admin: &mut AdminClient) -> u64 {
     zone["serial"].as_u64().unwrap()
 }
 
-/// Pipelined registrations into two services of 200 instances each, the
-/// two taking turns, so that the writer's batches change both: every SRV
-/// answer then holds the file's instances and every registration, once.
-#[test]
-fn a_batch_into_two_large_services_answers_every_instance_of_each() {
-    let mut zone = String::from("zone = \"multi.example\"\n");
-    for (s, service) in ["a", "b"].iter().enumerate() {
+/// A zone `apex` with these services, each of `instances` instances named
+/// `<service>-<i>` at `10.5.<service's place>.<i>`, port 80.
+fn large_services_zone(apex: &str, services: &[&str], instances: usize) -> String {
+    let mut zone = format!("zone = \"{apex}\"\n");
+    for (s, service) in services.iter().enumerate() {
         zone.push_str(&format!("[[services]]\nname = \"{service}\"\nport = 80\n"));
-        for i in 0..200 {
+        for i in 0..instances {
             zone.push_str(&format!(
                 "[[services.instances]]\nname = \"{service}-{i}\"\naddress = \"10.5.{s}.{i}\"\n"
             ));
         }
     }
+    zone
+}
+
+/// The SRV answer of `qname` over TCP, as sorted `<port> <target>` lines,
+/// targets lowercased.
+fn srv_answer(server: &Server, qname: &str) -> Vec<String> {
+    let reply = server.tcp(&query(qname, RecordType::SRV));
+    let mut got: Vec<String> = (reply.answers.iter())
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::SRV(srv) => Some(format!(
+                "{} {}",
+                srv.port,
+                srv.target.to_lowercase().to_ascii()
+            )),
+            _ => None,
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+/// Pipelined registrations into two services of 200 instances each, the
+/// two taking turns, so that the writer's batches change both: every SRV
+/// answer then holds the file's instances and every registration, once.
+#[test]
+fn a_batch_into_two_large_services_answers_every_instance_of_each() {
+    let zone = large_services_zone("multi.example", &["a", "b"], 200);
     let zones = tempfile::tempdir().unwrap();
     std::fs::write(zones.path().join("multi.example.toml"), zone).unwrap();
     let server = Server::start(zones.path());
@@ -309,17 +334,7 @@ fn a_batch_into_two_large_services_answers_every_instance_of_each() {
         assert_eq!(reply["ok"], true, "{line} -> {reply}");
     }
     for (s, service) in ["a", "b"].iter().enumerate() {
-        let qname = format!("_{service}._tcp.multi.example.");
-        let reply = server.tcp(&query(&qname, RecordType::SRV));
-        let mut got: Vec<String> = (reply.answers.iter())
-            .filter_map(|r| match &r.data {
-                hickory_proto::rr::RData::SRV(srv) => {
-                    Some(format!("{} {}", srv.port, srv.target.to_ascii()))
-                }
-                _ => None,
-            })
-            .collect();
-        got.sort();
+        let got = srv_answer(&server, &format!("_{service}._tcp.multi.example."));
         let mut want: Vec<String> = (0..200)
             .map(|i| format!("80 {service}-{i}.multi.example."))
             .chain(
@@ -344,13 +359,7 @@ fn a_batch_into_two_large_services_answers_every_instance_of_each() {
 /// answer after each holds every instance once.
 #[test]
 fn registrations_into_a_large_service_in_any_order_answer_each_instance_once() {
-    let mut zone =
-        String::from("zone = \"edit.example\"\n[[services]]\nname = \"big\"\nport = 80\n");
-    for i in 0..200 {
-        zone.push_str(&format!(
-            "[[services.instances]]\nname = \"f-{i}\"\naddress = \"10.7.0.{i}\"\n"
-        ));
-    }
+    let zone = large_services_zone("edit.example", &["big"], 200);
     let zones = tempfile::tempdir().unwrap();
     std::fs::write(zones.path().join("edit.example.toml"), zone).unwrap();
     let server = Server::start(zones.path());
@@ -358,20 +367,9 @@ fn registrations_into_a_large_service_in_any_order_answer_each_instance_once() {
     // Name, port: what the service's registrations are now.
     let mut registered: Vec<(String, u16)> = Vec::new();
     let check = |registered: &[(String, u16)], step: &str| {
-        let reply = server.tcp(&query("_big._tcp.edit.example.", RecordType::SRV));
-        let mut got: Vec<String> = (reply.answers.iter())
-            .filter_map(|r| match &r.data {
-                hickory_proto::rr::RData::SRV(srv) => Some(format!(
-                    "{} {}",
-                    srv.port,
-                    srv.target.to_lowercase().to_ascii()
-                )),
-                _ => None,
-            })
-            .collect();
-        got.sort();
+        let got = srv_answer(&server, "_big._tcp.edit.example.");
         let mut want: Vec<String> = (0..200)
-            .map(|i| format!("80 f-{i}.edit.example."))
+            .map(|i| format!("80 big-{i}.edit.example."))
             .chain(
                 (registered.iter())
                     .map(|(name, port)| format!("{port} {}.edit.example.", name.to_lowercase())),
