@@ -14,7 +14,7 @@ use super::runtime;
 use crate::answer::live::LiveZone;
 use crate::answer::reverse::ForwardZone;
 use crate::answer::snapshot::ZoneSnapshot;
-use crate::model::{Instances, Service, ServiceChange, ServiceKey, Zone};
+use crate::model::{Instance, Instances, Service, ServiceChange, ServiceKey, Zone, instances_in};
 
 /// A service is merged again when its changed registrations are more than
 /// one in this many of its instances, else its last merge is edited. Tests
@@ -316,10 +316,13 @@ impl ZoneEntry {
         let from = file.map_or(0, |f| f.instances.len());
         let mut service = last.clone();
         for name in ids {
-            let (at, found) = place(&service.instances, from, name);
-            if found {
-                service.instances.remove(at);
-            }
+            let at = match place(&service.instances, from, name) {
+                Ok(at) => {
+                    service.instances.remove(at);
+                    at
+                }
+                Err(at) => at,
+            };
             let entry = runtime.and_then(|r| r.get(name));
             if let Some(r) = entry.filter(|r| r.serving() && r.valid.in_service(id)) {
                 service.instances.insert(at, Arc::clone(&r.valid.instance));
@@ -367,22 +370,16 @@ impl ZoneEntry {
     }
 }
 
-/// Where the runtime instance `id` is, or goes, among `instances` from
-/// `from` on, which are in the order of their ids (their lowercased names),
-/// and whether it is there.
-fn place(instances: &Instances, from: usize, id: &str) -> (usize, bool) {
-    let (mut low, mut high) = (from, instances.len());
-    while low < high {
-        let middle = low + (high - low) / 2;
-        let name = instances[middle]
-            .name
-            .bytes()
-            .map(|b| b.to_ascii_lowercase());
-        match name.cmp(id.bytes()) {
-            std::cmp::Ordering::Less => low = middle + 1,
-            std::cmp::Ordering::Greater => high = middle,
-            std::cmp::Ordering::Equal => return (middle, true),
-        }
-    }
-    (low, false)
+/// Where the runtime instance `id` is among `instances` (`Ok`), or where
+/// it goes (`Err`): from `from` on, they are in the order of their ids,
+/// their lowercased names.
+fn place(instances: &Instances, from: usize, id: &str) -> Result<usize, usize> {
+    let registered = instances_in(instances, from..instances.len());
+    let against_id = |i: &Arc<Instance>| {
+        let name = i.name.bytes().map(|b| b.to_ascii_lowercase());
+        name.cmp(id.bytes())
+    };
+    (registered.binary_search_by(against_id))
+        .map(|at| from + at)
+        .map_err(|at| from + at)
 }
