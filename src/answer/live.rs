@@ -934,7 +934,7 @@ mod tests {
     use super::*;
     use crate::answer::encode::KEPT_UNENCODED;
     use crate::answer::snapshot::Cut;
-    use crate::answer::testing::{Rng, answers, assert_same};
+    use crate::answer::testing::{Rng, answers, assert_same, plain_instance};
     use crate::model::Host;
 
     fn name(s: &str) -> Name {
@@ -975,18 +975,7 @@ mod tests {
     #[test]
     fn differing_bounds_passing_over_shared_chunks_finds_each_instance() {
         let mut rng = Rng(0x5eed_b0d5);
-        let one = |k: usize| {
-            Arc::new(Instance {
-                name: format!("i{k}"),
-                endpoint: Endpoint::Addresses(Vec::new()),
-                port: 80,
-                weight: 1,
-                priority: 0,
-                check: None,
-                tags: Vec::new(),
-                metadata: Vec::new(),
-            })
-        };
+        let one = |k: usize| Arc::new(plain_instance(format!("i{k}"), Vec::new()));
         let naive = |a: &Service, b: &Service| {
             let (x, y): (Vec<_>, Vec<_>) =
                 (a.instances.iter().collect(), b.instances.iter().collect());
@@ -1609,16 +1598,7 @@ mod tests {
             tags: vec!["t".into()],
             check: None,
             instances: (0..3)
-                .map(|i| Instance {
-                    name: format!("s{s}-{i}"),
-                    endpoint: Endpoint::Addresses(vec![addr(s * 4 + i)]),
-                    port: 80,
-                    weight: 1,
-                    priority: 0,
-                    check: None,
-                    tags: Vec::new(),
-                    metadata: Vec::new(),
-                })
+                .map(|i| plain_instance(format!("s{s}-{i}"), vec![addr(s * 4 + i)]))
                 .map(Arc::new)
                 .collect(),
             max_answers: None,

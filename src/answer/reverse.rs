@@ -462,7 +462,7 @@ mod tests {
     #[test]
     fn changes_give_the_zones_a_build_from_every_address_gives() {
         use crate::answer::build::build_reverse_zone;
-        use crate::answer::testing::{Rng, assert_same};
+        use crate::answer::testing::{Rng, assert_same, plain_instance};
         use crate::model::Protocol;
 
         let nets: Vec<IpNet> = ["10.0.0.0/8", "10.1.0.0/16", "fd00::/64"]
@@ -520,16 +520,7 @@ mod tests {
                         let at = rng.below(instances.len() + 1);
                         instances.insert(
                             at,
-                            Arc::new(Instance {
-                                name: rng.pick(&names).to_string(),
-                                endpoint: Endpoint::Addresses(endpoint),
-                                port: 80,
-                                weight: 1,
-                                priority: 0,
-                                check: None,
-                                tags: Vec::new(),
-                                metadata: Vec::new(),
-                            }),
+                            Arc::new(plain_instance(rng.pick(&names).to_string(), endpoint)),
                         );
                     }
                     2 if !instances.is_empty() => {

@@ -5,8 +5,24 @@
 use std::collections::BTreeMap;
 
 use super::snapshot::{Answer, Cut, ZoneSnapshot};
+use crate::model::{Endpoint, Instance};
 
 pub(super) struct Rng(pub(super) u64);
+
+/// An instance at these addresses, port 80, weight 1, priority 0, with no
+/// check, tag or metadata.
+pub(super) fn plain_instance(name: String, addresses: Vec<std::net::IpAddr>) -> Instance {
+    Instance {
+        name,
+        endpoint: Endpoint::Addresses(addresses),
+        port: 80,
+        weight: 1,
+        priority: 0,
+        check: None,
+        tags: Vec::new(),
+        metadata: Vec::new(),
+    }
+}
 
 impl Rng {
     pub(super) fn next(&mut self) -> u64 {
