@@ -413,6 +413,53 @@ fn registrations_into_a_large_service_in_any_order_answer_each_instance_once() {
     check(&registered, "registering R-3 again");
 }
 
+/// A service of registrations alone is spelled as its first registration
+/// (in the order of instance names) spells it: a registration that comes
+/// first, or leaves, changes the spelling of a service of 70, whose merge
+/// is edited rather than made again.
+#[test]
+fn a_large_service_of_registrations_is_spelled_as_its_first_registration() {
+    let zones = tempfile::tempdir().unwrap();
+    std::fs::write(
+        zones.path().join("spell.example.toml"),
+        "zone = \"spell.example\"\n",
+    )
+    .unwrap();
+    let server = Server::start(zones.path());
+    let mut admin = server.admin();
+    let register = |service: &str, instance: &str, k: usize| {
+        json!({"op":"register","zone":"spell.example","service":service,
+            "instance":instance,"address":format!("10.9.0.{k}"),"port":80})
+    };
+    let lines: Vec<String> = (0..70)
+        .map(|k| register("api", &format!("a-{k:02}"), k).to_string())
+        .collect();
+    admin.write_lines(&lines).unwrap();
+    for line in &lines {
+        let reply = admin.read_reply().expect("a reply");
+        assert_eq!(reply["ok"], true, "{line} -> {reply}");
+    }
+    let browsed = || {
+        let reply = server.udp(&query(
+            "_services._dns-sd._udp.spell.example.",
+            RecordType::PTR,
+        ));
+        (reply.answers.iter())
+            .filter_map(|r| match &r.data {
+                hickory_proto::rr::RData::PTR(ptr) => Some(ptr.0.to_ascii()),
+                _ => None,
+            })
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(browsed(), ["_api._tcp.spell.example."]);
+    // Named to come first.
+    admin.ok(register("API", "0-first", 100));
+    assert_eq!(browsed(), ["_API._tcp.spell.example."]);
+    admin
+        .ok(json!({"op":"deregister","zone":"spell.example","service":"API","instance":"0-first"}));
+    assert_eq!(browsed(), ["_api._tcp.spell.example."]);
+}
+
 #[test]
 fn pipelined_requests_get_their_replies_in_order() {
     let server = Server::start(&example_zones());
