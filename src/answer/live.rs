@@ -733,27 +733,6 @@ impl LiveZone {
     }
 }
 
-trait WithInstances {
-    fn with_instances(&self, instances: Instances) -> Service;
-    fn part(&self, range: std::ops::Range<usize>) -> Service;
-}
-
-impl WithInstances for Service {
-    /// The service's own fields with these instances.
-    fn with_instances(&self, instances: Instances) -> Service {
-        Service {
-            instances,
-            ..self.clone()
-        }
-    }
-
-    /// The service with only its instances in `range`, which share the
-    /// chunks of its list.
-    fn part(&self, range: std::ops::Range<usize>) -> Service {
-        self.with_instances(crate::model::instances_in(&self.instances, range))
-    }
-}
-
 /// The enumeration's PTR records (in key order) with these services'
 /// records replaced, added or removed (`None`), and where the first edit
 /// is. Of edits to one service the last counts. One pass over the records

@@ -137,6 +137,22 @@ pub struct ServiceKey {
     pub protocol: Protocol,
 }
 
+impl Service {
+    /// The service's own fields with these instances.
+    pub fn with_instances(&self, instances: Instances) -> Service {
+        Service {
+            instances,
+            ..self.clone()
+        }
+    }
+
+    /// The service with only its instances in `range`, which share the
+    /// chunks of its list.
+    pub fn part(&self, range: std::ops::Range<usize>) -> Service {
+        self.with_instances(instances_in(&self.instances, range))
+    }
+}
+
 impl ServiceKey {
     /// The key of this service.
     pub fn of(service: &Service) -> ServiceKey {

@@ -5,8 +5,6 @@ use std::sync::Arc;
 
 use crate::model::{Endpoint, Instance, Service};
 
-use super::WithInstances;
-
 /// The same service fields but for the instances.
 pub(super) fn same_fields(a: &Service, b: &Service) -> bool {
     a.name == b.name
